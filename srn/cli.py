@@ -1,0 +1,264 @@
+"""The ``srn`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+HELP = """\
+SRN face detection: detect, convert, train, evaluate, export and benchmark.
+
+Examples:
+  srn detect photo.jpg                          faces as JSON on stdout
+  srn detect photos/ --format csv --out faces.csv
+  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0.01
+  srn detect group.jpg --save-vis vis/ --weights SRN.pth --device cuda
+  srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
+  srn train configs/srn_r50_widerface.yaml train.epochs=2
+  srn eval wider --pred-dir preds/ --gt-dir wider_face_split/
+
+Run 'srn COMMAND -h' for a command's options.
+"""
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class UserError(Exception):
+    """An error caused by the command's input; printed as one line, without a traceback."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files, folders (searched recursively for images) and globs, in a stable order, each once."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists() or path.is_symlink():
+            found.append(path)
+        elif glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+            files = [p for p in matches if p.is_file()]
+            if not files:
+                raise UserError(f"{pattern}: no file matches")
+            found.extend(files)
+        else:
+            raise UserError(f"{pattern}: no such file or folder")
+    unique, seen = [], set()
+    for path in found:
+        if path not in seen:
+            seen.add(path)
+            unique.append(path)
+    return unique
+
+
+# ---------------------------------------------------------------------------------------------
+# srn detect
+# ---------------------------------------------------------------------------------------------
+
+
+def add_detector_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="srn checkpoint or the release's SRN.pth (default: the shipped model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--max-size", type=int, default=2100, help="downscale images whose longer side exceeds this")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None = None):
+    from srn.detector import Detector
+
+    return Detector(
+        weights=args.weights,
+        device=args.device,
+        score_thresh=score_thresh,
+        nms_iou=nms_iou,
+        max_size=args.max_size,
+        batch_size=args.batch_size,
+    )
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from srn.data.image_io import ImageReadError, read_image
+
+    if args.format == "wider" and not args.out:
+        raise UserError("--format wider needs --out DIR")
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise UserError("no input images found")
+    detector = build_detector(args, args.score_thresh, args.nms_iou)
+
+    records: list[dict] = []
+    failures: list[str] = []
+    progress = tqdm(total=len(files), unit="img", disable=len(files) < 8 or None, file=sys.stderr)
+    for chunk in _chunks(files, args.batch_size):
+        images, paths = [], []
+        for path in chunk:
+            try:
+                images.append(read_image(path))
+                paths.append(path)
+            except ImageReadError as exc:
+                failures.append(str(exc))
+        try:
+            results = detector.detect(images) if images else []
+        except torch.OutOfMemoryError:
+            raise UserError("out of memory; lower --max-size or --batch-size") from None
+        for path, image, faces in zip(paths, images, results):
+            record = {"image": str(path), "width": faces.width, "height": faces.height, "faces": faces.to_records()}
+            records.append(record)
+            if args.format == "wider":
+                _write_wider_file(Path(args.out), path, faces)
+            if args.save_vis:
+                _save_visualisation(Path(args.save_vis), path, image, faces)
+        progress.update(len(chunk))
+    progress.close()
+
+    if args.format == "json":
+        _emit(json.dumps(records, indent=1) + "\n", args.out)
+    elif args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "width", "height", "x1", "y1", "x2", "y2", "score"])
+        for record in records:
+            for face in record["faces"]:
+                writer.writerow([record["image"], record["width"], record["height"], *face["box"], face["score"]])
+        _emit(buffer.getvalue(), args.out)
+
+    if failures:
+        print(f"srn detect: {len(failures)} of {len(files)} files failed:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        atomic_write_text(Path(out), text)
+    else:
+        sys.stdout.write(text)
+
+
+def _write_wider_file(out_dir: Path, path: Path, faces) -> None:
+    """One ``<event>/<name>.txt`` of the WIDER FACE submission layout (name, count, x y w h score)."""
+    boxes = faces.boxes.detach().cpu().double()
+    scores = faces.scores.detach().cpu().double()
+    lines = [path.stem, str(len(scores))]
+    for (x1, y1, x2, y2), score in zip(boxes.tolist(), scores.tolist()):
+        lines.append(f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f} {score:.4f}")
+    atomic_write_text(out_dir / path.parent.name / f"{path.stem}.txt", "\n".join(lines) + "\n")
+
+
+def _save_visualisation(out_dir: Path, path: Path, image, faces) -> None:
+    from torchvision.io import write_png
+    from torchvision.utils import draw_bounding_boxes
+
+    width = max(2, round(max(image.shape[-2:]) / 400))
+    drawn = draw_bounding_boxes(image, faces.boxes.cpu().float(), colors="lime", width=width)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{path.stem}.png"
+    tmp = out_dir / f".{path.stem}.png.tmp"
+    write_png(drawn, str(tmp))
+    os.replace(tmp, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# srn convert
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from srn.weights import convert_official_file
+
+    config = convert_official_file(args.src, args.dst)
+    print(f"wrote {args.dst} ({config.model.backbone}, STC {list(config.model.stc_levels)}, STR {list(config.model.str_levels)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srn", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    detect = sub.add_parser("detect", help="detect faces in images", description="Detect faces in images.")
+    detect.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or globs")
+    detect.add_argument("--format", choices=("json", "csv", "wider"), default="json")
+    detect.add_argument("--out", help="output file (json/csv; default stdout) or folder (wider)")
+    detect.add_argument("--save-vis", metavar="DIR", help="also write each image with its boxes drawn")
+    detect.add_argument("--score-thresh", type=float, default=0.5)
+    detect.add_argument("--nms-iou", type=float, default=None, help="NMS IoU (default: the model's, 0.4)")
+    add_detector_args(detect)
+    detect.set_defaults(func=cmd_detect)
+
+    convert = sub.add_parser("convert", help="convert the authors' SRN.pth into an srn checkpoint")
+    convert.add_argument("src", help="the release's SRN.pth")
+    convert.add_argument("dst", help="output checkpoint")
+    convert.set_defaults(func=cmd_convert)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Subcommands that live with their feature modules register here (train, eval, export, bench...).
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that describe bad input, printed as one line instead of a traceback."""
+    from srn.config import ConfigError
+    from srn.data.image_io import ImageReadError
+    from srn.weights import WeightsError
+
+    return (ConfigError, ImageReadError, WeightsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (UserError, *_user_errors()) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"srn {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"srn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

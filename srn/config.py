@@ -1,0 +1,223 @@
+"""Configuration: nested frozen dataclasses with the paper's values as defaults.
+
+YAML files and ``key=value`` command-line overrides only change what they name. Unknown keys are an
+error with a suggestion. Module constructors never read a config; the builders translate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet18/34/50/101/152 or mobilenet_v2
+    width: int = 256  # channels of the FPN, the first-step features and the head
+    stc_levels: tuple[int, ...] = (0, 1, 2)  # selective two-step classification levels
+    str_levels: tuple[int, ...] = (3, 4, 5)  # selective two-step regression levels
+    rfe: bool = True
+    anchor_scales: tuple[float, ...] = (2.0, 2.828427)
+    anchor_ratio: float = 1.25
+    frozen_stem: bool = True
+    prior_prob: float = 0.01
+    # ImageNet initialisation of the backbone: None, "imagenet" (torchvision's weights from the hub
+    # cache) or the path of a torchvision-layout state dict.
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
+class PostProcessConfig:
+    """The release's single-pass inference (SPEC §4)."""
+
+    candidate_thresh: float = 0.05  # p2 must exceed this on levels with enough cells
+    stc_theta: float = 0.99  # an STC-level candidate needs step-1 negative confidence below theta
+    min_cells_for_thresh: int = 120  # levels with fewer cells use threshold 0
+    pre_nms_top_k: int = 6000  # per level
+    nms_iou: float = 0.4
+    max_detections: int = 750
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What a checkpoint needs to rebuild a detector: the network and its inference settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if value is None:
+            value = []
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        return str(value)
+    return value
+
+
+def _unknown_key(key: str, known: Sequence[str], prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys raise with a suggestion."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown_key(key, list(types_), prefix)
+        kwargs[key] = _coerce(value, types_[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML- and JSON-friendly dict (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(config: T, overrides: Sequence[str] | Mapping[str, Any]) -> T:
+    """Apply dotted overrides such as ``train.lr=0.02`` (strings) or a nested mapping."""
+    data = to_dict(config)
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split_override(o) for o in overrides]
+    for dotted, value in items:
+        node, parts = data, dotted.split(".")
+        cls: Any = type(config)
+        for depth, part in enumerate(parts):
+            known = _field_types(cls)
+            if part not in known:
+                raise _unknown_key(part, list(known), ".".join(parts[:depth]) + ("." if depth else ""))
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                cls = known[part]
+                if not dataclasses.is_dataclass(cls):
+                    raise ConfigError(f"{dotted}: {'.'.join(parts[: depth + 1])} is not a section")
+                node = node[part]
+    return from_dict(type(config), data)
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Defaults of ``cls``, then the YAML file's values, then ``overrides``.
+
+    A YAML file may name a ``_base_`` file (relative to itself) whose values it overrides.
+    """
+    data = _read_yaml_chain(Path(path))
+    try:
+        config = from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return apply_overrides(config, overrides)
+
+
+def _read_yaml_chain(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    merged = _read_yaml_chain(path.parent / base)
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value

@@ -1,0 +1,111 @@
+"""Backbones that return C2..C5 (strides 4, 8, 16, 32), built with torchvision's builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its classifier. Module names are torchvision's (``conv1``,
+    ``bn1``, ``layer1``..``layer4``), so ImageNet files and the release's weights load by name."""
+
+    def __init__(self, depth: int = 50, frozen_stem: bool = True) -> None:
+        super().__init__()
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {RESNET_DEPTHS}, got {depth}")
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        self.frozen_stem = frozen_stem
+        if frozen_stem:
+            self.conv1.requires_grad_(False)
+            self.bn1.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        super().train(mode)
+        if self.frozen_stem:
+            self.bn1.eval()  # the stem's BN statistics stay frozen, as in the release
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision's MobileNetV2 ``features[:18]``, split at strides 4, 8, 16 and 32.
+
+    The indices of ``features`` are kept, so torchvision's ImageNet file loads by name.
+    """
+
+    # features[a:b] of each stage; outputs have 24, 32, 96 and 320 channels.
+    _SPLITS = (0, 4, 7, 14, 18)
+
+    def __init__(self, frozen_stem: bool = True) -> None:
+        super().__init__()
+        net = torchvision.models.mobilenet_v2(weights=None)
+        self.features = net.features[: self._SPLITS[-1]]
+        self.out_channels = [24, 32, 96, 320]
+        self.frozen_stem = frozen_stem
+        if frozen_stem:
+            self.features[0].requires_grad_(False)
+
+    def train(self, mode: bool = True) -> MobileNetV2Backbone:
+        super().train(mode)
+        if self.frozen_stem:
+            self.features[0].eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs = []
+        for start, end in zip(self._SPLITS[:-1], self._SPLITS[1:]):
+            for index in range(start, end):
+                x = self.features[index](x)
+            outputs.append(x)
+        return outputs
+
+
+def build_backbone(name: str, frozen_stem: bool = True) -> nn.Module:
+    """``resnet18`` .. ``resnet152`` or ``mobilenet_v2``."""
+    if name.startswith("resnet") and name[6:].isdigit():
+        return ResNetBackbone(int(name[6:]), frozen_stem=frozen_stem)
+    if name == "mobilenet_v2":
+        return MobileNetV2Backbone(frozen_stem=frozen_stem)
+    raise ValueError(f"unknown backbone {name!r}; choose resnet18/34/50/101/152 or mobilenet_v2")
+
+
+def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) -> None:
+    """Initialise ``backbone`` from ImageNet weights.
+
+    Args:
+        source: ``"imagenet"`` for torchvision's weights (taken from torch's hub cache, downloaded
+            there only if absent), or the path of a torchvision-layout state dict file.
+    """
+    if str(source) == "imagenet":
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        state = weights.get_state_dict(progress=False)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ImageNet weights file not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    own = backbone.state_dict()
+    # The classifier (fc / classifier / features.18) has no place in a detector backbone.
+    state = {k: v for k, v in state.items() if k in own}
+    missing = sorted(set(own) - set(state))
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{source}: ImageNet weights lack {len(missing)} backbone keys, e.g. {missing[:3]}")
+    backbone.load_state_dict(state, strict=False)

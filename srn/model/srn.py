@@ -1,0 +1,136 @@
+"""The Selective Refinement Network: backbone, two feature branches, one shared head, anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from srn.anchors import AnchorGenerator
+from srn.config import ModelConfig
+from srn.model.backbone import build_backbone, load_imagenet_weights
+from srn.model.fpn import FPN, ExtraLayers, FirstStepFeatures
+from srn.model.head import SRNHead
+
+NUM_LEVELS = 6
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SRN(nn.Module):
+    """SRN returning raw outputs; it applies no sigmoid and has no train/test switch.
+
+    ``forward(images)`` takes RGB images (Tensor[N, 3, H, W], uint8, or float in [0, 1]), normalises
+    them with the ImageNet mean and std held as buffers, and returns a dict of per-level lists
+    (level l has stride 4 * 2**l and R_l = H_l * W_l * A anchors):
+
+    - ``step1_logits`` (list[Tensor[N, R_l] | None]) and ``step1_deltas`` (list[Tensor[N, R_l, 4] | None]):
+      the first step, from the C branch; ``None`` on levels that are neither STC nor STR levels.
+    - ``step2_logits`` (list[Tensor[N, R_l]]) and ``step2_deltas`` (list[Tensor[N, R_l, 4]]): the second
+      step, from the FPN.
+    - ``anchors`` (list[Tensor[R_l, 4]]): (x1, y1, x2, y2), shared by the images of the batch.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        width: int = 256,
+        stc_levels: Sequence[int] = (0, 1, 2),
+        str_levels: Sequence[int] = (3, 4, 5),
+        rfe: bool = True,
+        anchor_scales: Sequence[float] = (2.0, 2.828427),
+        anchor_ratio: float = 1.25,
+        frozen_stem: bool = True,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels)):
+            if any(l not in range(NUM_LEVELS) for l in levels):
+                raise ValueError(f"{name} must be a subset of 0..{NUM_LEVELS - 1}, got {tuple(levels)}")
+        self.stc_levels = tuple(sorted(set(stc_levels)))
+        self.str_levels = tuple(sorted(set(str_levels)))
+        first_step_levels = sorted(set(self.stc_levels) | set(self.str_levels))
+
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.backbone = build_backbone(backbone, frozen_stem=frozen_stem)
+        c5_channels = self.backbone.out_channels[-1]
+        # C6/C7 only feed the first step, so they exist only when a first-step level needs them.
+        max_level = max(first_step_levels, default=-1)
+        self.extra = ExtraLayers(c5_channels, c5_channels // 2, width, with_c7=max_level >= 5) if max_level >= 4 else None
+        c_channels = self.backbone.out_channels + [c5_channels // 2, width]
+        self.first_step = FirstStepFeatures(c_channels, width, first_step_levels)
+        self.fpn = FPN(self.backbone.out_channels, width)
+        self.anchor_generator = AnchorGenerator(scales=anchor_scales, ratio=anchor_ratio)
+        self.head = SRNHead(width, self.anchor_generator.num_anchors_per_cell, rfe=rfe, prior_prob=prior_prob)
+        self._init_new_layers()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> SRN:
+        model = cls(
+            backbone=config.backbone,
+            width=config.width,
+            stc_levels=config.stc_levels,
+            str_levels=config.str_levels,
+            rfe=config.rfe,
+            anchor_scales=config.anchor_scales,
+            anchor_ratio=config.anchor_ratio,
+            frozen_stem=config.frozen_stem,
+            prior_prob=config.prior_prob,
+        )
+        if config.pretrained:
+            load_imagenet_weights(model.backbone, config.backbone, config.pretrained)
+        return model
+
+    def _init_new_layers(self) -> None:
+        for module in (self.extra, self.first_step, self.fpn):
+            if module is None:
+                continue
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    nn.init.normal_(conv.weight, std=0.01)
+                    nn.init.zeros_(conv.bias)
+        self.head.reset_parameters()
+
+    def normalize(self, images: Tensor) -> Tensor:
+        if images.dtype == torch.uint8:
+            images = images.to(self.pixel_mean.dtype).div_(255.0)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: Tensor) -> dict[str, list]:
+        x = self.normalize(images)
+        c_features = self.backbone(x)
+        p_features = self.fpn(c_features)
+        if self.extra is not None:
+            c_features = c_features + self.extra(c_features[-1])
+        first = self.first_step(c_features)
+
+        outputs: dict[str, list] = {k: [] for k in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas")}
+        for level, p in enumerate(p_features):
+            if level in first:
+                # The head is shared by both steps: run it once on the two branches stacked.
+                n = p.shape[0]
+                logits, deltas = self.head(torch.cat([first[level], p], dim=0))  # (2N, ...)
+                outputs["step1_logits"].append(logits[:n])
+                outputs["step1_deltas"].append(deltas[:n])
+                outputs["step2_logits"].append(logits[n:])
+                outputs["step2_deltas"].append(deltas[n:])
+            else:
+                logits, deltas = self.head(p)
+                outputs["step1_logits"].append(None)
+                outputs["step1_deltas"].append(None)
+                outputs["step2_logits"].append(logits)
+                outputs["step2_deltas"].append(deltas)
+        outputs["anchors"] = self.anchor_generator.grid_anchors(
+            [tuple(p.shape[-2:]) for p in p_features], p_features[0].device
+        )
+        return outputs
+
+
+def build_model(config: ModelConfig | None = None, **overrides) -> SRN:
+    """Build SRN from a :class:`ModelConfig` (the paper's SRN-R50 by default)."""
+    config = replace(config or ModelConfig(), **overrides)
+    return SRN.from_config(config)
