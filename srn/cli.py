@@ -28,6 +28,7 @@ Examples:
 Run 'srn COMMAND -h' for a command's options.
 """
 
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -111,6 +112,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     if args.format == "wider" and not args.out:
         raise UserError("--format wider needs --out DIR")
+    if any(Path(p).suffix.lower() in VIDEO_SUFFIXES for p in args.inputs):
+        from srn.video import cmd_detect_video
+
+        return cmd_detect_video(args)
     files = expand_inputs(args.inputs)
     if not files:
         raise UserError("no input images found")
@@ -178,7 +183,7 @@ def _write_wider_file(out_dir: Path, path: Path, faces) -> None:
 
 
 def _save_visualisation(out_dir: Path, path: Path, image, faces) -> None:
-    from torchvision.io import write_png
+    import PIL.Image
     from torchvision.utils import draw_bounding_boxes
 
     width = max(2, round(max(image.shape[-2:]) / 400))
@@ -186,7 +191,7 @@ def _save_visualisation(out_dir: Path, path: Path, image, faces) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{path.stem}.png"
     tmp = out_dir / f".{path.stem}.png.tmp"
-    write_png(drawn, str(tmp))
+    PIL.Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
     os.replace(tmp, target)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from srn.cli import main
+
+sys.exit(main())
