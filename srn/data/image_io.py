@@ -1,0 +1,309 @@
+"""Robust image reading: every image comes out as an RGB ``uint8`` tensor ``(3, H, W)`` or fails with
+one clear line.
+
+torchvision's libjpeg-turbo / libpng / libwebp / giflib decoders do the work where they can, because
+they decode straight into the output tensor (a 20000×20000 PNG costs one 1.2 GB buffer, no PIL
+copy, no float copy and no ``DecompressionBombError``). What torchvision 0.29 does with each case,
+checked by hand, and how this module completes it:
+
+- grayscale, palette (with or without transparency), RGBA and CMYK JPEG: converted by the decoder
+  itself when asked for ``ImageReadMode.RGB`` (alpha is dropped; CMYK matches PIL's
+  ``convert("RGB")`` exactly);
+- EXIF orientation: applied for JPEG and PNG with ``apply_exif_orientation=True``;
+- 16-bit PNG: returned as ``uint16``; scaled here to 8 bits by rounding ``v / 257`` (65535 -> 255);
+- animated GIF: returned as ``(frames, 3, H, W)``; the first frame is kept;
+- BMP, TIFF and other formats: not supported, so PIL decodes them (EXIF transpose applied), with
+  PIL's decompression-bomb limit lifted for that call only;
+- empty, truncated, corrupt and non-image files raise ``RuntimeError`` there; PIL gets a second try
+  (it tolerates some damage that libjpeg-turbo rejects), and if it fails too, ``ImageReadError``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import ImageOps
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image
+
+__all__ = ["ImageReadError", "read_image", "to_rgb_tensor"]
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read or decoded.
+
+    ``str(error)`` is one line, ``"<path>: <reason>"``, for example
+    ``photo.jpg: not a decodable image (truncated JPEG)``.
+
+    Attributes:
+        path (str): the file, as the caller named it.
+        reason (str): why it failed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = " ".join(reason.split())  # one line, whatever a library put in it
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+# (magic prefix, name) used only to word the error message and to recognise truncation.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+# torchvision prefixes its messages with "function, /path/to/file.cpp:LINE, "; the rest is the reason.
+_TV_LOCATION = re.compile(r"^.*?\.(?:cpp|h|c):\d+,\s*")
+
+# Lifting PIL's global decompression-bomb limit must not race with another reader that restores it.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+# Elements converted per step from uint16 to uint8, so that a huge 16-bit image never needs a full
+# int32 copy.
+_CONVERT_CHUNK = 1 << 24
+
+
+def read_image(path: str | os.PathLike[str]) -> Tensor:
+    """Read an image file as RGB.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        image (Tensor[3, H, W]): ``uint8`` RGB, EXIF orientation applied, alpha dropped. It may be
+        a channels-last view of the decoder's ``(H, W, 3)`` buffer rather than contiguous: making it
+        contiguous would cost a second full copy (use ``.contiguous()`` or ``.reshape`` if needed).
+
+    Raises:
+        ImageReadError: the file is missing, a directory, empty, unreadable, or not a decodable image.
+    """
+    data = _read_bytes(path)
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work, and
+            # one warning per image would drown a training log.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(
+                torch.frombuffer(data, dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
+            )
+    except Exception as tv_error:  # torchvision raises RuntimeError, but be safe with odd files
+        return _read_with_pil(path, data, tv_error)
+
+    if image.ndim == 4:  # animated GIF: (frames, 3, H, W) -> first frame
+        image = image[0]
+    if image.dtype == torch.uint16:
+        image = _uint16_to_uint8(image)
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ImageReadError(path, f"decoder returned an unexpected {image.dtype} tensor of shape {tuple(image.shape)}")
+    return image
+
+
+def to_rgb_tensor(obj: Any) -> Tensor:
+    """Convert an in-memory image to an RGB ``uint8`` tensor.
+
+    Accepted inputs:
+
+    - numpy array ``(H, W, 3)`` (RGB), ``(H, W, 1)`` or ``(H, W)`` (grayscale), ``uint8`` or float in [0, 1];
+    - PIL image of any mode convertible to RGB (EXIF orientation applied, alpha dropped, 16-bit
+      modes scaled to 8 bits);
+    - tensor ``(3, H, W)`` (RGB), ``(1, H, W)`` or ``(H, W)`` (grayscale), ``uint8`` or float in [0, 1].
+
+    Float values are mapped with ``round(x * 255)``.
+
+    Returns:
+        image (Tensor[3, H, W]): ``uint8``. A contiguous ``uint8`` RGB tensor comes back without a copy.
+
+    Raises:
+        ValueError: a one-line message for an unsupported type, shape, dtype, mode or value range.
+    """
+    if isinstance(obj, PIL.Image.Image):
+        return _pil_to_tensor(obj)
+    if isinstance(obj, np.ndarray):
+        return _numpy_to_tensor(obj)
+    if isinstance(obj, Tensor):
+        return _tensor_to_tensor(obj)
+    raise ValueError(f"to_rgb_tensor: expected a numpy array, PIL image or tensor, got {type(obj).__name__}")
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> bytearray:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise ImageReadError(path, "empty file (0 bytes)")
+            # A bytearray, because torch.frombuffer needs a writable buffer to avoid a warning.
+            data = bytearray(size)
+            view = memoryview(data)
+            read = 0
+            while read < size:
+                n = f.readinto(view[read:])
+                if not n:
+                    break
+                read += n
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageReadError(path, "cannot read file (permission denied)") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+    if read < size:  # the file shrank while we read it
+        del data[read:]
+        if not data:
+            raise ImageReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _read_with_pil(path: str | os.PathLike[str], data: bytearray, tv_error: Exception) -> Tensor:
+    with _PIL_LIMIT_LOCK:
+        saved_limit = PIL.Image.MAX_IMAGE_PIXELS
+        # Our images are trusted training data; a large BMP/TIFF must not fail as a "bomb".
+        PIL.Image.MAX_IMAGE_PIXELS = None
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as pil_image:
+                pil_image.load()
+                return _pil_to_tensor(pil_image)
+        except Exception as pil_error:  # PIL's plugins raise many types on damaged files
+            raise ImageReadError(path, f"not a decodable image ({_describe_failure(data, tv_error, pil_error)})") from None
+        finally:
+            PIL.Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _describe_failure(data: bytearray, tv_error: Exception, pil_error: Exception) -> str:
+    """A short reason, such as ``truncated JPEG`` or ``unrecognised format, looks like text``."""
+    fmt = _sniff_format(data)
+    if fmt is None:
+        head = bytes(data[:512])
+        try:
+            head.decode("utf-8")
+            looks_like_text = all(b >= 0x20 or b in b"\t\n\r" for b in head)
+        except UnicodeDecodeError:  # may cut a multi-byte character at 512; treat as binary
+            looks_like_text = False
+        return "unrecognised format, looks like text" if looks_like_text else "unrecognised format"
+    if _is_truncated(data, fmt):
+        return f"truncated {fmt}"
+    tv_message = _TV_LOCATION.sub("", str(tv_error).splitlines()[0] if str(tv_error) else "")
+    detail = tv_message or str(pil_error) or type(pil_error).__name__
+    return f"corrupt {fmt}: {detail}"
+
+
+def _sniff_format(data: bytearray) -> str | None:
+    head = bytes(data[:16])
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _is_truncated(data: bytearray, fmt: str) -> bool:
+    # Some writers pad after the end marker, so look for it near the end rather than at the end.
+    tail = bytes(data[-1024:])
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail
+    if fmt == "PNG":
+        return b"IEND" not in tail
+    return False
+
+
+def _uint16_to_uint8(image: Tensor) -> Tensor:
+    """Scale a ``uint16`` image (``(C, H, W)`` or ``(H, W)``) to ``uint8`` with ``round(v / 257)``, so that 65535 -> 255 exactly.
+
+    257 is odd, so ``v / 257`` is never halfway between integers and ``(v + 128) // 257`` is the exact
+    rounding. Converted in chunks: a full int32 copy of a large image would be twice its size.
+    """
+    # Work on the decoder's (H, W, C) buffer when the image is a view of one, to avoid a uint16 copy.
+    hwc = image.permute(1, 2, 0) if image.ndim == 3 else image
+    source = hwc if hwc.is_contiguous() else image.contiguous()
+    flat = source.view(-1)
+    out = torch.empty(flat.shape, dtype=torch.uint8)
+    for start in range(0, flat.numel(), _CONVERT_CHUNK):
+        chunk = flat[start : start + _CONVERT_CHUNK].to(torch.int32)
+        out[start : start + _CONVERT_CHUNK] = torch.div(chunk + 128, 257, rounding_mode="floor").to(torch.uint8)
+    out = out.view(source.shape)
+    return out.permute(2, 0, 1) if source is hwc and image.ndim == 3 else out
+
+
+def _pil_to_tensor(pil_image: PIL.Image.Image) -> Tensor:
+    try:
+        pil_image = ImageOps.exif_transpose(pil_image) or pil_image
+    except Exception:  # a malformed EXIF block should not lose an otherwise good image; keep it as stored
+        pass
+    mode = pil_image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # PIL's convert("RGB") clips 16-bit values at 255 instead of scaling them.
+        values = np.asarray(pil_image).astype(np.int64, copy=False)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"to_rgb_tensor: a PIL image of mode {mode} has values outside [0, 65535]")
+        gray = torch.from_numpy(values.astype(np.uint16))
+        return _uint16_to_uint8(gray).expand(3, *gray.shape).contiguous()
+    if mode == "F":
+        return _numpy_to_tensor(np.asarray(pil_image))
+    if mode != "RGB":
+        try:
+            pil_image = pil_image.convert("RGB")
+        except ValueError as e:
+            raise ValueError(f"to_rgb_tensor: cannot convert a PIL image of mode {mode} to RGB ({e})") from None
+    return _numpy_to_tensor(np.asarray(pil_image))
+
+
+def _numpy_to_tensor(array: np.ndarray) -> Tensor:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"to_rgb_tensor: expected a numpy array of shape (H, W, 3) or (H, W), got {array.shape}")
+    with warnings.catch_warnings():
+        # A read-only array (np.asarray of a PIL image) is fine: the result below is always a copy.
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    # (H, W, 3) -> (3, H, W); (H, W) -> (1, H, W)
+    chw = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.unsqueeze(0)
+    out = _finish(chw, "numpy array")
+    # Never hand back a view of the caller's (possibly read-only) array, e.g. for a 1x1 image.
+    return out.clone() if out.data_ptr() == tensor.data_ptr() else out
+
+
+def _tensor_to_tensor(tensor: Tensor) -> Tensor:
+    tensor = tensor.as_subclass(Tensor)  # a tv_tensors.Image would otherwise stay an Image
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"to_rgb_tensor: expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {tuple(tensor.shape)}")
+    return _finish(tensor, "tensor")
+
+
+def _finish(tensor: Tensor, what: str) -> Tensor:
+    """(C, H, W) with C in {1, 3}, uint8 or float in [0, 1] -> contiguous uint8 (3, H, W)."""
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise ValueError(f"to_rgb_tensor: the {what} is empty, shape {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        pass
+    elif tensor.is_floating_point():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"to_rgb_tensor: the float {what} has NaN or infinite values")
+        low, high = float(tensor.min()), float(tensor.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"to_rgb_tensor: a float {what} must lie in [0, 1], got values in [{low:g}, {high:g}]")
+        tensor = tensor.float().mul(255.0).round_().to(torch.uint8)
+    else:
+        raise ValueError(f"to_rgb_tensor: expected a uint8 or float {what}, got {str(tensor.dtype).replace('torch.', '')}")
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    return tensor.contiguous()
