@@ -221,3 +221,85 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (SPEC §6)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One training source."""
+
+    format: str = "wider"  # wider (official or list format), fddb, coco
+    annotations: str = ""  # the annotation file (fddb: a glob or comma-separated list of ellipse files)
+    images: str | None = None  # image root; default: the annotation file's folder
+    repeat: float = 1.0  # over- (>1) or under-sampling (<1) of this source per epoch
+    ignore_invalid: bool = True  # WIDER's `invalid` faces become ignore regions
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[DatasetSpec, ...] = ()
+    size: int = 1024  # square training input
+    zoom_out: tuple[float, ...] = (1.0, 4.0)  # expansion factor range; [] disables
+    zoom_out_prob: float = 0.5
+    crop_scale: tuple[float, ...] = (0.3, 1.0)  # the smaller square patch's side factor; [] disables
+    min_face_size: float = 6.0  # faces with a shorter side below this (after resizing) are ignored
+    photometric: bool = True
+    flip_prob: float = 0.5
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    stc_theta: float = 0.99
+    step1_thresholds: tuple[float, ...] = (0.3, 0.7)  # (negative below, positive at or above)
+    step2_thresholds: tuple[float, ...] = (0.4, 0.5)
+    allow_low_quality_matches: bool = False  # the paper says nothing; off
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    smooth_l1_beta: float = 1.0 / 9.0
+    step1_cls_weight: float = 1.0
+    step1_reg_weight: float = 1.0
+    step2_cls_weight: float = 1.0
+    step2_reg_weight: float = 1.0
+    stc_filter_positives: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/srn"
+    epochs: int = 130  # 100 at lr, 20 at lr/10, 10 at lr/100
+    lr: float = 0.01
+    lr_steps: tuple[int, ...] = (100, 120)  # epochs at which the rate drops by lr_gamma
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0  # the paper has none; a short linear warmup is harmless
+    warmup_factor: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 32  # effective (global) batch: per-device batch x devices x accumulation
+    batch_per_device: int = 8
+    max_iters: int | None = None  # stop early (smoke runs); None = the full schedule
+    max_minutes: float | None = None  # stop (with a checkpoint and model.pt) after this long
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True
+    freeze_bn: bool = True  # BN statistics frozen (ImageNet values): exact under DDP, small batches
+    grad_clip: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 1000  # iterations (optimizer steps); also at every epoch end
+    log_every: int = 20
+    device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
+    init_from: str | None = None  # start from an srn checkpoint's weights (fine-tuning)
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,354 @@
+"""The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from srn.config import DetectorConfig, TrainingConfig, to_dict
+from srn.criterion import SRNCriterion
+from srn.data.build import build_train_dataset, count_dropped_boxes
+from srn.data.datasets import collate
+from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint, set_rng_state
+from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from srn.model import SRN
+from srn.weights import read_weights, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message says why and what was kept."""
+
+
+class SeededSamples(Dataset):
+    """Makes the random augmentation of item ``i`` in epoch ``e`` a function of (seed, e, i) alone.
+
+    So a resumed run, or one with another number of workers, sees exactly the same samples.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 998_244_353 + index) % (2**63))
+            return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start part-way into an epoch (for mid-epoch resume)."""
+
+    start = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start :])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
+
+
+def lr_factor(iteration: int, steps_per_epoch: int, lr_steps: tuple[int, ...], gamma: float, warmup_iters: int, warmup_factor: float) -> float:
+    """Step schedule by epoch (the paper's 1e-2 / 1e-3 / 1e-4) times an optional linear warmup."""
+    epoch = iteration / steps_per_epoch
+    factor = gamma ** sum(epoch >= step for step in lr_steps)
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+class Trainer:
+    """Trains SRN as SPEC §6 describes. Run one per process (``torchrun`` starts several).
+
+    Args:
+        config: the resolved training config.
+        base_dir: folder that relative data paths are taken from (the config file's).
+        resume: a training checkpoint to continue from, ``"auto"`` for ``output_dir/last.pt`` if it
+            exists, or None.
+    """
+
+    def __init__(self, config: TrainingConfig, base_dir: Path | None = None, resume: str | None = None) -> None:
+        self.config = config
+        tc = config.train
+        self.dist: DistInfo = init_distributed(tc.device)
+        self.device = self.dist.device
+        torch.manual_seed(tc.seed + self.dist.rank)
+        if tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.output_dir = Path(tc.output_dir)
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        self.model = SRN.from_config(config.model)
+        if tc.init_from:
+            _, state = read_weights(tc.init_from)
+            self.model.load_state_dict(state, strict=True)
+        self.model.to(self.device)
+        if tc.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.criterion = SRNCriterion(
+            stc_levels=config.model.stc_levels,
+            str_levels=config.model.str_levels,
+            stc_theta=config.loss.stc_theta,
+            step1_thresholds=tuple(config.loss.step1_thresholds),
+            step2_thresholds=tuple(config.loss.step2_thresholds),
+            allow_low_quality_matches=config.loss.allow_low_quality_matches,
+            focal_alpha=config.loss.focal_alpha,
+            focal_gamma=config.loss.focal_gamma,
+            smooth_l1_beta=config.loss.smooth_l1_beta,
+            step1_cls_weight=config.loss.step1_cls_weight,
+            step1_reg_weight=config.loss.step1_reg_weight,
+            step2_cls_weight=config.loss.step2_cls_weight,
+            step2_reg_weight=config.loss.step2_reg_weight,
+            stc_filter_positives=config.loss.stc_filter_positives,
+        )
+        # Normalise by the positives of the whole global batch, so that N processes compute the
+        # gradient one process would compute on the same images.
+        self.criterion.normalizer_fn = all_reduce_mean
+        self.ddp_model: nn.Module = self.model
+        if self.dist.distributed:
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.dataset = SeededSamples(build_train_dataset(config.data, base_dir), tc.seed)
+        per_step = tc.batch_per_device * self.dist.world_size
+        self.accumulation = max(1, round(tc.batch_size / per_step))
+        if self.accumulation * per_step != tc.batch_size and self.dist.is_main:
+            logger.warning("effective batch is %d, not %d (%d per device x %d devices x %d accumulation)",
+                           self.accumulation * per_step, tc.batch_size, tc.batch_per_device, self.dist.world_size, self.accumulation)
+        self.sampler = ResumableSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=tc.seed, drop_last=True)
+        micro_batches = len(self.sampler) // tc.batch_per_device
+        self.steps_per_epoch = micro_batches // self.accumulation
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"too few training images ({len(self.dataset)}) for one step of {self.accumulation * per_step}; "
+                "lower train.batch_size or train.batch_per_device"
+            )
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda it: lr_factor(it, self.steps_per_epoch, tuple(tc.lr_steps), tc.lr_gamma, tc.warmup_iters, tc.warmup_factor),
+        )
+        self.use_amp = tc.amp and self.device.type == "cuda"
+        # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        self.iteration = 0
+        self.total_iters = tc.epochs * self.steps_per_epoch
+        if tc.max_iters is not None:
+            self.total_iters = min(self.total_iters, tc.max_iters)
+
+        resume_path = self.output_dir / "last.pt" if resume == "auto" else (Path(resume) if resume else None)
+        if resume_path is not None and (resume != "auto" or resume_path.is_file()):
+            self._resume(resume_path)
+        elif self.dist.is_main:
+            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.dist.is_main:
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    # ------------------------------------------------------------------------------------------
+    def _resume(self, path: Path) -> None:
+        state = load_training_checkpoint(path)
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        set_rng_state(state["rng"])
+        if self.dist.is_main:
+            # Drop log lines written after the checkpoint: they are about to be redone.
+            log = self.output_dir / "metrics.jsonl"
+            if log.is_file():
+                kept = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l).get("iteration", 0) <= self.iteration]
+                log.write_text("".join(f"{l}\n" for l in kept))
+            logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _save(self, name: str = "last.pt") -> None:
+        if not self.dist.is_main:
+            return
+        save_training_checkpoint(
+            self.output_dir / name,
+            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.iteration // self.steps_per_epoch,
+            iteration=self.iteration,
+            config=to_dict(self.config),
+        )
+
+    def _batch(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+        batch = torch.stack(images).to(self.device, non_blocking=True)  # (N, 3, S, S) uint8
+        if self.config.train.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        targets = [{"boxes": t["boxes"].to(self.device), "ignore": t["ignore"].to(self.device)} for t in targets]
+        return batch, targets
+
+    def _loader(self, epoch: int, start_micro_batch: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.sampler.start = start_micro_batch * self.config.train.batch_per_device
+        workers = self.config.data.workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.train.batch_per_device,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_step(self, micro_batches: list[tuple[list[torch.Tensor], list[dict]]]) -> dict[str, float]:
+        """One optimizer step over ``accumulation`` micro-batches; returns the mean loss parts."""
+        self.ddp_model.train()
+        if self.config.train.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        parts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        for index, (images, targets) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            sync = self.ddp_model.no_sync() if (self.dist.distributed and not last) else contextlib.nullcontext()
+            with sync:
+                if images:
+                    batch, targets = self._batch(images, targets)
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                        outputs = self.ddp_model(batch)
+                    losses = self.criterion(outputs, targets)
+                    loss = sum(losses.values())
+                else:
+                    # Every image of this micro-batch failed to load: a zero loss still takes part in
+                    # DDP's gradient exchange so that the processes stay in step.
+                    losses = {}
+                    loss = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
+                if not torch.isfinite(loss):
+                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                    raise TrainingError(
+                        f"non-finite loss at iteration {self.iteration + 1} ({detail}); training stopped, "
+                        f"the last good checkpoint {self.output_dir / 'last.pt'} is intact"
+                    )
+                (loss / len(micro_batches)).backward()
+            for key, value in losses.items():
+                parts[key] += value.detach() / len(micro_batches)
+        if self.config.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.iteration += 1
+        result = {k: float(all_reduce_mean(v)) for k, v in parts.items()}
+        result["loss"] = sum(result.values())
+        return result
+
+    def fit(self) -> Path:
+        """Train to the end of the schedule (or ``max_iters``); returns the final model file."""
+        tc = self.config.train
+        if self.dist.is_main:
+            logger.info("%d images, %d steps per epoch, %d steps in all (batch %d = %d x %d devices x %d)",
+                        len(self.dataset), self.steps_per_epoch, self.total_iters,
+                        tc.batch_per_device * self.dist.world_size * self.accumulation,
+                        tc.batch_per_device, self.dist.world_size, self.accumulation)
+        writer = self._tensorboard()
+        progress = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_iters, initial=self.iteration, unit="it", file=sys.stderr, dynamic_ncols=True)
+        log_path = self.output_dir / "metrics.jsonl"
+        window: dict[str, float] = defaultdict(float)
+        window_steps, window_images, window_start = 0, 0, time.perf_counter()
+        deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
+        try:
+            while self.iteration < self.total_iters:
+                epoch, step = divmod(self.iteration, self.steps_per_epoch)
+                batches = iter(self._loader(epoch, step * self.accumulation))
+                while step < self.steps_per_epoch and self.iteration < self.total_iters:
+                    micro = [next(batches) for _ in range(self.accumulation)]
+                    parts = self.train_step(micro)
+                    step += 1
+                    window_steps += 1
+                    window_images += sum(len(images) for images, _ in micro) * self.dist.world_size
+                    for key, value in parts.items():
+                        window[key] += value
+                    if self.iteration % tc.log_every == 0 or self.iteration == self.total_iters:
+                        elapsed = time.perf_counter() - window_start
+                        record = {"iteration": self.iteration, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                                  **{k: v / window_steps for k, v in window.items()},
+                                  "images_per_s": window_images / max(elapsed, 1e-9)}
+                        if self.dist.is_main:
+                            with open(log_path, "a") as handle:
+                                handle.write(json.dumps(record) + "\n")
+                            if writer is not None:
+                                for key, value in record.items():
+                                    if key not in ("iteration", "epoch"):
+                                        writer.add_scalar(f"train/{key}", value, self.iteration)
+                            progress.set_postfix({k: f"{record[k]:.3f}" for k in record if k.startswith("loss")} | {"img/s": f"{record['images_per_s']:.1f}"})
+                        window.clear()
+                        window_steps, window_images, window_start = 0, 0, time.perf_counter()
+                    if progress is not None:
+                        progress.update(1)
+                    if self.iteration % tc.checkpoint_every == 0:
+                        self._save()
+                    if self._out_of_time(deadline):
+                        logger.info("train.max_minutes reached at iteration %d", self.iteration)
+                        self.total_iters = self.iteration
+                if step >= self.steps_per_epoch or self.iteration >= self.total_iters:
+                    self._save()
+        finally:
+            if progress is not None:
+                progress.close()
+            if writer is not None:
+                writer.close()
+        final = self.output_dir / "model.pt"
+        if self.dist.is_main:
+            dropped = count_dropped_boxes(self.dataset.dataset)
+            if dropped:
+                logger.info("%d degenerate boxes were dropped from the training data", dropped)
+            save_checkpoint(self.model, DetectorConfig(self.config.model, self.config.postprocess), final)
+        cleanup()
+        return final
+
+    def _out_of_time(self, deadline: float) -> bool:
+        # Every process must stop at the same iteration, so rank 0's clock decides for all.
+        late = torch.tensor(float(time.monotonic() > deadline), device=self.device)
+        if self.dist.distributed:
+            torch.distributed.broadcast(late, src=0)
+        return bool(late)
+
+    def _tensorboard(self):
+        if not (self.dist.is_main and self.config.train.tensorboard):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.output_dir / "tb"))

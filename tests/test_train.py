@@ -1,0 +1,187 @@
+"""The training engine: gradients, DDP equivalence, kill-and-resume, non-finite stop, overfitting."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+from srn.config import ConfigError, TrainingConfig, apply_overrides, from_dict, load_yaml
+from srn.engine.checkpoint import load_training_checkpoint
+from srn.engine.trainer import Trainer, TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "srn" / "configs"
+
+
+def tiny_config(shared_dir, output_dir, **overrides):
+    """A small SRN (ResNet-18, width 32) on the 150 real WIDER val images at 96 px."""
+    base = {
+        "model": {"backbone": "resnet18", "width": 32},
+        "data": {
+            "train": [{"format": "wider", "annotations": str(shared_dir / "data/widerface/val_subset/labels_416.txt")}],
+            "size": 96,
+            "workers": 0,
+            "photometric": False,
+        },
+        "train": {"output_dir": str(output_dir), "batch_size": 4, "batch_per_device": 2, "epochs": 1,
+                  "log_every": 1, "checkpoint_every": 1, "tensorboard": False, "device": "cpu"},
+    }
+    config = from_dict(TrainingConfig, base)
+    return apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_presets_load_and_unknown_keys_are_refused():
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    assert names == ["ablation_stc", "ablation_stc_str", "ablation_str", "retinanet_r50_widerface", "srn_mobilenet_v2", "srn_r50_widerface"]
+    baseline = load_yaml(TrainingConfig, PRESETS / "retinanet_r50_widerface.yaml")
+    assert (baseline.model.stc_levels, baseline.model.str_levels, baseline.model.rfe) == ((), (), False)
+    paper = load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml")
+    assert (paper.train.lr, paper.train.lr_steps, paper.train.epochs, paper.train.batch_size) == (0.01, (100, 120), 130, 32)
+    assert (paper.loss.step1_thresholds, paper.loss.step2_thresholds, paper.loss.stc_theta) == ((0.3, 0.7), (0.4, 0.5), 0.99)
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'; did you mean 'train.epochs'"):
+        load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml", ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'train.learning_rate'; valid keys: amp, "):
+        load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml", ["train.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml", ["train.epochs=many"])
+
+
+def test_every_parameter_gets_a_gradient(shared_dir, tmp_path):
+    for levels in ({}, {"model.stc_levels": "[]", "model.str_levels": "[]", "model.rfe": "false"}):
+        trainer = Trainer(tiny_config(shared_dir, tmp_path / "g", **levels))
+        batch = torch.randint(0, 255, (2, 3, 256, 256), dtype=torch.uint8)
+        outputs = trainer.model(batch)
+        # One face exactly on an anchor of every level, so both steps have positives everywhere.
+        faces = torch.stack([anchors[len(anchors) // 2] for anchors in outputs["anchors"]])
+        targets = [{"boxes": faces, "ignore": torch.zeros(6, dtype=torch.bool)}] * 2
+        sum(trainer.criterion(outputs, targets).values()).backward()
+        missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        assert missing == [], missing
+
+
+def test_face_less_image_trains(shared_dir, tmp_path):
+    trainer = Trainer(tiny_config(shared_dir, tmp_path / "f"))
+    image = torch.randint(0, 255, (3, 96, 96), dtype=torch.uint8)
+    empty = {"boxes": torch.zeros(0, 4), "ignore": torch.zeros(0, dtype=torch.bool)}
+    parts = trainer.train_step([([image, image], [empty, empty])])
+    assert parts["loss_step1_reg"] == 0.0 and parts["loss_step2_reg"] == 0.0
+    assert parts["loss_step2_cls"] > 0 and trainer.iteration == 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, config, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    trainer = Trainer(config)
+    for _ in range(2):
+        trainer.train_step([next(iter(trainer._loader(0, trainer.iteration)))])
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_process(shared_dir, tmp_path):
+    # Global batch 4: two processes x 2 images, against one process x 4 images.
+    ddp = tiny_config(shared_dir, tmp_path / "ddp", **{"train.batch_per_device": 2, "train.batch_size": 4})
+    mp.spawn(_ddp_worker, args=(2, _free_port(), ddp, tmp_path / "ddp.pt"), nprocs=2, join=True)
+    single = Trainer(tiny_config(shared_dir, tmp_path / "one", **{"train.batch_per_device": 4, "train.batch_size": 4}))
+    initial = single.model.head.cls_pred.weight.detach().clone()
+    for _ in range(2):
+        single.train_step([next(iter(single._loader(0, single.iteration)))])
+    got = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for name, value in single.model.state_dict().items():
+        assert_close(got[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(initial, single.model.head.cls_pred.weight)  # the steps did move the weights
+
+
+def _train_command(config_path, *extra):
+    return [sys.executable, "-m", "srn", "train", str(config_path), *extra]
+
+
+def _write_config(config, path):
+    import yaml
+
+    from srn.config import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return path
+
+
+def _losses(run_dir):
+    return {r["iteration"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_losses(shared_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    overrides = {"train.max_iters": 8, "train.deterministic": "true"}
+    straight = _write_config(tiny_config(shared_dir, tmp_path / "straight", **overrides), tmp_path / "straight.yaml")
+    subprocess.run(_train_command(straight), check=True, env=env, capture_output=True, timeout=600)
+    expected = _losses(tmp_path / "straight")
+    assert sorted(expected) == list(range(1, 9))
+
+    run_dir = tmp_path / "killed"
+    killed = _write_config(tiny_config(shared_dir, run_dir, **overrides), tmp_path / "killed.yaml")
+    proc = subprocess.Popen(_train_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run_dir / "last.pt").is_file() and len(_losses(run_dir)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = load_training_checkpoint(run_dir / "last.pt")["iteration"]
+    assert 1 <= resumed_from < 8
+    result = subprocess.run(_train_command(killed, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    got = _losses(run_dir)
+    assert sorted(got) == list(range(1, 9))
+    for iteration in range(resumed_from + 1, 9):
+        assert got[iteration] == pytest.approx(expected[iteration], rel=1e-6, abs=1e-9), iteration
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shared_dir, tmp_path):
+    trainer = Trainer(tiny_config(shared_dir, tmp_path / "nan", **{"train.max_iters": 3}))
+    trainer.train_step([next(iter(trainer._loader(0, 0)))])
+    trainer._save()
+    before = (tmp_path / "nan" / "last.pt").read_bytes()
+    original = trainer.criterion.forward
+
+    def poisoned(outputs, targets):
+        losses = original(outputs, targets)
+        losses["loss_step2_cls"] = losses["loss_step2_cls"] * float("nan")
+        return losses
+
+    trainer.criterion.forward = poisoned
+    with pytest.raises(TrainingError, match=r"non-finite loss at iteration 2 \(.*loss_step2_cls=nan.*\); training stopped, the last good checkpoint .*last.pt is intact"):
+        trainer.fit()
+    assert (tmp_path / "nan" / "last.pt").read_bytes() == before
+
+
+def test_checkpoint_holds_everything_and_is_a_weights_file(shared_dir, tmp_path):
+    from srn.weights import load_model
+
+    trainer = Trainer(tiny_config(shared_dir, tmp_path / "c", **{"train.max_iters": 2}))
+    final = trainer.fit()
+    state = load_training_checkpoint(tmp_path / "c" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "rng", "config"} <= set(state)
+    assert state["iteration"] == 2 and state["config"]["model"]["backbone"] == "resnet18"
+    assert (tmp_path / "c" / "config.yaml").is_file()
+    model, config = load_model(final)
+    assert config.model.width == 32
+    load_model(tmp_path / "c" / "last.pt")
