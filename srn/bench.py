@@ -1,0 +1,525 @@
+"""``srn bench``: SRN against torchvision's RetinaNet-R50-FPN in one run, on one device.
+
+Measured for both models, at each ``--sizes`` entry (W x H):
+
+- latency at batch 1, median over ``--iters`` after ``--warmup`` runs; for SRN split into the
+  network's forward and :func:`srn.postprocess.postprocess`, with the post-processing share;
+- throughput at ``--batch`` (default 16 on GPU, 2 on CPU) on the first size;
+- peak memory: ``torch.cuda.max_memory_allocated`` above the weights on GPU; on CPU the growth of
+  the peak RSS (``resource.getrusage``, its peak reset through ``/proc/self/clear_refs`` on Linux);
+- FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode`` on the meta device, 2 FLOPs per
+  multiply-add) and the fraction of the device's matrix rate that the measured speed reaches. The rate
+  comes from the same run: a large bf16 matmul on GPU, fp32 on CPU.
+
+The peer is ``retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)``: one face
+class, which is SPEC §1's 415 GFLOP model at 1024x1024 (the COCO default of 91 classes costs 496).
+Its internal resize is neutralised by setting ``min_size``/``max_size`` to the input's sides, and it
+is timed end to end (transform, network, its own post-processing). ``--dtype`` and
+``--channels-last`` apply to both models; ``--compile`` to SRN only (the peer's post-processing is
+data-dependent Python).
+
+Randomly initialised weights score every anchor near the 0.01 prior, so almost no anchor passes
+the candidate threshold and post-processing looks free. ``postprocess_dense`` therefore also times
+post-processing on logits drawn from N(0, 2): about half the anchors are candidates and every
+level's top-k is full, an upper bound for a crowded photo. Random weights also drive activations of
+the std-0.01 layers into float denormals, which a trained model never produces; denormals are
+flushed to zero during the CPU run so that they do not dominate the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from srn.config import ModelConfig, PostProcessConfig
+from srn.postprocess import postprocess
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``srn bench`` measures; sizes are (height, width)."""
+
+    device: str | None = None  # default: cuda when available
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    warmup: int = 2
+    iters: int = 10
+    sizes: tuple[tuple[int, int], ...] = ((480, 640), (1024, 1024))
+    batch: int | None = None  # throughput batch; None: 16 on GPU, 2 on CPU; 0: skip throughput
+    backbone: str = "resnet50"
+    width: int = 256
+    weights: str | None = None  # an srn checkpoint or SRN.pth instead of a random network
+    peer: bool = True
+    peer_classes: int = 2
+    matmul_size: int | None = None  # default: 8192 on GPU, 2048 on CPU
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+
+
+def size_name(size: tuple[int, int]) -> str:
+    """(H, W) as the usual "WxH"."""
+    return f"{size[1]}x{size[0]}"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"640x480" (W x H) as (480, 640)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must look like 640x480 (width x height)") from None
+    if width < 32 or height < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be at least 32")
+    return height, width
+
+
+# ---------------------------------------------------------------------------------------------
+# Clocks, memory, FLOPs, the device's matrix rate
+# ---------------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """Marks on the device's timeline: CUDA events on GPU (no host sync between marks), the host
+    clock on CPU, where every op has finished when it returns."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def ms(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+
+
+def _median_ms(clock: _Clock, phases: Callable[[Callable[[], Any]], None], warmup: int, iters: int, count: int) -> list[float]:
+    """Median duration of each of ``count`` consecutive phases of one iteration.
+
+    ``phases(mark)`` runs one iteration and calls ``mark()`` before the first phase and after each.
+    """
+    samples: list[list[float]] = [[] for _ in range(count)]
+    for step in range(warmup + iters):
+        marks: list[Any] = []
+        clock.sync()
+        phases(lambda: marks.append(clock.mark()))
+        clock.sync()
+        if step >= warmup:
+            for i in range(count):
+                samples[i].append(clock.ms(marks[i], marks[i + 1]))
+    return [statistics.median(s) for s in samples]
+
+
+def _read_rss_kb() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that memory a previous model freed but
+    the allocator kept resident does not hide the next model's growth."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def peak_memory_mb(device: torch.device) -> Iterator[dict[str, float]]:
+    """Peak memory growth (MB) over the block: CUDA allocator on GPU, RSS on CPU."""
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize()
+        result["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return
+    _release_free_heap()
+    try:
+        # Linux: "5" resets the peak RSS that getrusage reports, so each block gets its own peak.
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        base_kb = _read_rss_kb()
+    except OSError:
+        base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield result
+    result["mb"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+
+
+def matmul_tflops(device: torch.device, n: int | None = None, iters: int | None = None) -> dict[str, Any]:
+    """The device's measured dense matrix rate: n x n x n matmuls, bf16 on GPU and fp32 on CPU."""
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 2048)
+    iters = iters or (20 if cuda else 3)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    clock = _Clock(device)
+
+    def run(mark: Callable[[], Any]) -> None:
+        mark()
+        for _ in range(iters):
+            torch.mm(a, b)
+        mark()
+
+    (ms,) = _median_ms(clock, run, warmup=1, iters=3, count=1)
+    return {"dtype": "bf16" if cuda else "fp32", "n": n, "tflops": 2 * n**3 * iters / (ms / 1e3) / 1e12}
+
+
+def count_gflops(build: Callable[[], nn.Module], forward: Callable[[nn.Module, Tensor], Any], size: tuple[int, int]) -> float:
+    """GFLOP of one forward at batch 1, counted on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        model = build().eval()
+    images = torch.zeros(1, 3, *size, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        forward(model, images)
+    return counter.get_total_flops() / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# The two models
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_srn(config: BenchConfig, device: torch.device) -> tuple[nn.Module, PostProcessConfig, ModelConfig]:
+    from srn.model import build_model
+    from srn.weights import load_model
+
+    if config.weights:
+        model, detector_config = load_model(config.weights, device)
+        return model, detector_config.postprocess, detector_config.model
+    model_config = ModelConfig(backbone=config.backbone, width=config.width)
+    return build_model(model_config).to(device).eval(), PostProcessConfig(), model_config
+
+
+def _build_peer(config: BenchConfig, size: tuple[int, int]) -> nn.Module:
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    # min_size/max_size equal to the input's sides: the transform's resize keeps the size (scale 1).
+    return retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=config.peer_classes, min_size=min(size), max_size=max(size)
+    ).eval()
+
+
+def _set_peer_size(peer: nn.Module, size: tuple[int, int]) -> None:
+    peer.transform.min_size = (min(size),)
+    peer.transform.max_size = max(size)
+
+
+def _float_outputs(outputs: dict[str, list]) -> dict[str, list]:
+    """bf16 logits and deltas as float32: decoding 1000-pixel coordinates in bf16 would round boxes
+    to several pixels."""
+    return {k: [t.float() if t is not None and k != "anchors" else t for t in v] for k, v in outputs.items()}
+
+
+def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
+    """The same outputs with logits from N(0, 2): the worst case for post-processing."""
+    gen = torch.Generator(device=outputs["step2_logits"][0].device).manual_seed(0)
+    dense = dict(outputs)
+    for key in ("step1_logits", "step2_logits"):
+        dense[key] = [None if t is None else torch.randn(t.shape, generator=gen, device=t.device) * 2.0 for t in outputs[key]]
+    return dense
+
+
+def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool) -> Tensor:
+    images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure SRN (and the peer) as :class:`BenchConfig` says; returns the JSON-ready results."""
+    log = log or (lambda message: None)
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    if config.iters < 1 or config.warmup < 0:
+        raise ValueError("iters must be at least 1 and warmup at least 0")
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch = config.batch if config.batch is not None else (16 if device.type == "cuda" else 2)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    try:
+        results: dict[str, Any] = {
+            "settings": {**asdict(replace(config, sizes=[size_name(s) for s in config.sizes])), "batch": batch, "device": str(device)},
+            "device": _describe(device),
+        }
+        log(f"matrix rate on {results['device']['name']} ...")
+        results["matmul"] = matmul_tflops(device, config.matmul_size)
+        rate = results["matmul"]["tflops"] * 1e12
+
+        srn_model, post_config, model_config = _build_srn(config, device)
+        srn_model = srn_model.to(memory_format=memory_format)
+        forward = torch.compile(srn_model) if config.compile else srn_model
+        stc, str_, anchors = srn_model.stc_levels, srn_model.str_levels, srn_model.head.num_anchors
+
+        def srn_phases(images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
+            def run(mark: Callable[[], Any]) -> None:
+                mark()
+                with autocast:
+                    outputs = forward(images)
+                mark()
+                outputs = _float_outputs(outputs)
+                if dense:
+                    outputs = _dense_logits(outputs)
+                postprocess(outputs, stc, str_, post_config, min_score=0.0, num_anchors=anchors)
+                mark()
+
+            return run
+
+        srn: dict[str, Any] = {"params_m": sum(p.numel() for p in srn_model.parameters()) / 1e6,
+                               "gflops": {}, "latency_ms": {}, "peak_memory_mb": {}, "matrix_rate_fraction": {}}
+        peer: dict[str, Any] = {"params_m": None, "gflops": {}, "latency_ms": {}, "peak_memory_mb": {}, "matrix_rate_fraction": {}}
+        peer_model = _build_peer(config, config.sizes[0]).to(device).to(memory_format=memory_format) if config.peer else None
+        if peer_model is not None:
+            peer["params_m"] = sum(p.numel() for p in peer_model.parameters()) / 1e6
+
+        def peer_phases(images: Tensor) -> Callable[[Callable[[], Any]], None]:
+            items = list(images)
+
+            def run(mark: Callable[[], Any]) -> None:
+                mark()
+                with autocast:
+                    peer_model(items)
+                mark()
+
+            return run
+
+        clock = _Clock(device)
+        with torch.inference_mode():
+            for size in config.sizes:
+                name = size_name(size)
+                images = _images(1, size, device, config.channels_last)
+                srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
+                log(f"SRN {name} ...")
+                with peak_memory_mb(device) as memory:
+                    forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
+                _, dense_ms = _median_ms(clock, srn_phases(images, dense=True), min(config.warmup, 1), config.iters, 2)
+                end_to_end = forward_ms + post_ms
+                srn["latency_ms"][name] = {
+                    "end_to_end": end_to_end, "forward": forward_ms, "postprocess": post_ms,
+                    "postprocess_share": post_ms / end_to_end,
+                    "postprocess_dense": dense_ms, "postprocess_dense_share": dense_ms / (forward_ms + dense_ms),
+                }
+                srn["peak_memory_mb"][name] = memory["mb"]
+                srn["matrix_rate_fraction"][name] = srn["gflops"][name] * 1e9 / (end_to_end / 1e3) / rate
+                if peer_model is None:
+                    continue
+                peer["gflops"][name] = count_gflops(lambda: _build_peer(config, size), _peer_network, size)
+                log(f"peer {name} ...")
+                _set_peer_size(peer_model, size)
+                with peak_memory_mb(device) as memory:
+                    (peer_ms,) = _median_ms(clock, peer_phases(images), config.warmup, config.iters, 1)
+                peer["latency_ms"][name] = {"end_to_end": peer_ms}
+                peer["peak_memory_mb"][name] = memory["mb"]
+                peer["matrix_rate_fraction"][name] = peer["gflops"][name] * 1e9 / (peer_ms / 1e3) / rate
+
+            if batch > 0:
+                size = config.sizes[0]
+                name = size_name(size)
+                images = _images(batch, size, device, config.channels_last)
+                log(f"SRN throughput, batch {batch} at {name} ...")
+                with peak_memory_mb(device) as memory:
+                    forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
+                srn["throughput"] = _throughput(batch, name, forward_ms + post_ms, srn["gflops"][name], rate, memory["mb"])
+                srn["throughput"]["postprocess_share"] = post_ms / (forward_ms + post_ms)
+                if peer_model is not None:
+                    log(f"peer throughput, batch {batch} at {name} ...")
+                    _set_peer_size(peer_model, size)
+                    with peak_memory_mb(device) as memory:
+                        (peer_ms,) = _median_ms(clock, peer_phases(images), config.warmup, config.iters, 1)
+                    peer["throughput"] = _throughput(batch, name, peer_ms, peer["gflops"][name], rate, memory["mb"])
+
+        results["srn"] = srn
+        if peer_model is not None:
+            results["peer"] = peer
+            results["ratios"] = _ratios(srn, peer)
+        return results
+    finally:
+        torch.set_num_threads(threads)
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _meta_srn(model_config: ModelConfig) -> nn.Module:
+    from srn.model import build_model
+
+    return build_model(replace(model_config, pretrained=None))
+
+
+def _peer_network(model: nn.Module, images: Tensor) -> None:
+    # The peer's own post-processing is data-dependent (nonzero) and cannot run on meta tensors; it
+    # has no multiply-adds worth counting anyway.
+    features = model.backbone(images)
+    model.head(list(features.values()))
+
+
+def _throughput(batch: int, name: str, ms: float, gflops: float, rate: float, memory_mb: float) -> dict[str, Any]:
+    images_per_s = batch / (ms / 1e3)
+    return {"batch": batch, "size": name, "ms_per_batch": ms, "images_per_s": images_per_s,
+            "peak_memory_mb": memory_mb, "matrix_rate_fraction": gflops * 1e9 * images_per_s / rate}
+
+
+def _ratios(srn: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
+    """SRN / peer for every matching number (latency > 1: SRN is slower; throughput > 1: faster)."""
+    ratios = {}
+    for name, latency in srn["latency_ms"].items():
+        ratios[f"latency_{name}"] = latency["end_to_end"] / peer["latency_ms"][name]["end_to_end"]
+        ratios[f"gflops_{name}"] = srn["gflops"][name] / peer["gflops"][name]
+        ratios[f"peak_memory_{name}"] = srn["peak_memory_mb"][name] / peer["peak_memory_mb"][name] if peer["peak_memory_mb"][name] else math.nan
+    if "throughput" in srn and "throughput" in peer:
+        ratios["throughput"] = srn["throughput"]["images_per_s"] / peer["throughput"]["images_per_s"]
+    return ratios
+
+
+def _describe(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "cpu")
+    return {"type": device.type, "name": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return handle.read().splitlines()
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Report and command line
+# ---------------------------------------------------------------------------------------------
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the results: SRN, the peer and their ratio."""
+    srn, peer = results["srn"], results.get("peer")
+    rows = [("metric", "SRN", "RetinaNet-R50" if peer else "", "ratio" if peer else "")]
+
+    def add(label: str, ours: float | None, theirs: float | None, fmt: str = "{:.1f}") -> None:
+        ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else ""
+        rows.append((label, fmt.format(ours) if ours is not None else "", fmt.format(theirs) if theirs is not None else "", ratio))
+
+    for name, latency in srn["latency_ms"].items():
+        their = peer["latency_ms"][name]["end_to_end"] if peer else None
+        add(f"latency {name} (ms)", latency["end_to_end"], their)
+        rows.append((f"  post-processing share {name}", f"{latency['postprocess_share']:.1%}", "", ""))
+        rows.append((f"  dense post-processing share {name}", f"{latency['postprocess_dense_share']:.1%}", "", ""))
+        add(f"GFLOP {name}", srn["gflops"][name], peer["gflops"][name] if peer else None, "{:.0f}")
+        add(f"peak memory {name} (MB)", srn["peak_memory_mb"][name], peer["peak_memory_mb"][name] if peer else None, "{:.0f}")
+        add(f"matrix rate reached {name}", srn["matrix_rate_fraction"][name], peer["matrix_rate_fraction"][name] if peer else None, "{:.1%}")
+    if "throughput" in srn:
+        label = f"throughput batch {srn['throughput']['batch']} {srn['throughput']['size']} (img/s)"
+        add(label, srn["throughput"]["images_per_s"], peer["throughput"]["images_per_s"] if peer else None, "{:.2f}")
+        add("  matrix rate reached", srn["throughput"]["matrix_rate_fraction"], peer["throughput"]["matrix_rate_fraction"] if peer else None, "{:.1%}")
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    matmul = results["matmul"]
+    device = results["device"]
+    header = (f"{device['name']} ({device['type']}, {device['threads']} threads), {results['settings']['dtype']}, "
+              f"matrix rate {matmul['tflops']:.2f} TFLOP/s ({matmul['dtype']} {matmul['n']}^3)")
+    return "\n".join([header, *lines])
+
+
+BENCH_HELP = """\
+Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
+
+Examples:
+  srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
+  srn bench --device cuda --dtype bf16 --channels-last --json bench.json
+  srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``srn bench`` to the ``srn`` command line."""
+    parser = sub.add_parser("bench", help="benchmark SRN against RetinaNet-R50", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_args(parser)
+    parser.set_defaults(func=cmd_bench)
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchConfig()
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: autocast for both models")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--iters", type=int, default=defaults.iters)
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(defaults.sizes), metavar="WxH", help="default: 640x480 1024x1024")
+    parser.add_argument("--batch", type=int, help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
+    parser.add_argument("--backbone", default=defaults.backbone, help="SRN backbone of the random network (ignored with --weights)")
+    parser.add_argument("--width", type=int, default=defaults.width, help="SRN head width of the random network")
+    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of a random network")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
+    parser.add_argument("--peer-classes", type=int, default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
+        backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
+        threads=args.threads,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from srn.cli import UserError, atomic_write_text
+
+    try:
+        results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
+    except torch.OutOfMemoryError:
+        raise UserError("out of memory; lower --batch or --sizes") from None
+    except ValueError as exc:
+        raise UserError(str(exc).strip().splitlines()[0]) from None
+    print(format_table(results))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m srn.bench``: the same as ``srn bench``."""
+    parser = argparse.ArgumentParser(prog="srn bench", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_args(parser)
+    return cmd_bench(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

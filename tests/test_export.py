@@ -1,0 +1,172 @@
+"""ONNX export: numbers from onnxruntime against PyTorch at sizes and batches unlike the sample's."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from srn import Detector  # noqa: E402
+from srn.cli import main  # noqa: E402
+from srn.config import DetectorConfig, ModelConfig, PostProcessConfig  # noqa: E402
+from srn.export import ExportError, OnnxDetector, OnnxMetadata, export_onnx, read_metadata  # noqa: E402
+from srn.model import build_model  # noqa: E402
+from srn.model.srn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from srn.weights import save_checkpoint  # noqa: E402
+
+SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32))
+SAMPLE = (2, 64, 64)  # (N, H, W) of the tracing sample
+# Neither the batch nor the size of the sample, and odd sizes so that every level rounds up.
+RUN_SHAPES = ((1, 77, 101), (3, 48, 72))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The CPU is shared: with 2 threads, OpenMP barriers that wait on a busy core make these small
+    # convolutions up to 100x slower than with 1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spread_init(model: nn.Module) -> nn.Module:
+    """Give the new layers unit-gain weights and logits around -2.
+
+    SRN's own init (std 0.01, prior 0.01) puts every score within 1e-5 of 0.01, right on the STC
+    gate; then float rounding, not the export, decides which candidates exist.
+    """
+    for module in (model.extra, model.first_step, model.fpn, model.head):
+        for conv in module.modules():
+            if isinstance(conv, nn.Conv2d):
+                fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                nn.init.normal_(conv.weight, std=1.0 / math.sqrt(fan_in))
+                nn.init.normal_(conv.bias, std=0.1)
+    nn.init.constant_(model.head.cls_pred.bias, -2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    torch.manual_seed(0)
+    model = spread_init(build_model(SMALL.model)).eval()
+    folder = tmp_path_factory.mktemp("export")
+    save_checkpoint(model, SMALL, folder / "small.pt")
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def raw_onnx(small):
+    model, folder = small
+    path = folder / "raw.onnx"
+    metadata = export_onnx(model, path, sample_size=SAMPLE[1:], sample_batch=SAMPLE[0], backbone="resnet18")
+    return path, metadata
+
+
+@pytest.fixture(scope="module")
+def postprocess_onnx(small):
+    # Through the command line, which loads the checkpoint as Detector does.
+    _, folder = small
+    path = folder / "nms.onnx"
+    code = main(["export", "onnx", "--weights", str(folder / "small.pt"), "--out", str(path), "--postprocess",
+                 "--input-size", str(SAMPLE[1]), str(SAMPLE[2]), "--opset", "17"])
+    assert code == 0
+    return path
+
+
+def session_options():
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # see one_thread
+    return options
+
+
+def images(shape, seed):
+    return torch.rand(*shape[:1], 3, *shape[1:], generator=torch.Generator().manual_seed(seed))
+
+
+def assert_outputs_match(model, session, metadata, shape, seed, atol=1e-5):
+    """Every raw ONNX output against the PyTorch model's, at batch and size ``shape``."""
+    x = images(shape, seed)
+    arrays = dict(zip(metadata.output_names, session.run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        reference = model(x)
+    for level, anchors in enumerate(reference["anchors"]):
+        for step in ("step1", "step2"):
+            for kind, tail in (("logits", ()), ("deltas", (4,))):
+                expected = reference[f"{step}_{kind}"][level]
+                name = f"{step}_{kind}_{level}"
+                if expected is None:
+                    assert name not in arrays
+                    continue
+                got = torch.from_numpy(arrays[name])
+                # (N, H_l, W_l, A[, 4]): the grid is in the shape, so anchors need no guessing.
+                assert got.shape[0] == shape[0] and got.shape[1] * got.shape[2] * 2 == anchors.shape[0]
+                assert_close(got.reshape(shape[0], -1, *tail), expected, rtol=1e-4, atol=atol)
+
+
+def test_raw_outputs_match_pytorch(small, raw_onnx):
+    model, _ = small
+    path, metadata = raw_onnx
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    assert tuple(o.name for o in session.get_outputs()) == metadata.output_names
+    for seed, shape in enumerate(RUN_SHAPES):
+        assert_outputs_match(model, session, metadata, shape, seed)
+
+
+def test_metadata_round_trips(raw_onnx, postprocess_onnx):
+    path, written = raw_onnx
+    metadata = read_metadata(path)
+    assert metadata == written
+    assert OnnxMetadata.from_json(metadata.to_json()) == metadata
+    assert metadata.strides == (4, 8, 16, 32, 64, 128)
+    assert metadata.anchor_scales == (2.0, 2.828427) and metadata.anchor_ratio == 1.25
+    assert metadata.stc_levels == (0, 1, 2) and metadata.str_levels == (3, 4, 5)
+    assert metadata.pixel_mean == IMAGENET_MEAN and metadata.pixel_std == IMAGENET_STD
+    assert metadata.postprocess == PostProcessConfig() and not metadata.postprocess_in_graph
+    in_graph = read_metadata(postprocess_onnx)
+    assert in_graph.postprocess_in_graph and in_graph.output_names == ("boxes", "scores", "num_detections")
+    assert in_graph.backbone == "resnet18" and in_graph.opset == 17
+
+
+@pytest.mark.parametrize("layout", ["raw", "postprocess"])
+def test_onnx_detector_equals_detector(small, raw_onnx, postprocess_onnx, layout):
+    _, folder = small
+    path = raw_onnx[0] if layout == "raw" else postprocess_onnx
+    reference = Detector(folder / "small.pt", device="cpu", score_thresh=0.2)
+    onnx_detector = OnnxDetector(path, score_thresh=0.2, session_options=session_options())
+    gen = torch.Generator().manual_seed(3)
+    # Two sizes in one call: the batch is padded, as Detector pads it.
+    photos = [torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=gen),
+              torch.randint(0, 256, (3, 50, 41), dtype=torch.uint8, generator=gen)]
+    for expected, got in zip(reference.detect(photos), onnx_detector.detect(photos)):
+        assert len(expected) > 0
+        assert (got.width, got.height) == (expected.width, expected.height)
+        assert_close(got.scores, expected.scores, rtol=1e-4, atol=1e-5)
+        assert_close(got.boxes, expected.boxes, rtol=1e-4, atol=1e-3)
+
+
+def test_bad_files_name_themselves(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(ExportError, match="missing.onnx"):
+        OnnxDetector(missing)
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not a protobuf")
+    with pytest.raises(ExportError, match="foreign.onnx"):
+        read_metadata(foreign)
+
+
+@pytest.mark.slow
+def test_srn_r50_raw_outputs_match_pytorch(tmp_path):
+    # The paper's network: about 10 s on one CPU core.
+    torch.manual_seed(0)
+    model = spread_init(build_model()).eval()
+    metadata = export_onnx(model, tmp_path / "r50.onnx", sample_size=(64, 64), backbone="resnet50")
+    session = ort.InferenceSession(str(tmp_path / "r50.onnx"), session_options(), providers=["CPUExecutionProvider"])
+    # Outputs reach ~50 here; after fifty float32 layers the runtimes differ by up to ~6e-5 (about
+    # 1e-6 of that range) on elements near zero, where rtol alone cannot absorb it.
+    assert_outputs_match(model, session, metadata, (1, 80, 72), 0, atol=1e-4)
