@@ -100,13 +100,25 @@ def test_two_ddp_processes_match_one_process(shared_dir, tmp_path):
     ddp = tiny_config(shared_dir, tmp_path / "ddp", **{"train.batch_per_device": 2, "train.batch_size": 4})
     mp.spawn(_ddp_worker, args=(2, _free_port(), ddp, tmp_path / "ddp.pt"), nprocs=2, join=True)
     single = Trainer(tiny_config(shared_dir, tmp_path / "one", **{"train.batch_per_device": 4, "train.batch_size": 4}))
-    initial = single.model.head.cls_pred.weight.detach().clone()
+    initial = {k: v.detach().clone() for k, v in single.model.state_dict().items()}
     for _ in range(2):
         single.train_step([next(iter(single._loader(0, single.iteration)))])
     got = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    moved = 0
     for name, value in single.model.state_dict().items():
-        assert_close(got[name], value, rtol=1e-4, atol=1e-6, msg=name)
-    assert not torch.equal(initial, single.model.head.cls_pred.weight)  # the steps did move the weights
+        if not value.is_floating_point():
+            continue
+        # Compare the updates: both runs start from the same weights. Float summation order
+        # differs between 1 and 2 processes: the tiny backbone updates (~1e-7) agree to ~0.5%; a wrong
+        # normaliser or batch split would be off by O(1).
+        update, ddp_update = value - initial[name], got[name] - initial[name]
+        scale = update.norm()
+        if scale > 0:
+            moved += 1
+            assert float((ddp_update - update).norm()) <= 1e-2 * float(scale) + 1e-6 * float(value.norm()), name
+        else:
+            assert_close(got[name], value, msg=name)
+    assert moved > 100  # the steps did move the weights
 
 
 def _train_command(config_path, *extra):
@@ -185,3 +197,45 @@ def test_checkpoint_holds_everything_and_is_a_weights_file(shared_dir, tmp_path)
     model, config = load_model(final)
     assert config.model.width == 32
     load_model(tmp_path / "c" / "last.pt")
+
+
+OVERFIT_IMAGES = ["kaggle_face_mask_853/maksssksksss0.jpg", "kaggle_face_mask_853/maksssksksss9.jpg",
+                  "kaggle_face_mask_853/maksssksksss15.jpg", "kaggle_face_mask_853/maksssksksss18.jpg"]
+
+
+@pytest.mark.slow
+def test_overfits_a_few_real_images(shared_dir, tmp_path):
+    from torchvision.ops import box_iou
+
+    from srn.data.datasets import parse_wider_file
+    from srn.detector import Detector
+
+    faces = shared_dir / "data" / "faces"
+    records = {r.image_path: r for r in parse_wider_file(faces / "labels.txt")}
+    lines = []
+    for name in OVERFIT_IMAGES:
+        boxes = records[name].boxes.tolist()
+        lines += [str(faces / name), str(len(boxes))] + [f"{x1} {y1} {x2 - x1} {y2 - y1}" for x1, y1, x2, y2 in boxes]
+    (tmp_path / "few.txt").write_text("\n".join(lines) + "\n")
+    config = from_dict(TrainingConfig, {
+        "model": {"backbone": "mobilenet_v2", "width": 32, "pretrained": str(shared_dir / "weights" / "mobilenet_v2-b0353104.pth")},
+        "data": {"train": [{"annotations": str(tmp_path / "few.txt"), "images": "/"}], "size": 256, "zoom_out": [],
+                 "crop_scale": [], "flip_prob": 0.0, "photometric": False, "workers": 0},
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "batch_per_device": 4, "epochs": 80,
+                  "lr": 0.01, "lr_steps": [60], "log_every": 1, "tensorboard": False, "device": "cpu", "checkpoint_every": 1000},
+    })
+    trainer = Trainer(config)
+    trainer.fit()
+    losses = _losses(tmp_path / "run")
+    first, last = losses[1], sum(losses[i] for i in range(76, 81)) / 5
+    assert last < 0.25 * first, (first, last)
+
+    detector = Detector(model=trainer.model, config=None, device="cpu", score_thresh=0.3)
+    found = total = 0
+    for index in range(len(trainer.dataset)):
+        image, target = trainer.dataset.dataset[index]
+        detections = detector.detect(image)
+        total += len(target["boxes"])
+        if len(detections):
+            found += int((box_iou(target["boxes"], detections.boxes).max(dim=1).values >= 0.5).sum())
+    assert total == 9 and found / total >= 0.8, (found, total)

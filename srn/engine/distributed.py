@@ -54,6 +54,16 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def global_normalizer(count: torch.Tensor) -> torch.Tensor:
+    """A per-process loss normaliser equivalent to one process's ``max(count, 1)`` on the global
+    batch: ``max(sum of counts, 1) / world size`` (DDP then averages the gradients)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        return count.clamp(min=1) / dist.get_world_size()
+    return count.clamp(min=1)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

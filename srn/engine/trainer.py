@@ -24,7 +24,7 @@ from srn.criterion import SRNCriterion
 from srn.data.build import build_train_dataset, count_dropped_boxes
 from srn.data.datasets import collate
 from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint, set_rng_state
-from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
 from srn.model import SRN
 from srn.weights import read_weights, save_checkpoint
 
@@ -95,6 +95,9 @@ class Trainer:
         tc = config.train
         self.dist: DistInfo = init_distributed(tc.device)
         self.device = self.dist.device
+        if self.device.type == "cpu":
+            # Denormal floats (common in freshly initialised heads) are many times slower on CPUs.
+            torch.set_flush_denormal(True)
         torch.manual_seed(tc.seed + self.dist.rank)
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -127,9 +130,8 @@ class Trainer:
             step2_reg_weight=config.loss.step2_reg_weight,
             stc_filter_positives=config.loss.stc_filter_positives,
         )
-        # Normalise by the positives of the whole global batch, so that N processes compute the
-        # gradient one process would compute on the same images.
-        self.criterion.normalizer_fn = all_reduce_mean
+        # Normalise by the positives of the whole global batch.
+        self.criterion.normalizer_fn = global_normalizer
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
