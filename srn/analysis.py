@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from srn.anchors import AnchorGenerator, feature_sizes_for_image
 from srn.criterion import Assignment, SRNCriterion, count_samples
 from srn.matcher import POSITIVE
 
@@ -63,49 +64,8 @@ def read_wider_boxes(boxes_file: str | Path) -> list[tuple[str, int, int, Tensor
 
 
 def _anchors_for_image(height: int, width: int, device: torch.device | str = "cpu") -> list[Tensor]:
-    """The release's anchors of an input (SPEC §2); a private stand-in for ``srn.anchors``.
-
-    Level l has stride s = 4 * 2**l and a feature map of ceil(height / s) × ceil(width / s)
-    (ResNet's stride-2 stages each round up). Each cell holds two anchors of ratio 1.25 (h/w) at
-    scales 2 and 2.828427, Detectron-style.
-
-    Returns:
-        anchors_per_level (list of Tensor[H_l * W_l * 2, 4]): x1y1x2y2, float32, cells row-major,
-        anchors by scale within a cell.
-    """
-    anchors_per_level = []
-    for level, (feat_h, feat_w) in enumerate(_feature_sizes(height, width)):
-        stride = 4 * 2**level
-        centre = (stride - 1) / 2.0
-        w0 = round(math.sqrt(stride * stride / 1.25))
-        h0 = round(w0 * 1.25)
-        cell = torch.tensor(
-            [
-                [centre - (w - 1) / 2, centre - (h - 1) / 2, centre + (w - 1) / 2, centre + (h - 1) / 2]
-                for w, h in ((w0 * scale, h0 * scale) for scale in (2.0, 2.828427))
-            ],
-            dtype=torch.float64,
-        )  # (A, 4)
-        shift_y, shift_x = torch.meshgrid(
-            torch.arange(feat_h, dtype=torch.float64) * stride,
-            torch.arange(feat_w, dtype=torch.float64) * stride,
-            indexing="ij",
-        )
-        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
-        anchors = (shifts + cell[None]).reshape(-1, 4)  # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
-        anchors_per_level.append(anchors.to(device=device, dtype=torch.float32))
-    return anchors_per_level
-
-
-def _feature_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """(H_l, W_l) of each level: the stem halves twice for level 0, each later stage once, rounding up."""
-    sizes = []
-    feat_h, feat_w = height, width
-    for level in range(NUM_LEVELS):
-        for _ in range(2 if level == 0 else 1):
-            feat_h, feat_w = -(-feat_h // 2), -(-feat_w // 2)
-        sizes.append((feat_h, feat_w))
-    return sizes
+    """The release's anchors (SPEC §2) of a ``height`` x ``width`` input, per level."""
+    return AnchorGenerator().grid_anchors(feature_sizes_for_image(height, width, NUM_LEVELS), torch.device(device))
 
 
 def _anchors_near_boxes(
@@ -259,7 +219,7 @@ def _run_class_imbalance(
     )
     anchors_per_level = _anchors_for_image(input_size, input_size, device)
 
-    feature_sizes = _feature_sizes(input_size, input_size)
+    feature_sizes = feature_sizes_for_image(input_size, input_size, NUM_LEVELS)
     strides = [4 * 2**lv for lv in range(NUM_LEVELS)]
     # Bands are only exact per anchor; a face's best anchor (low-quality rule) needs them all.
     banded = sparse and not allow_low_quality_matches

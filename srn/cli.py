@@ -140,7 +140,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
             record = {"image": str(path), "width": faces.width, "height": faces.height, "faces": faces.to_records()}
             records.append(record)
             if args.format == "wider":
-                _write_wider_file(Path(args.out), path, faces)
+                from srn.evaluation.widerface import write_predictions
+
+                write_predictions(args.out, {f"{path.parent.name}/{path.stem}": (faces.boxes.cpu().numpy(), faces.scores.cpu().numpy())})
             if args.save_vis:
                 _save_visualisation(Path(args.save_vis), path, image, faces)
         progress.update(len(chunk))
@@ -170,16 +172,6 @@ def _emit(text: str, out: str | None) -> None:
         atomic_write_text(Path(out), text)
     else:
         sys.stdout.write(text)
-
-
-def _write_wider_file(out_dir: Path, path: Path, faces) -> None:
-    """One ``<event>/<name>.txt`` of the WIDER FACE submission layout (name, count, x y w h score)."""
-    boxes = faces.boxes.detach().cpu().double()
-    scores = faces.scores.detach().cpu().double()
-    lines = [path.stem, str(len(scores))]
-    for (x1, y1, x2, y2), score in zip(boxes.tolist(), scores.tolist()):
-        lines.append(f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f} {score:.4f}")
-    atomic_write_text(out_dir / path.parent.name / f"{path.stem}.txt", "\n".join(lines) + "\n")
 
 
 def _save_visualisation(out_dir: Path, path: Path, image, faces) -> None:
@@ -383,6 +375,19 @@ def _eval_facebox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imbalance(args: argparse.Namespace) -> int:
+    from srn.analysis import format_report, run_class_imbalance
+
+    if not Path(args.boxes_file).is_file():
+        raise UserError(f"{args.boxes_file}: no such file")
+    stats = run_class_imbalance(args.boxes_file, num_images=args.num_images, seed=args.seed,
+                                allow_low_quality_matches=args.low_quality)
+    print(format_report(stats))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(stats, indent=1, default=float) + "\n")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -448,13 +453,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
+    imbalance = sub.add_parser(
+        "imbalance",
+        help="the paper's class-imbalance analysis on a WIDER boxes file (no network)",
+        description="Anchors per level, the STC levels' share and each step's positive:negative ratio,\n"
+        "under the training geometry and matching (SPEC §6).\n\n"
+        "  srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt --num-images 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imbalance.add_argument("boxes_file", help="lines '<event>/<name>.jpg W H', a count, then 'x y w h' lines")
+    imbalance.add_argument("--num-images", type=int, default=None, help="random sample (default: all)")
+    imbalance.add_argument("--seed", type=int, default=0)
+    imbalance.add_argument("--low-quality", action="store_true", help="also make each face's best anchor positive")
+    imbalance.add_argument("--json", help="also write the statistics as JSON")
+    imbalance.set_defaults(func=cmd_imbalance)
+
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
 
 
-# Subcommands that live with their feature modules register here (train, eval, export, bench...).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [lambda sub: __import__("srn.export", fromlist=["register"]).register(sub), lambda sub: __import__("srn.bench", fromlist=["register"]).register(sub)]
+def _register_feature_commands(sub: argparse._SubParsersAction) -> None:
+    """``srn export`` and ``srn bench`` live with their modules, which add their own parsers."""
+    from srn import bench, export
+
+    export.register(sub)
+    bench.register(sub)
+
+
+# Subcommands that live with their feature modules.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_feature_commands]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -35,6 +35,7 @@ class ModelConfig:
     anchor_ratio: float = 1.25
     frozen_stem: bool = True
     prior_prob: float = 0.01
+    init: str = "normal"  # new layers: N(0, 0.01) as the paper; "scaled" (N(0, 1/fan_in)) for narrow heads
     # ImageNet initialisation of the backbone: None, "imagenet" (torchvision's weights from the hub
     # cache) or the path of a torchvision-layout state dict.
     pretrained: str | None = None

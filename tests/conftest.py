@@ -7,6 +7,9 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# Freshly initialised heads produce denormal floats, which are many times slower on CPUs.
+torch.set_flush_denormal(True)
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

@@ -218,16 +218,19 @@ def test_overfits_a_few_real_images(shared_dir, tmp_path):
         lines += [str(faces / name), str(len(boxes))] + [f"{x1} {y1} {x2 - x1} {y2 - y1}" for x1, y1, x2, y2 in boxes]
     (tmp_path / "few.txt").write_text("\n".join(lines) + "\n")
     config = from_dict(TrainingConfig, {
-        "model": {"backbone": "mobilenet_v2", "width": 32, "pretrained": str(shared_dir / "weights" / "mobilenet_v2-b0353104.pth")},
-        "data": {"train": [{"annotations": str(tmp_path / "few.txt"), "images": "/"}], "size": 256, "zoom_out": [],
+        "model": {"backbone": "mobilenet_v2", "width": 32, "init": "scaled",
+                  "pretrained": str(shared_dir / "weights" / "mobilenet_v2-b0353104.pth")},
+        "data": {"train": [{"annotations": str(tmp_path / "few.txt"), "images": "/"}], "size": 192, "zoom_out": [],
                  "crop_scale": [], "flip_prob": 0.0, "photometric": False, "workers": 0},
-        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "batch_per_device": 4, "epochs": 80,
-                  "lr": 0.01, "lr_steps": [60], "log_every": 1, "tensorboard": False, "device": "cpu", "checkpoint_every": 1000},
+        "loss": {"allow_low_quality_matches": True},
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "batch_per_device": 4, "epochs": 60,
+                  "lr": 0.002, "lr_steps": [50], "log_every": 1, "tensorboard": False, "device": "cpu",
+                  "checkpoint_every": 1000},
     })
     trainer = Trainer(config)
     trainer.fit()
     losses = _losses(tmp_path / "run")
-    first, last = losses[1], sum(losses[i] for i in range(76, 81)) / 5
+    first, last = losses[1], sum(losses[i] for i in range(56, 61)) / 5
     assert last < 0.25 * first, (first, last)
 
     detector = Detector(model=trainer.model, config=None, device="cpu", score_thresh=0.3)

@@ -33,11 +33,14 @@ class SRNHead(nn.Module):
         self.box_pred = nn.Conv2d(width, 4 * num_anchors, 1)
         self.prior_prob = prior_prob
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, init: str = "normal") -> None:
+        from srn.model.srn import init_conv
+
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+                init_conv(module, init)
+        for predictor in (self.cls_pred, self.box_pred):
+            nn.init.normal_(predictor.weight, std=0.01)
         # Start every anchor at probability pi so that the many negatives do not swamp the first steps.
         nn.init.constant_(self.cls_pred.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
 

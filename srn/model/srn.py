@@ -19,6 +19,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def init_conv(conv: nn.Conv2d, init: str) -> None:
+    """``normal``: N(0, 0.01), the paper's and the release's. ``scaled``: N(0, 1/fan_in), which
+    keeps the signal alive through narrow heads; with width 32-64, six layers of N(0, 0.01) shrink
+    it about 10^4-fold and training barely starts."""
+    fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    nn.init.normal_(conv.weight, std=0.01 if init == "normal" else fan_in**-0.5)
+    nn.init.zeros_(conv.bias)
+
+
 class SRN(nn.Module):
     """SRN returning raw outputs; it applies no sigmoid and has no train/test switch.
 
@@ -44,8 +53,11 @@ class SRN(nn.Module):
         anchor_ratio: float = 1.25,
         frozen_stem: bool = True,
         prior_prob: float = 0.01,
+        init: str = "normal",
     ) -> None:
         super().__init__()
+        if init not in ("normal", "scaled"):
+            raise ValueError(f"init must be 'normal' or 'scaled', got {init!r}")
         for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels)):
             if any(l not in range(NUM_LEVELS) for l in levels):
                 raise ValueError(f"{name} must be a subset of 0..{NUM_LEVELS - 1}, got {tuple(levels)}")
@@ -66,7 +78,7 @@ class SRN(nn.Module):
         self.fpn = FPN(self.backbone.out_channels, width)
         self.anchor_generator = AnchorGenerator(scales=anchor_scales, ratio=anchor_ratio)
         self.head = SRNHead(width, self.anchor_generator.num_anchors_per_cell, rfe=rfe, prior_prob=prior_prob)
-        self._init_new_layers()
+        self._init_new_layers(init)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> SRN:
@@ -80,20 +92,20 @@ class SRN(nn.Module):
             anchor_ratio=config.anchor_ratio,
             frozen_stem=config.frozen_stem,
             prior_prob=config.prior_prob,
+            init=config.init,
         )
         if config.pretrained:
             load_imagenet_weights(model.backbone, config.backbone, config.pretrained)
         return model
 
-    def _init_new_layers(self) -> None:
+    def _init_new_layers(self, init: str) -> None:
         for module in (self.extra, self.first_step, self.fpn):
             if module is None:
                 continue
             for conv in module.modules():
                 if isinstance(conv, nn.Conv2d):
-                    nn.init.normal_(conv.weight, std=0.01)
-                    nn.init.zeros_(conv.bias)
-        self.head.reset_parameters()
+                    init_conv(conv, init)
+        self.head.reset_parameters(init)
 
     def normalize(self, images: Tensor) -> Tensor:
         if images.dtype == torch.uint8:
