@@ -359,19 +359,7 @@ def _eval_facebox(args: argparse.Namespace) -> int:
     result = facebox.evaluate_facebox(detections, annotations)
     table = f"{args.benchmark.upper()} ({result.num_images} images, {result.num_faces} faces): AP {result.ap:.4f}"
 
-    def plot(res, path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot(res.recall, res.precision)
-        ax.set(xlabel="recall", ylabel="precision", title=f"{args.benchmark.upper()} AP {res.ap:.4f}", xlim=(0, 1), ylim=(0, 1.01))
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-
-    _report(args, table, result, plot)
+    _report(args, table, result, facebox.plot_pr)
     return 0
 
 

@@ -146,3 +146,36 @@ def test_console_entry_point_runs(weights, photos):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["image"].endswith("three.png")
+
+
+def test_eval_wider_existing_predictions(capsys, shared_dir, tmp_path):
+    summary = tmp_path / "summary.json"
+    code, out, err = run(capsys, "eval", "wider", "--pred-dir", str(shared_dir / "reference/wider_eval_case1/predictions"),
+                         "--gt-dir", str(shared_dir / "data/widerface/eval_gt"), "--out", str(tmp_path / "ev"), "--json", str(summary))
+    assert code == 0, err
+    assert "66 of 3226 images have no prediction file" in err
+    ap = json.loads(summary.read_text())["ap"]
+    # the official MATLAB evaluator's answer for this case (EXPECTED.md)
+    assert ap == pytest.approx({"easy": 0.678934, "medium": 0.695847, "hard": 0.525187}, abs=1e-4)
+    assert (tmp_path / "ev" / "wider.png").stat().st_size > 0
+
+
+def test_eval_afw_with_the_annotations_as_detections(capsys, shared_dir, tmp_path):
+    from srn.evaluation.facebox import load_facebox_annotations
+
+    mat = shared_dir / "data/afw_pascal/annotations/new_annotations_AFW.mat"
+    detections = {k: {"boxes": v.boxes.tolist(), "scores": [0.9] * len(v.boxes)} for k, v in load_facebox_annotations(mat).items()}
+    (tmp_path / "det.json").write_text(json.dumps(detections))
+    code, out, err = run(capsys, "eval", "afw", "--detections", str(tmp_path / "det.json"), "--annotations", str(mat),
+                         "--out", str(tmp_path / "afw"))
+    assert code == 0, err
+    assert "AFW (205 images, 474 faces): AP 1.0000" in out
+
+
+def test_eval_bad_prediction_file_names_file_and_line(capsys, shared_dir, tmp_path):
+    event = tmp_path / "preds" / "0--Parade"
+    event.mkdir(parents=True)
+    (event / "0_Parade_Parade_0_102.txt").write_text("0_Parade_Parade_0_102\n2\n1 2 3 4 0.9\n1 2 three 4 0.5\n")
+    code, _, err = run(capsys, "eval", "wider", "--pred-dir", str(tmp_path / "preds"), "--gt-dir", str(shared_dir / "data/widerface/eval_gt"))
+    assert code == 2
+    assert "0_Parade_Parade_0_102.txt" in err and "line 4" in err and "Traceback" not in err
