@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import scipy.io
 
+from srn.evaluation.widerface import as_numpy
+
 __all__ = [
     "FaceboxImage",
     "FaceboxResult",
@@ -153,11 +155,6 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
 
 def _match(
     keys: list[str],
@@ -211,8 +208,8 @@ def evaluate_facebox(
     scores: list[np.ndarray] = []
     min_pixels = int(math.sqrt(0.5 * min_size * min_size)) if min_size > 0 else None
     for name, (b, s) in detections.items():
-        b = _as_numpy(b).reshape(-1, 4)
-        s = _as_numpy(s).reshape(-1)
+        b = as_numpy(b).reshape(-1, 4)
+        s = as_numpy(s).reshape(-1)
         if b.shape[0] != s.shape[0]:
             raise ValueError(f"{name}: {b.shape[0]} boxes but {s.shape[0]} scores")
         if min_pixels is not None:

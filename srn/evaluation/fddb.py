@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from srn.evaluation.widerface import PredictionFormatError
+from srn.evaluation.widerface import PredictionFormatError, as_numpy, xywh_line
 
 __all__ = [
     "read_fddb_ellipses",
@@ -154,10 +154,6 @@ def read_fddb_detections(
     return detections
 
 
-def _default_line(box_xyxy: np.ndarray, score: float) -> str:
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    return f"{x1:.3f} {y1:.3f} {x2 - x1:.3f} {y2 - y1:.3f} {score:.6f}"
-
 
 def write_fddb_detections(
     path: str | os.PathLike[str],
@@ -168,11 +164,11 @@ def write_fddb_detections(
 
     The default line is ``x1 y1 (x2-x1) (y2-y1) score``.
     """
-    format_line = format_line or _default_line
+    format_line = format_line or xywh_line
     out: list[str] = []
     for name, (boxes, scores) in records.items():
-        boxes_np = _as_numpy(boxes).reshape(-1, 4)
-        scores_np = _as_numpy(scores).reshape(-1)
+        boxes_np = as_numpy(boxes).reshape(-1, 4)
+        scores_np = as_numpy(scores).reshape(-1)
         if boxes_np.shape[0] != scores_np.shape[0]:
             raise ValueError(f"{name}: {boxes_np.shape[0]} boxes but {scores_np.shape[0]} scores")
         out += [name, str(boxes_np.shape[0])]
@@ -190,11 +186,6 @@ def write_fddb_detections(
         raise
     return path
 
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- geometry

@@ -259,13 +259,15 @@ def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], 
     return predictions
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
+    """A float64 numpy copy of an array or a (possibly accelerator) tensor."""
     if hasattr(x, "detach"):  # a torch tensor, possibly on an accelerator
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
-def _default_line(box_xyxy: np.ndarray, score: float) -> str:
+def xywh_line(box_xyxy: np.ndarray, score: float) -> str:
+    """``x y w h score``, the line of WIDER and FDDB detection files."""
     x1, y1, x2, y2 = (float(v) for v in box_xyxy)
     return f"{x1:.3f} {y1:.3f} {x2 - x1:.3f} {y2 - y1:.3f} {score:.6f}"
 
@@ -291,15 +293,15 @@ def write_predictions(
         The written paths.
     """
     pred_dir = Path(pred_dir)
-    format_line = format_line or _default_line
+    format_line = format_line or xywh_line
     written: list[Path] = []
     for key, (boxes, scores) in records.items():
         event, sep, name = key.replace("\\", "/").rpartition("/")
         if not sep or not event or not name:
             raise ValueError(f"record key {key!r} is not '<event>/<image>'")
         stem = os.path.splitext(name)[0] if name.lower().endswith((".jpg", ".jpeg", ".png")) else name
-        boxes_np = _as_numpy(boxes).reshape(-1, 4)
-        scores_np = _as_numpy(scores).reshape(-1)
+        boxes_np = as_numpy(boxes).reshape(-1, 4)
+        scores_np = as_numpy(scores).reshape(-1)
         if boxes_np.shape[0] != scores_np.shape[0]:
             raise ValueError(f"{key}: {boxes_np.shape[0]} boxes but {scores_np.shape[0]} scores")
         lines = [stem, str(boxes_np.shape[0])]
