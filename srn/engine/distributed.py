@@ -64,11 +64,6 @@ def global_normalizer(count: torch.Tensor) -> torch.Tensor:
     return count.clamp(min=1)
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -77,8 +77,4 @@ def eval_detector(weights: str | None, device: str | None, batch_size: int, max_
     return Detector(weights=weights, device=device, score_thresh=0.0, max_size=max_size, batch_size=batch_size)
 
 
-def to_numpy_records(results: dict[Path, tuple[Tensor, Tensor]], key) -> dict[str, tuple]:
-    return {key(path): (boxes.numpy(), scores.numpy()) for path, (boxes, scores) in results.items()}
-
-
-__all__ = ["detect_images", "eval_detector", "to_numpy_records"]
+__all__ = ["detect_images", "eval_detector"]
