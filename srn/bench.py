@@ -500,7 +500,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from srn.cli import UserError, atomic_write_text
+    from srn.atomic import atomic_write_text
+    from srn.cli import UserError
 
     try:
         results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))

@@ -9,7 +9,6 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from srn.config import DetectorConfig

@@ -11,9 +11,7 @@ this project's modules. Our own file holds the detector's config next to its wei
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from srn.atomic import atomic_save
 from srn.config import ConfigError, DetectorConfig, ModelConfig, PostProcessConfig, from_dict, to_dict
 
 FORMAT = "srn"
@@ -148,22 +147,6 @@ def _detector_config(data: Mapping[str, Any]) -> DetectorConfig:
     model = from_dict(ModelConfig, data.get("model", {}), prefix="model.")
     post = from_dict(PostProcessConfig, data.get("postprocess", {}), prefix="postprocess.")
     return DetectorConfig(model=model, postprocess=post)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: torch.nn.Module, config: DetectorConfig, path: str | Path) -> None:

@@ -4,20 +4,12 @@ import json
 import math
 
 import pytest
-import torch
 
 from srn.bench import BenchConfig, format_table, parse_size, run_benchmark
 from srn.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared: with 2 threads, OpenMP barriers that wait on a busy core make these small
-    # convolutions up to 100x slower than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,14 +24,7 @@ SAMPLE = (2, 64, 64)  # (N, H, W) of the tracing sample
 RUN_SHAPES = ((1, 77, 101), (3, 48, 72))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared: with 2 threads, OpenMP barriers that wait on a busy core make these small
-    # convolutions up to 100x slower than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spread_init(model: nn.Module) -> nn.Module:

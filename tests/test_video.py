@@ -20,14 +20,7 @@ SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32))
 FRAMES, WIDTH, HEIGHT, FPS = 12, 64, 48, 10.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared: with 2 threads, OpenMP barriers that wait on a busy core make these small
-    # convolutions up to 100x slower than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

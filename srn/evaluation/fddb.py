@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from srn.atomic import atomic_write_text
 from srn.evaluation.widerface import PredictionFormatError, as_numpy, xywh_line
 
 __all__ = [
@@ -173,18 +173,7 @@ def write_fddb_detections(
             raise ValueError(f"{name}: {boxes_np.shape[0]} boxes but {scores_np.shape[0]} scores")
         out += [name, str(boxes_np.shape[0])]
         out += [format_line(b, float(s)) for b, s in zip(boxes_np, scores_np, strict=True)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(out) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, "\n".join(out) + "\n")
 
 
 

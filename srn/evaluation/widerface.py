@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import scipy.io
+
+from srn.atomic import atomic_write_text
 
 __all__ = [
     "SETTINGS",
@@ -306,20 +307,8 @@ def write_predictions(
             raise ValueError(f"{key}: {boxes_np.shape[0]} boxes but {scores_np.shape[0]} scores")
         lines = [stem, str(boxes_np.shape[0])]
         lines += [format_line(b, float(s)) for b, s in zip(boxes_np, scores_np, strict=True)]
-        out_dir = pred_dir / event
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / f"{stem}.txt"
         # temp file + rename: an interrupted run never leaves a torn file behind
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(lines) + "\n")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        written.append(target)
+        written.append(atomic_write_text(pred_dir / event / f"{stem}.txt", "\n".join(lines) + "\n"))
     return written
 
 
