@@ -6,6 +6,17 @@ top-k. There is no loop over boxes and no host round trip until the per-image sp
 
 NMS uses torchvision's continuous-coordinate IoU; the release's NMS used the "+1 pixel" area
 convention, which differs only for boxes a few pixels wide.
+
+Two ways to run the NMS step:
+
+- :func:`batched_detections`: ``torchvision.ops.batched_nms``, exact; its output sizes depend on the
+  data, so it synchronises with the host (torchvision's CUDA NMS finishes its scan on the CPU).
+- :func:`static_detections` + :func:`unpack_static`: fixed shapes and no host synchronisation, so the
+  whole post-processing can be captured in a CUDA graph. Greedy NMS is the unique solution of
+  ``keep[i] = valid[i] and no kept j before i overlaps i``, a triangular system; it is solved by a
+  fixed number of parallel sweeps, and the sweep that changes nothing proves the answer exact. Images
+  whose answer is not proven (too many candidates, or a suppression chain longer than the sweeps) are
+  redone by :func:`batched_detections` when they are unpacked, so the result is always greedy NMS's.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from srn.box_coder import decode
 from srn.config import PostProcessConfig
@@ -92,6 +103,83 @@ def batched_detections(
     results = []
     for idxs in keep.split(counts.tolist()):
         results.append({"boxes": flat_boxes[idxs], "scores": flat_scores[idxs]})
+    return results
+
+
+@torch.no_grad()
+def static_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    nms_iou: float,
+    max_detections: int,
+    min_score: float = 0.0,
+    max_candidates: int = 1024,
+    sweeps: int = 8,
+) -> dict[str, Tensor]:
+    """:func:`batched_detections` with fixed output shapes and no host synchronisation.
+
+    Candidates scoring below ``min_score`` are dropped before NMS; greedy NMS only lets a box
+    suppress lower-scored ones, so this never changes which of the others survive. The best
+    ``max_candidates`` of the rest enter NMS.
+
+    Args:
+        boxes (Tensor[N, K, 4]), scores (Tensor[N, K]): candidates; a score < 0 marks an empty slot.
+
+    Returns:
+        ``boxes`` (Tensor[N, D, 4]) and ``scores`` (Tensor[N, D], -1 in empty slots) by score
+        descending, ``counts`` (Tensor[N]) and ``exact`` (Tensor[N] bool), with
+        D = min(max_detections, max_candidates, K). ``exact[i]`` is False when image i had more than
+        ``max_candidates`` candidates or ``sweeps`` did not settle its NMS; :func:`unpack_static`
+        then redoes it.
+    """
+    n, k = scores.shape
+    c = min(max_candidates, k)
+    d = min(max_detections, c)
+    scores = torch.where(scores >= min_score, scores, -1.0) if min_score > 0 else scores
+    fits = (scores >= 0).sum(1) <= c
+    top_scores, order = scores.topk(c, dim=1)  # (N, C), by score descending
+    top_boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)).float()  # (N, C, 4)
+    valid = top_scores >= 0
+    # suppresses[b, j, i]: j scores higher than i, is a candidate and overlaps i by more than nms_iou.
+    earlier = torch.ones(c, c, dtype=torch.bool, device=scores.device).triu(1)
+    suppresses = (torch.vmap(box_iou)(top_boxes, top_boxes) > nms_iou) & earlier & valid.unsqueeze(2)
+    suppresses = suppresses.to(top_boxes.dtype)  # (N, C, C); 0/1 sums below 2**24 are exact in fp32
+    keep = valid
+    settled = torch.zeros_like(fits)
+    for _ in range(sweeps):
+        hits = torch.bmm(keep.to(suppresses.dtype).unsqueeze(1), suppresses).squeeze(1)  # (N, C)
+        new_keep = valid & (hits == 0)
+        settled = (new_keep == keep).all(1)
+        keep = new_keep
+    ranked_scores, slots = torch.where(keep, top_scores, -2.0).topk(d, dim=1)  # kept first, in order
+    counts = keep.sum(1).clamp(max=d)
+    filled = torch.arange(d, device=scores.device) < counts.unsqueeze(1)
+    return {
+        "boxes": top_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, 4)) * filled.unsqueeze(-1),
+        "scores": torch.where(filled, ranked_scores, -1.0),
+        "counts": counts,
+        "exact": fits & settled,
+    }
+
+
+def unpack_static(
+    static: dict[str, Tensor],
+    boxes: Tensor,
+    scores: Tensor,
+    nms_iou: float,
+    max_detections: int,
+    min_score: float = 0.0,
+) -> list[dict[str, Tensor]]:
+    """Per-image detections from :func:`static_detections`' output (one host synchronisation);
+    an image whose static answer is not proven exact is redone from its candidates ``boxes`` and
+    ``scores`` by :func:`batched_detections`."""
+    counts, exact = torch.stack([static["counts"], static["exact"].long()]).tolist()
+    results = []
+    for i, (count, ok) in enumerate(zip(counts, exact)):
+        if ok:
+            results.append({"boxes": static["boxes"][i, :count], "scores": static["scores"][i, :count]})
+        else:
+            results.extend(batched_detections(boxes[i : i + 1], scores[i : i + 1], nms_iou, max_detections, min_score))
     return results
 
 

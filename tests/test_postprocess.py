@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from srn.config import PostProcessConfig
-from srn.postprocess import postprocess
+from srn.postprocess import batched_detections, postprocess, static_detections, unpack_static
 
 NEG = -float("inf")  # sigmoid(-inf) = 0: never a candidate, even where the threshold is 0
 
@@ -122,3 +122,61 @@ def test_empty_image_gives_empty_tensors():
     out = make_outputs(batch=2)
     det0, det1 = postprocess(out, (0, 1, 2), (3, 4, 5))
     assert det0["boxes"].shape == (0, 4) and det1["scores"].shape == (0,)
+
+
+def clustered_candidates(seed, n=4, k=600, clusters=25):
+    """Candidates in overlapping clusters, a third of the slots empty: NMS has real work to do."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(n, clusters, 2, generator=g) * 400
+    which = torch.randint(0, clusters, (n, k), generator=g)
+    centre = centres.gather(1, which.unsqueeze(-1).expand(-1, -1, 2)) + torch.randn(n, k, 2, generator=g) * 6
+    size = 20 + torch.rand(n, k, 2, generator=g) * 20
+    scores = torch.rand(n, k, generator=g)
+    scores[torch.rand(n, k, generator=g) < 0.3] = -1.0
+    return torch.cat([centre - size / 2, centre + size / 2], -1), scores
+
+
+def assert_same_detections(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_static_detections_are_torchvision_nms():
+    for seed, min_score, max_detections in [(0, 0.0, 750), (1, 0.3, 750), (2, 0.0, 40)]:
+        boxes, scores = clustered_candidates(seed)
+        static = static_detections(boxes, scores, 0.4, max_detections, min_score, max_candidates=1024, sweeps=16)
+        assert static["exact"].all()
+        expected = batched_detections(boxes, scores, 0.4, max_detections, min_score)
+        assert static["counts"].tolist() == [len(e["scores"]) for e in expected]
+        assert_same_detections(unpack_static(static, boxes, scores, 0.4, max_detections, min_score), expected)
+        # fixed shapes: empty slots score -1 and hold zero boxes
+        d = static["scores"].shape[1]
+        assert d == min(max_detections, 600)
+        empty = torch.arange(d) >= static["counts"].unsqueeze(1)
+        assert (static["scores"][empty] == -1).all() and (static["boxes"][empty] == 0).all()
+
+
+def test_static_detections_prove_their_answer_or_are_redone():
+    # A chain of ten 10x10 boxes 4 px apart, by descending score: each overlaps the next by
+    # IoU 6/14 > 0.4 and the one after by 2/18, so greedy NMS keeps every second box. Proving that
+    # takes a sweep per link of the chain.
+    x = torch.arange(10, dtype=torch.float32) * 4
+    boxes = torch.stack([x, torch.zeros(10), x + 10, torch.full((10,), 10.0)], 1).unsqueeze(0)
+    scores = torch.linspace(0.9, 0.45, 10).unsqueeze(0)
+    expected = {"boxes": boxes[0, ::2], "scores": scores[0, ::2]}
+    proven = static_detections(boxes, scores, 0.4, 750, sweeps=11)
+    assert proven["exact"].tolist() == [True]
+    assert_same_detections(unpack_static(proven, boxes, scores, 0.4, 750), [expected])
+    short = static_detections(boxes, scores, 0.4, 750, sweeps=3)
+    assert short["exact"].tolist() == [False]
+    assert_same_detections(unpack_static(short, boxes, scores, 0.4, 750), [expected])
+    # more candidates than max_candidates: not proven either, and still the right answer
+    crowded = static_detections(boxes, scores, 0.4, 750, max_candidates=4, sweeps=11)
+    assert crowded["exact"].tolist() == [False]
+    assert_same_detections(unpack_static(crowded, boxes, scores, 0.4, 750), [expected])
+    # min_score drops the chain's tail before NMS: 7 boxes score 0.6 or more, 4 are kept, and 7
+    # candidates are enough to prove it
+    tail = static_detections(boxes, scores, 0.4, 750, min_score=0.57, max_candidates=7, sweeps=8)
+    assert tail["exact"].tolist() == [True] and tail["counts"].tolist() == [4]
+    assert_close(tail["scores"][0, :4], scores[0, 0:7:2])
