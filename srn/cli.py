@@ -72,9 +72,18 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--max-size", type=int, default=2100, help="downscale images whose longer side exceeds this")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
+    parser.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
 
 
 def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None = None):
+    try:
+        return _detector(args, score_thresh, nms_iou)
+    except ValueError as exc:  # bad settings: --cuda-graphs on the CPU, --max-size too small
+        raise UserError(str(exc).strip().splitlines()[0]) from None
+
+
+def _detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None):
     from srn.detector import Detector
 
     return Detector(
@@ -84,6 +93,8 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
         nms_iou=nms_iou,
         max_size=args.max_size,
         batch_size=args.batch_size,
+        precision=args.precision,
+        cuda_graphs=args.cuda_graphs,
     )
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from srn.config import DetectorConfig
 from srn.data.image_io import read_image, to_rgb_tensor
 from srn.model import SRN
-from srn.postprocess import postprocess
+from srn.runner import PRECISIONS, Runner
 from srn.weights import WeightsError, load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -66,6 +66,11 @@ class Detector:
             boxes are mapped back to original pixels.
         batch_size: images per forward pass when a list is given.
         model, config: an already built network and its config, instead of ``weights``.
+        precision: "fp32", or "bf16" to run an inference copy of the network (BatchNorm folded,
+            bf16 weights, channels_last); boxes are still decoded in fp32.
+        cuda_graphs: on CUDA, capture the network and a fixed-shape post-processing as CUDA graphs
+            once per input shape and replay them (see :mod:`srn.runner`); worth it for repeated
+            shapes: video, a camera, fixed-size batches.
     """
 
     def __init__(
@@ -78,6 +83,8 @@ class Detector:
         batch_size: int = 8,
         model: SRN | None = None,
         config: DetectorConfig | None = None,
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         if model is None:
@@ -95,6 +102,23 @@ class Detector:
         self.score_thresh = score_thresh
         self.max_size = max_size
         self.batch_size = max(1, batch_size)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
+        self.precision, self.cuda_graphs = precision, cuda_graphs
+        self._runner: Runner | None = None
+        self._runner_key: tuple | None = None
+
+    @property
+    def runner(self) -> Runner:
+        """The network and post-processing as :class:`srn.runner.Runner` runs them; rebuilt when
+        ``score_thresh`` or the post-processing settings change."""
+        key = (self.score_thresh, self.config.postprocess)
+        if self._runner is None or self._runner_key != key:
+            self._runner = Runner(self.model, self.config.postprocess, self.score_thresh, self.precision, self.cuda_graphs)
+            self._runner_key = key
+        return self._runner
 
     # -- inputs --------------------------------------------------------------------------------
     @staticmethod
@@ -146,17 +170,7 @@ class Detector:
         """
         results = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            outputs = self.model(self._batch(chunk))
-            detections = postprocess(
-                outputs,
-                self.model.stc_levels,
-                self.model.str_levels,
-                self.config.postprocess,
-                min_score=self.score_thresh,
-                num_anchors=self.model.head.num_anchors,
-            )
-            results.extend((d["boxes"], d["scores"]) for d in detections)
+            results.extend(self.runner(self._batch(images[start : start + self.batch_size])))
         return results
 
     @torch.inference_mode()

@@ -110,7 +110,9 @@ class SRN(nn.Module):
     def normalize(self, images: Tensor) -> Tensor:
         if images.dtype == torch.uint8:
             images = images.to(self.pixel_mean.dtype).div_(255.0)
-        return (images - self.pixel_mean) / self.pixel_std
+        # In the network's dtype: float32 [0, 1] images are normalised in float32 and then cast
+        # for a bf16 inference copy (srn.runner).
+        return ((images - self.pixel_mean) / self.pixel_std).to(self.pixel_mean.dtype)
 
     def forward(self, images: Tensor) -> dict[str, list]:
         x = self.normalize(images)

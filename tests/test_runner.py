@@ -1,0 +1,120 @@
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+from torchvision.ops import box_iou
+
+from srn import Detector
+from srn.cli import main
+from srn.data.image_io import read_image
+from srn.detector import DEFAULT_WEIGHTS
+from srn.model import build_model
+from srn.runner import Runner, fold_batchnorm, inference_copy
+from srn.weights import load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CROWD = "data/demo/images/timesler__data_multiface.jpg"
+
+
+def batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("backbone, expected", [("resnet18", 20), ("mobilenet_v2", 51)])
+def test_batchnorm_folds_into_convolutions(backbone, expected):
+    model = build_model(backbone=backbone, width=32, pretrained=None, init="scaled").eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():  # statistics far from the identity, so that folding shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    images = torch.rand(2, 3, 96, 128, generator=gen)
+    with torch.no_grad():
+        reference = model(images)
+        folded = inference_copy(model)
+        outputs = folded(images)
+    assert batchnorms(model) == expected  # the original is untouched
+    assert batchnorms(folded) == 0
+    for key in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas"):
+        for ref, out in zip(reference[key], outputs[key]):
+            if ref is not None:
+                assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert next(folded.parameters()).requires_grad is False
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(model.train())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model, config = load_model(DEFAULT_WEIGHTS, "cpu")
+    return model, config.postprocess
+
+
+@pytest.fixture(scope="module")
+def crowd(shared_dir):
+    return read_image(shared_dir / CROWD).float().div(255).unsqueeze(0)
+
+
+@pytest.mark.parametrize("min_score", [0.0, 0.5])
+def test_static_postprocessing_gives_the_reference_detections(shipped, crowd, min_score):
+    model, post = shipped
+    ((boxes, scores),) = Runner(model, post, min_score)(crowd)
+    ((static_boxes, static_scores),) = Runner(model, post, min_score, static_postprocess=True)(crowd)
+    assert len(scores) > 0
+    assert torch.equal(static_boxes, boxes) and torch.equal(static_scores, scores)
+
+
+def test_bf16_finds_the_same_faces(shipped, crowd):
+    model, post = shipped
+    ((boxes, scores),) = Runner(model, post, 0.5)(crowd)
+    runner = Runner(model, post, 0.5, precision="bf16")
+    ((bf16_boxes, bf16_scores),) = runner(crowd)
+    assert next(runner.net.parameters()).dtype == torch.bfloat16 and batchnorms(runner.net) == 0
+    assert bf16_boxes.dtype == torch.float32  # decoded in fp32
+    # The six faces of the photo: each fp32 detection has a bf16 twin at the benchmarks' IoU 0.5.
+    # Where two anchors of one face score within bf16's rounding, the other one can win the NMS
+    # (here: one face, IoU 0.74); the others agree to IoU 0.98.
+    assert len(scores) == len(bf16_scores) == 6
+    iou, match = box_iou(boxes, bf16_boxes).max(1)
+    assert (iou > 0.5).all() and (iou > 0.98).sum() >= 5
+    assert_close(bf16_scores[match], scores, rtol=0, atol=0.03)
+
+
+def test_bad_settings_fail_clearly(shipped, shared_dir, capsys):
+    model, post = shipped
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        Runner(model, post, cuda_graphs=True)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        Detector(device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Detector(device="cpu", precision="fp16")
+    photo = str(shared_dir / CROWD)
+    assert main(["detect", photo, "--device", "cpu", "--cuda-graphs"]) == 2
+    assert capsys.readouterr().err == "srn detect: error: CUDA graphs need a CUDA device, got cpu\n"
+
+
+def test_detector_follows_a_new_score_thresh(shared_dir):
+    detector = Detector(device="cpu", score_thresh=0.5, precision="bf16")
+    assert len(detector.detect(shared_dir / CROWD)) == 6
+    detector.score_thresh = 0.99
+    assert len(detector.detect(shared_dir / CROWD)) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_replay_the_reference_detections(shared_dir):
+    model, config = load_model(DEFAULT_WEIGHTS, "cuda")
+    two_people = read_image(shared_dir / "data/demo/images/ageitgey__examples_two_people.jpg").float().div(255)
+    crowd = read_image(shared_dir / CROWD).float().div(255)
+    for image in (crowd, two_people, crowd):  # replays of one shape and a second capture
+        batch = image.unsqueeze(0).cuda()
+        ((boxes, scores),) = Runner(model, config.postprocess, 0.3, precision="bf16")(batch)
+        graphed = Runner(model, config.postprocess, 0.3, precision="bf16", cuda_graphs=True)
+        first = graphed(batch)
+        ((graph_boxes, graph_scores),) = graphed(batch)
+        assert torch.equal(first[0][1], graph_scores)  # the clone survived the second replay
+        assert len(scores) > 0 and graph_scores.shape == scores.shape
+        assert_close(graph_boxes, boxes, rtol=0, atol=0.5)
+        assert_close(graph_scores, scores, rtol=0, atol=1e-3)
