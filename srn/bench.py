@@ -18,6 +18,20 @@ is timed end to end (transform, network, its own post-processing). ``--dtype`` a
 ``--channels-last`` apply to both models; ``--compile`` to SRN only (the peer's post-processing is
 data-dependent Python).
 
+``--backend`` chooses what runs SRN's network; the peer always runs in PyTorch.
+
+- ``torch`` (default): the :class:`srn.model.SRN` module, eagerly or through ``torch.compile``.
+- ``onnxruntime``: the network exported by :func:`srn.export.export_onnx` (raw layout, normalisation
+  in the graph, traced at the first size) into a temporary folder and run by onnxruntime's CPU
+  provider (all graph optimisations, ``--threads`` or torch's thread count within an op, one across
+  ops), as :class:`srn.export.OnnxDetector` runs it. The forward phase is ``session.run`` on the
+  float32 [0, 1] images; the post-processing phase converts its outputs with
+  :func:`srn.export.onnx_outputs_to_torch` (which also rebuilds the anchors, as OnnxDetector does on
+  every call) and applies the same :func:`srn.postprocess.postprocess`. CPU and fp32 only, and
+  neither ``--compile`` nor ``--channels-last``. Each memory-measured block opens a fresh session, so
+  that its peak RSS includes the growth of onnxruntime's memory arena, which a session never gives
+  back. FLOPs are counted on the PyTorch module and the matrix rate is PyTorch's.
+
 Randomly initialised weights score every anchor near the 0.01 prior, so almost no anchor passes
 the candidate threshold and post-processing looks free. ``postprocess_dense`` therefore also times
 post-processing on logits drawn from N(0, 2): about half the anchors are candidates and every
@@ -30,12 +44,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -50,6 +66,7 @@ from srn.config import ModelConfig, PostProcessConfig
 from srn.postprocess import postprocess
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class BenchConfig:
     peer_classes: int = 2
     matmul_size: int | None = None  # default: 8192 on GPU, 2048 on CPU
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    backend: str = "torch"  # what runs SRN's network: "torch" or "onnxruntime" (CPU, fp32)
 
 
 def size_name(size: tuple[int, int]) -> str:
@@ -249,6 +267,90 @@ def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
     return dense
 
 
+class _TorchNetwork:
+    """SRN's network in PyTorch, eager or compiled, under the bench's autocast."""
+
+    def __init__(self, forward: Callable[[Tensor], dict[str, list]], autocast: contextlib.AbstractContextManager) -> None:
+        self.forward = forward
+        self.autocast = autocast
+
+    def reset(self) -> None:
+        """Nothing to do: PyTorch's CPU allocator keeps no memory between forwards."""
+
+    def inputs(self, images: Tensor) -> Tensor:
+        return images
+
+    def __call__(self, images: Tensor) -> dict[str, list]:
+        with self.autocast:
+            return self.forward(images)
+
+    def to_torch(self, outputs: dict[str, list]) -> dict[str, list]:
+        return _float_outputs(outputs)
+
+
+class _OrtNetwork:
+    """SRN's network exported to ``path`` and run by onnxruntime's CPU provider.
+
+    ``__call__`` is ``session.run`` alone; ``to_torch`` turns its outputs into SRN's layout with
+    :func:`srn.export.onnx_outputs_to_torch`, as :class:`srn.export.OnnxDetector` does.
+    """
+
+    def __init__(self, model: nn.Module, path: Path, sample_size: tuple[int, int], post_config: PostProcessConfig,
+                 backbone: str, threads: int) -> None:
+        from srn.export import export_onnx
+
+        export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
+        self.path = path
+        self.threads = threads
+        self.detector: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Open a fresh session: a session's memory arena only grows, so a block that reused the
+        previous block's session would not see its own peak memory."""
+        import onnxruntime
+
+        from srn.export import OnnxDetector
+
+        self.detector = None  # free the old session's arena before the new session is built
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.detector = OnnxDetector(self.path, providers=["CPUExecutionProvider"], session_options=options)
+
+    def inputs(self, images: Tensor) -> Any:
+        """The graph's input: float32 [0, 1] RGB as a numpy array (normalised inside the graph)."""
+        return images.float().contiguous().numpy()
+
+    def __call__(self, images: Any) -> list[Any]:
+        return self.detector.session.run(None, {self.detector.metadata.input_name: images})
+
+    def to_torch(self, arrays: list[Any]) -> dict[str, list]:
+        from srn.export import onnx_outputs_to_torch
+
+        metadata = self.detector.metadata
+        return onnx_outputs_to_torch(dict(zip(metadata.output_names, arrays)), metadata)
+
+
+def _check_backend(config: BenchConfig, device: torch.device) -> None:
+    """The settings that the chosen backend cannot honour, as one-line errors."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
+    if config.backend != "onnxruntime":
+        return
+    if device.type != "cpu":
+        raise ValueError("--backend onnxruntime runs on the CPU only; pass --device cpu")
+    if config.compile:
+        raise ValueError("--compile needs --backend torch; onnxruntime optimises the exported graph itself")
+    if config.dtype != "fp32":
+        raise ValueError(f"--dtype {config.dtype} needs --backend torch; the exported graph is float32")
+    if config.channels_last:
+        raise ValueError("--channels-last needs --backend torch; onnxruntime chooses its own layouts")
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        raise ValueError("--backend onnxruntime needs onnx and onnxruntime: install srn[export]")
+
+
 def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool) -> Tensor:
     images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
@@ -262,6 +364,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
     if config.iters < 1 or config.warmup < 0:
         raise ValueError("iters must be at least 1 and warmup at least 0")
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _check_backend(config, device)
     batch = config.batch if config.batch is not None else (16 if device.type == "cuda" else 2)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -269,28 +372,41 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    resources = contextlib.ExitStack()
 
     try:
         results: dict[str, Any] = {
             "settings": {**asdict(replace(config, sizes=[size_name(s) for s in config.sizes])), "batch": batch, "device": str(device)},
             "device": _describe(device),
         }
+        if config.backend == "onnxruntime":
+            import onnxruntime
+
+            results["device"]["onnxruntime"] = onnxruntime.__version__
         log(f"matrix rate on {results['device']['name']} ...")
         results["matmul"] = matmul_tflops(device, config.matmul_size)
         rate = results["matmul"]["tflops"] * 1e12
 
         srn_model, post_config, model_config = _build_srn(config, device)
         srn_model = srn_model.to(memory_format=memory_format)
-        forward = torch.compile(srn_model) if config.compile else srn_model
         stc, str_, anchors = srn_model.stc_levels, srn_model.str_levels, srn_model.head.num_anchors
+        network: _TorchNetwork | _OrtNetwork
+        if config.backend == "onnxruntime":
+            log("exporting SRN to ONNX ...")
+            folder = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="srn-bench-")))
+            network = _OrtNetwork(srn_model, folder / "srn.onnx", config.sizes[0], post_config, model_config.backbone,
+                                  config.threads or torch.get_num_threads())
+        else:
+            network = _TorchNetwork(torch.compile(srn_model) if config.compile else srn_model, autocast)
 
         def srn_phases(images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
+            inputs = network.inputs(images)
+
             def run(mark: Callable[[], Any]) -> None:
                 mark()
-                with autocast:
-                    outputs = forward(images)
+                raw = network(inputs)
                 mark()
-                outputs = _float_outputs(outputs)
+                outputs = network.to_torch(raw)
                 if dense:
                     outputs = _dense_logits(outputs)
                 postprocess(outputs, stc, str_, post_config, min_score=0.0, num_anchors=anchors)
@@ -323,6 +439,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                 images = _images(1, size, device, config.channels_last)
                 srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
                 log(f"SRN {name} ...")
+                network.reset()
                 with peak_memory_mb(device) as memory:
                     forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
                 _, dense_ms = _median_ms(clock, srn_phases(images, dense=True), min(config.warmup, 1), config.iters, 2)
@@ -350,6 +467,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                 name = size_name(size)
                 images = _images(batch, size, device, config.channels_last)
                 log(f"SRN throughput, batch {batch} at {name} ...")
+                network.reset()
                 with peak_memory_mb(device) as memory:
                     forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
                 srn["throughput"] = _throughput(batch, name, forward_ms + post_ms, srn["gflops"][name], rate, memory["mb"])
@@ -367,6 +485,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
             results["ratios"] = _ratios(srn, peer)
         return results
     finally:
+        resources.close()
         torch.set_num_threads(threads)
         if flushed:
             torch.set_flush_denormal(False)
@@ -449,8 +568,11 @@ def format_table(results: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     matmul = results["matmul"]
     device = results["device"]
+    backend = results["settings"].get("backend", "torch")
+    if "onnxruntime" in device:
+        backend += f" {device['onnxruntime']}"
     header = (f"{device['name']} ({device['type']}, {device['threads']} threads), {results['settings']['dtype']}, "
-              f"matrix rate {matmul['tflops']:.2f} TFLOP/s ({matmul['dtype']} {matmul['n']}^3)")
+              f"SRN on {backend}, matrix rate {matmul['tflops']:.2f} TFLOP/s ({matmul['dtype']} {matmul['n']}^3)")
     return "\n".join([header, *lines])
 
 
@@ -461,6 +583,7 @@ Examples:
   srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
   srn bench --device cuda --dtype bf16 --channels-last --json bench.json
   srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
+  srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
 """
 
 
@@ -487,6 +610,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
     parser.add_argument("--peer-classes", type=int, default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
 
 
@@ -495,7 +620,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
         backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
-        threads=args.threads,
+        threads=args.threads, backend=args.backend,
     )
 
 

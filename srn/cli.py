@@ -74,6 +74,7 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     parser.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, one per core)")
 
 
 def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None = None):
@@ -84,8 +85,14 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
 
 
 def _detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None):
+    import torch
+
     from srn.detector import Detector
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     return Detector(
         weights=args.weights,
         device=args.device,

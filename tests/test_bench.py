@@ -2,21 +2,42 @@
 
 import json
 import math
+import re
+from dataclasses import replace
 
 import pytest
 
+from srn import bench
 from srn.bench import BenchConfig, format_table, parse_size, run_benchmark
-from srn.cli import main
+from srn.cli import UserError, main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+TINY = BenchConfig(device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=2,
+                   backbone="resnet18", width=32, matmul_size=128)
+
 
 @pytest.fixture(scope="module")
 def results():
-    config = BenchConfig(device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=2,
-                         backbone="resnet18", width=32, matmul_size=128)
-    return run_benchmark(config)
+    return run_benchmark(TINY)
+
+
+@pytest.fixture(scope="module")
+def ort_results():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    return run_benchmark(replace(TINY, backend="onnxruntime"))
+
+
+def key_paths(tree, prefix="") -> set[str]:
+    """Every key of a nested dict as a dotted path."""
+    if not isinstance(tree, dict):
+        return set()
+    paths = set()
+    for key, value in tree.items():
+        paths |= {prefix + key} | key_paths(value, f"{prefix}{key}.")
+    return paths
 
 
 def positive(value) -> bool:
@@ -58,3 +79,62 @@ def test_sizes_are_width_by_height_and_bad_ones_fail(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--sizes", "640by480"])
     assert "640by480" in capsys.readouterr().err
+
+
+def test_onnxruntime_backend_has_every_number_of_the_torch_backend(results, ort_results):
+    assert ort_results["settings"]["backend"] == "onnxruntime" and results["settings"]["backend"] == "torch"
+    assert key_paths(ort_results) == key_paths(results) | {"device.onnxruntime"}
+    srn = ort_results["srn"]
+    assert srn["params_m"] == results["srn"]["params_m"]
+    assert srn["gflops"] == results["srn"]["gflops"]  # counted on the same PyTorch module
+    latency = srn["latency_ms"]["64x64"]
+    for key in ("end_to_end", "forward", "postprocess", "postprocess_dense"):
+        assert positive(latency[key])
+    assert latency["forward"] + latency["postprocess"] == pytest.approx(latency["end_to_end"])
+    for key in ("postprocess_share", "postprocess_dense_share"):
+        assert 0 < latency[key] < 1
+    assert srn["peak_memory_mb"]["64x64"] >= 0 and positive(srn["matrix_rate_fraction"]["64x64"])
+    assert srn["throughput"]["batch"] == 2 and positive(srn["throughput"]["images_per_s"])
+    assert 0 < srn["throughput"]["postprocess_share"] < 1
+    assert all(math.isfinite(v) for k, v in ort_results["ratios"].items() if not k.startswith("peak_memory"))
+    json.dumps(ort_results, allow_nan=False)
+    assert "SRN on onnxruntime" in format_table(ort_results)
+    assert "SRN on torch" in format_table(results)
+
+
+def test_onnxruntime_backend_runs_the_session(monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    batches = []
+    run = ort.InferenceSession.run
+
+    def spy(self, output_names, feed, *args, **kwargs):
+        (images,) = feed.values()
+        batches.append(images.shape)
+        return run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", spy)
+    # The PyTorch network may run while it is exported, never while it is timed.
+    monkeypatch.setattr(bench._TorchNetwork, "__call__", lambda self, images: pytest.fail("PyTorch forward timed"))
+    config = replace(TINY, sizes=((64, 96),), warmup=1, iters=2, peer=False, backend="onnxruntime")
+    results = run_benchmark(config)
+    latency, dense, throughput = 1 + 2, 1 + 2, 1 + 2  # warmup + iters per phase (dense warms up once at most)
+    assert batches == [(1, 3, 64, 96)] * (latency + dense) + [(2, 3, 64, 96)] * throughput
+    assert "throughput" in results["srn"] and "peer" not in results
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--device", "cuda"], "--backend onnxruntime runs on the CPU only; pass --device cpu"),
+    (["--device", "cpu", "--compile"], "--compile needs --backend torch"),
+    (["--device", "cpu", "--dtype", "bf16"], "--dtype bf16 needs --backend torch"),
+    (["--device", "cpu", "--channels-last"], "--channels-last needs --backend torch"),
+])
+def test_onnxruntime_backend_refuses_what_it_cannot_do(flags, message, capsys):
+    argv = ["--backend", "onnxruntime", "--sizes", "64x64", *flags]
+    with pytest.raises(UserError, match=re.escape(message)):
+        bench.main(argv)
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"srn bench: error: {message}") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["bench", "--backend", "tensorrt"])
