@@ -3,8 +3,9 @@
 Measured for both models, at each ``--sizes`` entry (W x H):
 
 - latency at batch 1, median over ``--iters`` after ``--warmup`` runs; for SRN split into the
-  network's forward and :func:`srn.postprocess.postprocess`, with the post-processing share;
-- throughput at ``--batch`` (default 16 on GPU, 2 on CPU) on the first size;
+  network's forward and the post-processing, with the post-processing share;
+- throughput at ``--batch`` (default 16 on GPU, 2 on CPU) at ``--throughput-size`` (default: the
+  first size);
 - peak memory: ``torch.cuda.max_memory_allocated`` above the weights on GPU; on CPU the growth of
   the peak RSS (``resource.getrusage``, its peak reset through ``/proc/self/clear_refs`` on Linux);
 - FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode`` on the meta device, 2 FLOPs per
@@ -14,9 +15,19 @@ Measured for both models, at each ``--sizes`` entry (W x H):
 The peer is ``retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)``: one face
 class, which is SPEC §1's 415 GFLOP model at 1024x1024 (the COCO default of 91 classes costs 496).
 Its internal resize is neutralised by setting ``min_size``/``max_size`` to the input's sides, and it
-is timed end to end (transform, network, its own post-processing). ``--dtype`` and
-``--channels-last`` apply to both models; ``--compile`` to SRN only (the peer's post-processing is
-data-dependent Python).
+is timed end to end (transform, network, its own post-processing).
+
+SRN runs through :class:`srn.runner.Runner`, as :class:`srn.detector.Detector` runs it:
+``--dtype bf16`` is its bf16 inference copy (BatchNorm folded, bf16 weights, channels_last; outputs
+decoded in fp32), ``--cuda-graphs`` captures its network and fixed-shape post-processing as CUDA
+graphs (the captures happen during warmup), ``--compile`` wraps its network in ``torch.compile``.
+The peer runs under ``torch.autocast`` with ``--dtype bf16``, as torchvision's detection models are
+meant to run in reduced precision; ``--channels-last`` applies to both. The peer cannot be graphed or
+compiled whole: its post-processing is data-dependent Python.
+
+Inputs are uniform noise unless ``--image`` names a photo, which is then resized to each size (and
+repeated for the batch); a trained model on noise finds many weak candidates, so use a photo to
+measure the post-processing share of a trained model.
 
 ``--backend`` chooses what runs SRN's network; the peer always runs in PyTorch.
 
@@ -64,8 +75,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from srn.config import ModelConfig, PostProcessConfig
 from srn.postprocess import postprocess
+from srn.runner import PRECISIONS, Runner
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = PRECISIONS
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -89,6 +101,9 @@ class BenchConfig:
     matmul_size: int | None = None  # default: 8192 on GPU, 2048 on CPU
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
     backend: str = "torch"  # what runs SRN's network: "torch" or "onnxruntime" (CPU, fp32)
+    cuda_graphs: bool = False  # SRN's network and post-processing as CUDA graphs (srn.runner)
+    image: str | None = None  # a photo, resized to every size, instead of noise
+    throughput_size: tuple[int, int] | None = None  # (H, W) of the throughput run; None: the first size
 
 
 def size_name(size: tuple[int, int]) -> str:
@@ -252,12 +267,6 @@ def _set_peer_size(peer: nn.Module, size: tuple[int, int]) -> None:
     peer.transform.max_size = max(size)
 
 
-def _float_outputs(outputs: dict[str, list]) -> dict[str, list]:
-    """bf16 logits and deltas as float32: decoding 1000-pixel coordinates in bf16 would round boxes
-    to several pixels."""
-    return {k: [t.float() if t is not None and k != "anchors" else t for t in v] for k, v in outputs.items()}
-
-
 def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
     """The same outputs with logits from N(0, 2): the worst case for post-processing."""
     gen = torch.Generator(device=outputs["step2_logits"][0].device).manual_seed(0)
@@ -267,25 +276,34 @@ def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
     return dense
 
 
-class _TorchNetwork:
-    """SRN's network in PyTorch, eager or compiled, under the bench's autocast."""
+class _TorchSRN:
+    """SRN in PyTorch through :class:`srn.runner.Runner`, as :class:`srn.detector.Detector` runs it."""
 
-    def __init__(self, forward: Callable[[Tensor], dict[str, list]], autocast: contextlib.AbstractContextManager) -> None:
-        self.forward = forward
-        self.autocast = autocast
+    def __init__(self, model: nn.Module, post_config: PostProcessConfig, config: BenchConfig) -> None:
+        self.model, self.post_config, self.config = model, post_config, config
+        self.runner = self._runner()
+
+    def _runner(self, hook: Callable[[dict[str, list]], dict[str, list]] | None = None) -> Runner:
+        runner = Runner(self.model, self.post_config, 0.0, self.config.dtype, self.config.cuda_graphs, outputs_hook=hook)
+        if self.config.compile and hook is None:
+            runner.net = torch.compile(runner.net)
+        return runner
 
     def reset(self) -> None:
         """Nothing to do: PyTorch's CPU allocator keeps no memory between forwards."""
 
-    def inputs(self, images: Tensor) -> Tensor:
-        return images
+    def phases(self, images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
+        runner = self.runner
+        if dense:  # the same network, its logits replaced by fixed dense ones (inside the graph)
+            fixed = {k: v for k, v in _dense_logits(runner.network(images)).items() if k.endswith("logits")}
+            runner = self._runner(lambda outputs: {**outputs, **fixed})
 
-    def __call__(self, images: Tensor) -> dict[str, list]:
-        with self.autocast:
-            return self.forward(images)
+        def run(mark: Callable[[], Any]) -> None:
+            mark()
+            runner(images, mark)
+            mark()
 
-    def to_torch(self, outputs: dict[str, list]) -> dict[str, list]:
-        return _float_outputs(outputs)
+        return run
 
 
 class _OrtNetwork:
@@ -300,6 +318,8 @@ class _OrtNetwork:
         from srn.export import export_onnx
 
         export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
+        self.levels = (model.stc_levels, model.str_levels, model.head.num_anchors)
+        self.post_config = post_config
         self.path = path
         self.threads = threads
         self.detector: Any = None
@@ -332,13 +352,33 @@ class _OrtNetwork:
         metadata = self.detector.metadata
         return onnx_outputs_to_torch(dict(zip(metadata.output_names, arrays)), metadata)
 
+    def phases(self, images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
+        inputs = self.inputs(images)
+        stc, str_, anchors = self.levels
+
+        def run(mark: Callable[[], Any]) -> None:
+            mark()
+            raw = self(inputs)
+            mark()
+            outputs = self.to_torch(raw)
+            if dense:
+                outputs = _dense_logits(outputs)
+            postprocess(outputs, stc, str_, self.post_config, min_score=0.0, num_anchors=anchors)
+            mark()
+
+        return run
+
 
 def _check_backend(config: BenchConfig, device: torch.device) -> None:
     """The settings that the chosen backend cannot honour, as one-line errors."""
     if config.backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
+    if config.cuda_graphs and device.type != "cuda":
+        raise ValueError("--cuda-graphs needs a CUDA device")
     if config.backend != "onnxruntime":
         return
+    if config.cuda_graphs:
+        raise ValueError("--cuda-graphs needs --backend torch")
     if device.type != "cpu":
         raise ValueError("--backend onnxruntime runs on the CPU only; pass --device cpu")
     if config.compile:
@@ -351,8 +391,15 @@ def _check_backend(config: BenchConfig, device: torch.device) -> None:
         raise ValueError("--backend onnxruntime needs onnx and onnxruntime: install srn[export]")
 
 
-def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool) -> Tensor:
-    images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool, photo: Tensor | None) -> Tensor:
+    """A batch of float [0, 1] images: ``photo`` (uint8 Tensor[3, H, W]) resized, or noise."""
+    if photo is None:
+        images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    else:
+        from torchvision.transforms.v2.functional import resize
+
+        images = resize(photo, list(size), antialias=True).float().div(255).expand(batch, -1, -1, -1).contiguous()
+    images = images.to(device)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
@@ -376,7 +423,9 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
 
     try:
         results: dict[str, Any] = {
-            "settings": {**asdict(replace(config, sizes=[size_name(s) for s in config.sizes])), "batch": batch, "device": str(device)},
+            "settings": {**asdict(replace(config, sizes=[size_name(s) for s in config.sizes],
+                                             throughput_size=size_name(config.throughput_size) if config.throughput_size else None)),
+                         "batch": batch, "device": str(device)},
             "device": _describe(device),
         }
         if config.backend == "onnxruntime":
@@ -389,30 +438,14 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
 
         srn_model, post_config, model_config = _build_srn(config, device)
         srn_model = srn_model.to(memory_format=memory_format)
-        stc, str_, anchors = srn_model.stc_levels, srn_model.str_levels, srn_model.head.num_anchors
-        network: _TorchNetwork | _OrtNetwork
+        network: _TorchSRN | _OrtNetwork
         if config.backend == "onnxruntime":
             log("exporting SRN to ONNX ...")
             folder = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="srn-bench-")))
             network = _OrtNetwork(srn_model, folder / "srn.onnx", config.sizes[0], post_config, model_config.backbone,
                                   config.threads or torch.get_num_threads())
         else:
-            network = _TorchNetwork(torch.compile(srn_model) if config.compile else srn_model, autocast)
-
-        def srn_phases(images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
-            inputs = network.inputs(images)
-
-            def run(mark: Callable[[], Any]) -> None:
-                mark()
-                raw = network(inputs)
-                mark()
-                outputs = network.to_torch(raw)
-                if dense:
-                    outputs = _dense_logits(outputs)
-                postprocess(outputs, stc, str_, post_config, min_score=0.0, num_anchors=anchors)
-                mark()
-
-            return run
+            network = _TorchSRN(srn_model, post_config, config)
 
         srn: dict[str, Any] = {"params_m": sum(p.numel() for p in srn_model.parameters()) / 1e6,
                                "gflops": {}, "latency_ms": {}, "peak_memory_mb": {}, "matrix_rate_fraction": {}}
@@ -432,17 +465,22 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
 
             return run
 
+        photo = None
+        if config.image:
+            from srn.data.image_io import read_image
+
+            photo = read_image(config.image)
         clock = _Clock(device)
         with torch.inference_mode():
             for size in config.sizes:
                 name = size_name(size)
-                images = _images(1, size, device, config.channels_last)
+                images = _images(1, size, device, config.channels_last, photo)
                 srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
                 log(f"SRN {name} ...")
                 network.reset()
                 with peak_memory_mb(device) as memory:
-                    forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
-                _, dense_ms = _median_ms(clock, srn_phases(images, dense=True), min(config.warmup, 1), config.iters, 2)
+                    forward_ms, post_ms = _median_ms(clock, network.phases(images), config.warmup, config.iters, 2)
+                _, dense_ms = _median_ms(clock, network.phases(images, dense=True), min(config.warmup, 1), config.iters, 2)
                 end_to_end = forward_ms + post_ms
                 srn["latency_ms"][name] = {
                     "end_to_end": end_to_end, "forward": forward_ms, "postprocess": post_ms,
@@ -463,13 +501,17 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                 peer["matrix_rate_fraction"][name] = peer["gflops"][name] * 1e9 / (peer_ms / 1e3) / rate
 
             if batch > 0:
-                size = config.sizes[0]
+                size = config.throughput_size or config.sizes[0]
                 name = size_name(size)
-                images = _images(batch, size, device, config.channels_last)
+                images = _images(batch, size, device, config.channels_last, photo)
+                if name not in srn["gflops"]:
+                    srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
+                    if peer_model is not None:
+                        peer["gflops"][name] = count_gflops(lambda: _build_peer(config, size), _peer_network, size)
                 log(f"SRN throughput, batch {batch} at {name} ...")
                 network.reset()
                 with peak_memory_mb(device) as memory:
-                    forward_ms, post_ms = _median_ms(clock, srn_phases(images), config.warmup, config.iters, 2)
+                    forward_ms, post_ms = _median_ms(clock, network.phases(images), config.warmup, config.iters, 2)
                 srn["throughput"] = _throughput(batch, name, forward_ms + post_ms, srn["gflops"][name], rate, memory["mb"])
                 srn["throughput"]["postprocess_share"] = post_ms / (forward_ms + post_ms)
                 if peer_model is not None:
@@ -597,7 +639,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: autocast for both models")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: SRN's bf16 inference copy, the peer under autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
     parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
@@ -612,6 +654,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
+    parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
+    parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
+    parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
 
 
@@ -620,7 +665,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
         backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
-        threads=args.threads, backend=args.backend,
+        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image,
+        throughput_size=tuple(args.throughput_size) if args.throughput_size else None,
     )
 
 

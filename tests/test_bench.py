@@ -6,6 +6,7 @@ import re
 from dataclasses import replace
 
 import pytest
+import torch
 
 from srn import bench
 from srn.bench import BenchConfig, format_table, parse_size, run_benchmark
@@ -115,7 +116,7 @@ def test_onnxruntime_backend_runs_the_session(monkeypatch):
 
     monkeypatch.setattr(ort.InferenceSession, "run", spy)
     # The PyTorch network may run while it is exported, never while it is timed.
-    monkeypatch.setattr(bench._TorchNetwork, "__call__", lambda self, images: pytest.fail("PyTorch forward timed"))
+    monkeypatch.setattr(bench._TorchSRN, "phases", lambda self, *args, **kwargs: pytest.fail("PyTorch SRN timed"))
     config = replace(TINY, sizes=((64, 96),), warmup=1, iters=2, peer=False, backend="onnxruntime")
     results = run_benchmark(config)
     latency, dense, throughput = 1 + 2, 1 + 2, 1 + 2  # warmup + iters per phase (dense warms up once at most)
@@ -138,3 +139,31 @@ def test_onnxruntime_backend_refuses_what_it_cannot_do(flags, message, capsys):
     assert err.startswith(f"srn bench: error: {message}") and err.count("\n") == 1
     with pytest.raises(SystemExit):
         main(["bench", "--backend", "tensorrt"])
+
+
+def test_torch_backend_runs_detectors_runner_on_a_photo(monkeypatch, shared_dir):
+    calls = []
+    call = bench.Runner.__call__
+
+    def spy(self, images, mark=None):
+        calls.append((next(self.net.parameters()).dtype, tuple(images.shape), self.outputs_hook is not None))
+        assert images.max() > images.min() and float(images[0, 0, 0, 0]) != float(images[0, 0, 0, 1])
+        return call(self, images, mark)
+
+    monkeypatch.setattr(bench.Runner, "__call__", spy)
+    photo = str(shared_dir / "data/demo/images/ageitgey__examples_two_people.jpg")
+    config = replace(TINY, sizes=((64, 96),), throughput_size=(80, 80), warmup=1, iters=1, peer=False, dtype="bf16", image=photo)
+    results = run_benchmark(config)
+    bf16 = torch.bfloat16
+    # warmup + iters per phase: latency, dense latency (its own runner), throughput at its own size
+    assert calls == [(bf16, (1, 3, 64, 96), False)] * 2 + [(bf16, (1, 3, 64, 96), True)] * 2 + [(bf16, (2, 3, 80, 80), False)] * 2
+    assert results["settings"]["throughput_size"] == "80x80" and results["settings"]["image"] == photo
+    assert results["srn"]["throughput"]["size"] == "80x80"
+    assert positive(results["srn"]["gflops"]["80x80"]) and results["srn"]["gflops"]["80x80"] > results["srn"]["gflops"]["96x64"]
+
+
+def test_cuda_graphs_need_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["bench", "--device", "cpu", "--cuda-graphs", "--sizes", "64x64"]) == 2
+    assert capsys.readouterr().err == "srn bench: error: --cuda-graphs needs a CUDA device\n"
