@@ -654,6 +654,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
+    parser.add_argument("--matmul-size", type=int, help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
     parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
     parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
     parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
@@ -665,7 +666,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
         backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
-        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image,
+        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image, matmul_size=args.matmul_size,
         throughput_size=tuple(args.throughput_size) if args.throughput_size else None,
     )
 

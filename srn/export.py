@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -465,9 +466,15 @@ def onnx_outputs_to_torch(outputs: Mapping[str, np.ndarray], metadata: OnnxMetad
             level_deltas = torch.from_numpy(np.asarray(outputs[f"{step}_deltas_{level}"]))
             result[f"{step}_logits"].append(level_logits.reshape(n, -1))  # (N, H, W, A) -> (N, R)
             result[f"{step}_deltas"].append(level_deltas.reshape(n, -1, 4))  # (N, H, W, A, 4) -> (N, R, 4)
-    generator = AnchorGenerator(metadata.strides, metadata.anchor_scales, metadata.anchor_ratio)
+    generator = _anchor_generator(tuple(metadata.strides), tuple(metadata.anchor_scales), metadata.anchor_ratio)
     result["anchors"] = generator.grid_anchors(sizes, torch.device("cpu"))
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def _anchor_generator(strides: tuple[int, ...], scales: tuple[float, ...], ratio: float) -> AnchorGenerator:
+    """One generator per anchor layout, so that its per-size anchor cache survives between calls."""
+    return AnchorGenerator(strides, scales, ratio)
 
 
 def postprocess_onnx_outputs(
