@@ -75,21 +75,24 @@ class _Graphs:
     """The network and the post-processing of one input shape, captured as two CUDA graphs."""
 
     def __init__(self, runner: Runner, images: Tensor) -> None:
-        self.input = torch.empty_like(images, memory_format=torch.channels_last)
-        self.input.copy_(images)
-        # Warm up on a side stream (cuDNN/cuBLAS choices, the anchor cache), as capture requires.
-        stream = torch.cuda.Stream(device=images.device)
-        stream.wait_stream(torch.cuda.current_stream(images.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                runner.static_postprocess(runner.network(self.input))
-        torch.cuda.current_stream(images.device).wait_stream(stream)
-        self.network = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.network):
-            self.outputs = runner.network(self.input)
-        self.postprocess = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.postprocess, pool=self.network.pool()):
-            self.static = runner.static_postprocess(self.outputs)
+        with torch.cuda.device(images.device):  # capture happens on the current device
+            self.input = torch.empty_like(images, memory_format=torch.channels_last)
+            self.input.copy_(images)
+            # Warm up on a side stream (cuDNN/cuBLAS choices, the anchor cache), as capture requires.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    runner.static_postprocess(runner.network(self.input))
+            torch.cuda.current_stream().wait_stream(stream)
+            self.network = torch.cuda.CUDAGraph()
+            # thread_local: a decoding thread of the caller (srn.video) may allocate meanwhile.
+            with torch.cuda.graph(self.network, capture_error_mode="thread_local"):
+                self.outputs = runner.network(self.input)
+            # Replayed in capture order, the two graphs can share one memory pool.
+            self.postprocess = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.postprocess, pool=self.network.pool(), capture_error_mode="thread_local"):
+                self.static = runner.static_postprocess(self.outputs)
 
 
 class Runner:
@@ -166,10 +169,11 @@ class Runner:
         mark = mark or (lambda: None)
         if self.cuda_graphs:
             graphs = self._graphs_for(images)
-            graphs.input.copy_(images)
-            graphs.network.replay()
-            mark()
-            graphs.postprocess.replay()
+            with torch.cuda.device(images.device):
+                graphs.input.copy_(images)
+                graphs.network.replay()
+                mark()
+                graphs.postprocess.replay()
             static = graphs.static
         else:
             outputs = self.network(images)
