@@ -68,7 +68,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", help="srn checkpoint or the release's SRN.pth (default: the shipped model)")
+    parser.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--max-size", type=int, default=2100, help="downscale images whose longer side exceeds this")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -87,14 +87,15 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
 def _detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None):
     import torch
 
-    from srn.detector import Detector
+    from srn.detector import open_detector
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return Detector(
+    return open_detector(
         weights=args.weights,
+        threads=args.threads,
         device=args.device,
         score_thresh=score_thresh,
         nms_iou=nms_iou,

@@ -198,3 +198,35 @@ class Detector:
                 height, width = loaded[i][0].shape[-2:]
                 results[i] = Faces(boxes / scale, scores, int(width), int(height), loaded[i][1])
         return results[0] if single else results  # type: ignore[return-value]
+
+
+def open_detector(
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    **options: Any,
+) -> Detector:
+    """A detector for ``weights`` of any kind: an srn checkpoint or the release's ``SRN.pth`` (run by
+    PyTorch, :class:`Detector`), or an ``.onnx`` file written by ``srn export onnx`` (run by
+    onnxruntime, :class:`srn.export.OnnxDetector`, on its CPU provider, or its CUDA provider when
+    ``device`` is a CUDA device).
+
+    Args:
+        threads: onnxruntime's threads within an op (PyTorch's are ``torch.set_num_threads``).
+        options: :class:`Detector`'s keyword arguments.
+    """
+    if weights is None or Path(weights).suffix.lower() != ".onnx":
+        return Detector(weights, device, **options)
+    from srn.export import OnnxDetector
+
+    if options.pop("precision", "fp32") != "fp32" or options.pop("cuda_graphs", False):
+        raise ValueError(f"{weights}: an ONNX model runs as exported, in fp32 and without CUDA graphs")
+    import onnxruntime
+
+    provider = "CUDAExecutionProvider" if device is not None and torch.device(device).type == "cuda" else "CPUExecutionProvider"
+    if provider not in onnxruntime.get_available_providers():
+        raise ValueError(f"{weights}: this onnxruntime has no {provider} (install onnxruntime-gpu, or use --device cpu)")
+    session_options = onnxruntime.SessionOptions()
+    if threads:
+        session_options.intra_op_num_threads = threads
+    return OnnxDetector(weights, providers=[provider], session_options=session_options, **options)

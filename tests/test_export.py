@@ -162,3 +162,26 @@ def test_srn_r50_raw_outputs_match_pytorch(tmp_path):
     # Outputs reach ~50 here; after fifty float32 layers the runtimes differ by up to ~6e-5 (about
     # 1e-6 of that range) on elements near zero, where rtol alone cannot absorb it.
     assert_outputs_match(model, session, metadata, (1, 80, 72), 0, atol=1e-4)
+
+
+def test_cli_and_eval_run_onnx_files(small, raw_onnx, tmp_path, capsys):
+    import csv
+    import io
+
+    from torchvision.io import write_png
+
+    from srn.detector import open_detector
+
+    _, folder = small
+    photo = tmp_path / "photo.png"
+    write_png(torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)), str(photo))
+    rows = {}
+    for weights in (folder / "small.pt", raw_onnx[0]):
+        argv = ["detect", str(photo), "--weights", str(weights), "--device", "cpu", "--score-thresh", "0.2", "--format", "csv", "--threads", "1"]
+        assert main(argv) == 0
+        rows[weights.suffix] = [[float(v) for v in row[3:]] for row in list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]]
+    assert len(rows[".pt"]) > 0
+    assert_close(torch.tensor(rows[".onnx"]), torch.tensor(rows[".pt"]), rtol=0, atol=0.011)
+    assert isinstance(open_detector(raw_onnx[0], "cpu", threads=1), OnnxDetector)  # what srn eval uses
+    assert main(["detect", str(photo), "--weights", str(raw_onnx[0]), "--precision", "bf16"]) == 2
+    assert capsys.readouterr().err.endswith("an ONNX model runs as exported, in fp32 and without CUDA graphs\n")
