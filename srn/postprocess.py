@@ -39,13 +39,13 @@ def select_candidates(
     config: PostProcessConfig = PostProcessConfig(),
     num_anchors: int = 2,
 ) -> tuple[Tensor, Tensor]:
-    """Per-level gating, top-k and decoding, before NMS.
+    """Per-level gating and top-k, then one decode for all levels, before NMS.
 
     Returns:
         boxes (Tensor[N, K, 4]) and scores (Tensor[N, K]) of the candidates of every level, where
         K = sum over levels of min(pre_nms_top_k, R_l). Slots that are not candidates score -1.
     """
-    boxes_per_level, scores_per_level = [], []
+    scores_per_level, anchors_per_level, step1_per_level, step2_per_level, refined = [], [], [], [], []
     for level, anchors in enumerate(outputs["anchors"]):
         logits = outputs["step2_logits"][level]  # (N, R)
         scores = logits.sigmoid()
@@ -58,17 +58,21 @@ def select_candidates(
         masked = torch.where(is_candidate, scores, torch.full_like(scores, -1.0))
         k = min(config.pre_nms_top_k, masked.shape[1])
         top_scores, top_idxs = masked.topk(k, dim=1)  # (N, k)
-        level_anchors = anchors[top_idxs]  # (R, 4)[(N, k)] -> (N, k, 4)
         gather_idxs = top_idxs.unsqueeze(-1).expand(-1, -1, 4)  # (N, k) -> (N, k, 4)
-        if level in str_levels:
-            # STR: the second step regresses from the anchors the first step refined.
-            step1_deltas = outputs["step1_deltas"][level].gather(1, gather_idxs)
-            level_anchors = decode(step1_deltas, level_anchors)
         step2_deltas = outputs["step2_deltas"][level].gather(1, gather_idxs)
-        boxes_per_level.append(decode(step2_deltas, level_anchors))
+        # STR: the second step regresses from the anchors the first step refined.
+        is_str = level in str_levels
+        step1_deltas = outputs["step1_deltas"][level].gather(1, gather_idxs) if is_str else torch.zeros_like(step2_deltas)
         scores_per_level.append(top_scores)
-    # 6 x (N, k_l, 4) -> (N, K, 4); 6 x (N, k_l) -> (N, K)
-    return torch.cat(boxes_per_level, dim=1), torch.cat(scores_per_level, dim=1)
+        anchors_per_level.append(anchors[top_idxs])  # (R, 4)[(N, k)] -> (N, k, 4)
+        step1_per_level.append(step1_deltas)
+        step2_per_level.append(step2_deltas)
+        refined.append(torch.full((k,), is_str, dtype=torch.bool, device=logits.device))
+    # Every level at once: 6 x (N, k_l, ...) -> (N, K, ...), and two decodes instead of nine.
+    anchors = torch.cat(anchors_per_level, dim=1)
+    refined_anchors = decode(torch.cat(step1_per_level, dim=1), anchors)
+    anchors = torch.where(torch.cat(refined).view(1, -1, 1), refined_anchors, anchors)
+    return decode(torch.cat(step2_per_level, dim=1), anchors), torch.cat(scores_per_level, dim=1)
 
 
 @torch.no_grad()
