@@ -58,6 +58,9 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_cell(self) -> int:
         return len(self.scales)
 
+    # Outside torch.compile: the anchors are cached constants, and a compiled graph that looked into
+    # the cache would be recompiled once the cache fills.
+    @torch.compiler.disable
     def grid_anchors(self, feature_sizes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> list[Tensor]:
         """Anchors of every level.
 

@@ -118,3 +118,25 @@ def test_cuda_graphs_replay_the_reference_detections(shared_dir):
         assert len(scores) > 0 and graph_scores.shape == scores.shape
         assert_close(graph_boxes, boxes, rtol=0, atol=0.5)
         assert_close(graph_scores, scores, rtol=0, atol=1e-3)
+
+
+def test_compiled_network_is_not_recompiled():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = build_model(backbone="resnet18", width=32, pretrained=None, init="scaled").eval()
+    images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    runner = Runner(model, min_score=0.0)
+    counter = CompileCounter()  # counts graphs handed to the compiler, without compiling them
+    runner.net = torch.compile(model, backend=counter)
+    runner(images)  # the first call, with the anchor cache still empty
+    graphs = counter.frame_count
+    for _ in range(2):
+        ((compiled_boxes, compiled_scores),) = runner(images)
+    ((boxes, scores),) = Runner(model, min_score=0.0)(images)
+    # The anchors stay outside the graph: a graph that looked into their cache was recompiled
+    # on the second call, once the cache had filled.
+    assert graphs == 1 and counter.frame_count == 1
+    assert len(scores) > 0
+    assert_close(compiled_boxes, boxes) and assert_close(compiled_scores, scores)
+    torch._dynamo.reset()
