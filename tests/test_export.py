@@ -168,13 +168,14 @@ def test_cli_and_eval_run_onnx_files(small, raw_onnx, tmp_path, capsys):
     import csv
     import io
 
-    from torchvision.io import write_png
+    import PIL.Image
 
     from srn.detector import open_detector
 
     _, folder = small
     photo = tmp_path / "photo.png"
-    write_png(torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)), str(photo))
+    pixels = torch.randint(0, 256, (60, 90, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    PIL.Image.fromarray(pixels.numpy()).save(photo)
     rows = {}
     for weights in (folder / "small.pt", raw_onnx[0]):
         argv = ["detect", str(photo), "--weights", str(weights), "--device", "cpu", "--score-thresh", "0.2", "--format", "csv", "--threads", "1"]

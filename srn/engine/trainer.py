@@ -252,7 +252,7 @@ class Trainer:
                     losses = {}
                     loss = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
                 if not torch.isfinite(loss):
-                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                     raise TrainingError(
                         f"non-finite loss at iteration {self.iteration + 1} ({detail}); training stopped, "
                         f"the last good checkpoint {self.output_dir / 'last.pt'} is intact"
