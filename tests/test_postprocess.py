@@ -180,3 +180,16 @@ def test_static_detections_prove_their_answer_or_are_redone():
     tail = static_detections(boxes, scores, 0.4, 750, min_score=0.57, max_candidates=7, sweeps=8)
     assert tail["exact"].tolist() == [True] and tail["counts"].tolist() == [4]
     assert_close(tail["scores"][0, :4], scores[0, 0:7:2])
+
+
+def test_nms_on_the_best_candidates_first_gives_the_same_detections():
+    # Crowded images: thousands of overlapping candidates. NMS over the best 64, then 256, ... must
+    # keep exactly what one NMS over all of them keeps, image by image.
+    boxes, scores = clustered_candidates(5, n=3, k=3000, clusters=400)
+    scores[2, 40:] = -1.0  # an image with few candidates, done in the first pass
+    # 100 kept: the early stop; 750: more than survive, so every candidate has to be seen.
+    for max_detections, min_score, counts in [(100, 0.0, [100, 100, 25]), (750, 0.0, [553, 559, 25]), (100, 0.5, [100, 100, 12])]:
+        everything = batched_detections(boxes, scores, 0.4, max_detections, min_score, first_pass=3000)
+        stepwise = batched_detections(boxes, scores, 0.4, max_detections, min_score, first_pass=64)
+        assert [len(d["scores"]) for d in everything] == counts
+        assert_same_detections(stepwise, everything)

@@ -161,7 +161,7 @@ def test_graphed_stages_have_no_data_dependent_step():
     with torch.inference_mode():
         outputs = runner.network(torch.empty(2, 3, 96, 128, device="meta"))
         static = runner.static_postprocess(outputs)
-        with pytest.raises(NotImplementedError, match="nonzero"):
+        with pytest.raises((NotImplementedError, RuntimeError), match=r"nonzero|item\(\)"):
             postprocess(outputs, model.stc_levels, model.str_levels)
     # K = 2 * (24*32 + 12*16 + 6*8 + 3*4 + 2*2 + 1*1) candidate slots, D = min(750, 1024, K)
     assert static["candidate_scores"].shape == (2, 2050) and static["candidate_boxes"].shape == (2, 2050, 4)
