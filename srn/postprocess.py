@@ -90,7 +90,7 @@ def batched_detections(
     ``min_score`` are dropped first, and an image with more than ``first_pass`` candidates goes
     through NMS with its best ``first_pass`` only, then 4x as many, until ``max_detections`` survive
     or none is left out: the same detections, without NMS over thousands of boxes that could not
-    reach the top ``max_detections`` (a crowded image's worst case, 10x faster on the CPU).
+    reach the top ``max_detections``.
 
     Args:
         boxes (Tensor[N, K, 4]), scores (Tensor[N, K]): candidates; a score < 0 marks an empty slot.
