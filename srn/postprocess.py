@@ -159,9 +159,9 @@ def static_detections(
     Returns:
         ``boxes`` (Tensor[N, D, 4]) and ``scores`` (Tensor[N, D], -1 in empty slots) by score
         descending, ``counts`` (Tensor[N]) and ``exact`` (Tensor[N] bool), with
-        D = min(max_detections, max_candidates, K). ``exact[i]`` is False when image i had more than
-        ``max_candidates`` candidates or ``sweeps`` did not settle its NMS; :func:`unpack_static`
-        then redoes it.
+        D = min(max_detections, max_candidates, K). ``exact[i]`` is False when ``sweeps`` did not
+        settle image i's NMS, or when it had more than ``max_candidates`` candidates and fewer than
+        ``max_detections`` of the best ones survived; :func:`unpack_static` then redoes it.
     """
     n, k = scores.shape
     c = min(max_candidates, k)
@@ -183,13 +183,15 @@ def static_detections(
         settled = (new_keep == keep).all(1)
         keep = new_keep
     ranked_scores, slots = torch.where(keep, top_scores, -2.0).topk(d, dim=1)  # kept first, in order
-    counts = keep.sum(1).clamp(max=d)
+    kept = keep.sum(1)
+    counts = kept.clamp(max=d)
     filled = torch.arange(d, device=scores.device) < counts.unsqueeze(1)
     return {
         "boxes": top_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, 4)) * filled.unsqueeze(-1),
         "scores": torch.where(filled, ranked_scores, -1.0),
         "counts": counts,
-        "exact": fits & settled,
+        # Candidates beyond the best C cannot change the first max_detections survivors.
+        "exact": settled & (fits | (kept >= max_detections)),
     }
 
 

@@ -175,6 +175,11 @@ def test_static_detections_prove_their_answer_or_are_redone():
     crowded = static_detections(boxes, scores, 0.4, 750, max_candidates=4, sweeps=11)
     assert crowded["exact"].tolist() == [False]
     assert_same_detections(unpack_static(crowded, boxes, scores, 0.4, 750), [expected])
+    # ... unless the best candidates already hold max_detections survivors (boxes 0 and 2 of 0-3)
+    top_two = static_detections(boxes, scores, 0.4, 2, max_candidates=4, sweeps=11)
+    assert top_two["exact"].tolist() == [True] and top_two["counts"].tolist() == [2]
+    assert_same_detections(unpack_static(top_two, boxes, scores, 0.4, 2), [{"boxes": boxes[0, [0, 2]], "scores": scores[0, [0, 2]]}])
+    assert_same_detections(batched_detections(boxes, scores, 0.4, 2), [{"boxes": boxes[0, [0, 2]], "scores": scores[0, [0, 2]]}])
     # min_score drops the chain's tail before NMS: 7 boxes score 0.6 or more, 4 are kept, and 7
     # candidates are enough to prove it
     tail = static_detections(boxes, scores, 0.4, 750, min_score=0.57, max_candidates=7, sweeps=8)
@@ -193,3 +198,11 @@ def test_nms_on_the_best_candidates_first_gives_the_same_detections():
         stepwise = batched_detections(boxes, scores, 0.4, max_detections, min_score, first_pass=64)
         assert [len(d["scores"]) for d in everything] == counts
         assert_same_detections(stepwise, everything)
+
+
+def test_static_detections_of_crowded_images_stop_at_max_detections():
+    boxes, scores = clustered_candidates(3, n=4, k=3000, clusters=400)  # about 2,100 candidates each
+    static = static_detections(boxes, scores, 0.4, 40, max_candidates=256, sweeps=16)
+    assert static["exact"].all() and static["counts"].tolist() == [40] * 4
+    expected = batched_detections(boxes, scores, 0.4, 40)
+    assert_same_detections(unpack_static(static, boxes, scores, 0.4, 40), expected)
