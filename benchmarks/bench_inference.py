@@ -4,7 +4,8 @@ On CPU (the default): batch-1 latency at 640x480 of SRN-R50 against torchvision'
 RetinaNet-R50-FPN, their ratio and SRN's post-processing share; no throughput run. One thread:
 on a shared machine, two OpenMP threads waiting on a busy core make runs up to 100x slower and
 unrepeatable; pass ``--threads N`` to override.
-With ``--gpu``: 640x480 and 1024x1024, throughput at batch 16, bf16 autocast, channels_last.
+With ``--gpu``: 640x480 and 1024x1024, throughput at batch 16, bf16 (SRN: its bf16 inference copy,
+the peer: autocast), channels_last. ``benchmarks/gpu_inference.sh`` adds CUDA graphs and 1024x1024 throughput.
 
     python benchmarks/bench_inference.py                       # CPU, writes benchmarks/bench_inference_cpu.json
     python benchmarks/bench_inference.py --gpu --json gpu.json
