@@ -40,3 +40,13 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """A matplotlib figure through a temporary file and a rename, in the format of ``path``'s suffix."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from srn.atomic import atomic_write_text
 from srn.config import DetectorConfig, TrainingConfig, to_dict
 from srn.criterion import SRNCriterion
 from srn.data.build import build_train_dataset, count_dropped_boxes
@@ -171,7 +172,7 @@ class Trainer:
         elif self.dist.is_main:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         if self.dist.is_main:
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
     # ------------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
@@ -187,7 +188,7 @@ class Trainer:
             log = self.output_dir / "metrics.jsonl"
             if log.is_file():
                 kept = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l).get("iteration", 0) <= self.iteration]
-                log.write_text("".join(f"{l}\n" for l in kept))
+                atomic_write_text(log, "".join(f"{l}\n" for l in kept))
             logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     def _save(self, name: str = "last.pt") -> None:

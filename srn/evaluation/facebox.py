@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
+from srn.atomic import atomic_save_figure, atomic_write_text
 from srn.evaluation.widerface import as_numpy
 
 __all__ = [
@@ -143,7 +144,7 @@ class FaceboxResult:
     def to_json(self, path: str | os.PathLike[str] | None = None, curves: bool = True) -> str:
         text = json.dumps(self.to_dict(curves=curves), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
 
@@ -294,10 +295,7 @@ def plot_pr(result: FaceboxResult, path: str | os.PathLike[str], title: str | No
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
     ax.set_title(title or f"{result.num_images} images, {result.num_faces} faces")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 def _transform(boxes: np.ndarray, step: tuple[float, float, float, float]) -> np.ndarray:

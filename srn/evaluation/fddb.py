@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from srn.atomic import atomic_write_text
+from srn.atomic import atomic_save_figure, atomic_write_text
 from srn.evaluation.widerface import PredictionFormatError, as_numpy, xywh_line
 
 __all__ = [
@@ -458,7 +458,7 @@ class FddbResult:
     def to_json(self, path: str | os.PathLike[str] | None = None, curves: bool = True) -> str:
         text = json.dumps(self.to_dict(curves=curves), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
 
@@ -549,7 +549,4 @@ def plot_roc(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title or f"FDDB ({result.num_images} images, {result.num_faces} faces)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return atomic_save_figure(fig, path)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from srn.atomic import atomic_write_text
+from srn.atomic import atomic_save_figure, atomic_write_text
 
 __all__ = [
     "SETTINGS",
@@ -496,7 +496,7 @@ class WiderResult:
         """The :meth:`to_dict` form as JSON text, also written to ``path`` when given."""
         text = json.dumps(self.to_dict(curves=curves), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
 
@@ -657,10 +657,7 @@ def plot_pr(result: WiderResult, path: str | os.PathLike[str], title: str | None
     ax.legend(loc="lower left")
     kind = "official" if result.official else "NOT official"
     ax.set_title(title or f"WIDER FACE val ({kind}, IoU {result.iou_threshold:g})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 def format_table(result: WiderResult) -> str:
