@@ -14,7 +14,7 @@ from torch import Tensor
 from srn.config import DetectorConfig
 from srn.data.image_io import read_image, to_rgb_tensor
 from srn.model import SRN
-from srn.runner import PRECISIONS, Runner
+from srn.runner import Runner
 from srn.weights import WeightsError, load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -102,13 +102,10 @@ class Detector:
         self.score_thresh = score_thresh
         self.max_size = max_size
         self.batch_size = max(1, batch_size)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
         self.precision, self.cuda_graphs = precision, cuda_graphs
         self._runner: Runner | None = None
         self._runner_key: tuple | None = None
+        self.runner  # noqa: B018 - built now, so that bad settings fail here
 
     @property
     def runner(self) -> Runner:

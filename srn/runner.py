@@ -130,7 +130,7 @@ class Runner:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         device = next(model.parameters()).device
         if cuda_graphs and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}")
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.config, self.min_score = config, min_score
         self.stc_levels, self.str_levels = model.stc_levels, model.str_levels
         self.num_anchors = model.head.num_anchors
