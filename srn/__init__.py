@@ -7,8 +7,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Detector": "srn.detector",
-    "Faces": "srn.detector",
+    "Detector": "srn.inference",
+    "Faces": "srn.inference",
     "SRN": "srn.model",
     "build_model": "srn.model",
     "DetectorConfig": "srn.config",

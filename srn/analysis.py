@@ -15,12 +15,11 @@ The geometry is one square crop of side min(width, height) scaled to 1024, with 
 and no smaller random crop (SPEC §6), so the face sizes differ from training's and the ratios
 here are not expected to equal the paper's.
 
-Run: ``python -m srn.analysis /work/shared/data/widerface/wider_face_train_boxes_with_sizes.txt``
+Run: ``srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt``
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import time
@@ -464,34 +463,3 @@ def format_report(stats: dict) -> str:
         "(negatives with 1 - p1 > 0.99 are dropped)"
     )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m srn.analysis BOXES_FILE [--num-images N] [--seed S]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m srn.analysis",
-        description="SRN class-imbalance analysis of WIDER FACE train anchors (no network).",
-        epilog="example: python -m srn.analysis "
-        "/work/shared/data/widerface/wider_face_train_boxes_with_sizes.txt --num-images 500",
-    )
-    parser.add_argument("boxes_file")
-    parser.add_argument("--num-images", type=int, default=None, help="random sample size (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--low-quality", action="store_true", help="also make each face's best anchor positive")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--dense", action="store_true", help="match every anchor (slow; same counts)")
-    args = parser.parse_args(argv)
-    stats = run_class_imbalance(
-        args.boxes_file,
-        num_images=args.num_images,
-        seed=args.seed,
-        allow_low_quality_matches=args.low_quality,
-        batch_size=args.batch_size,
-        sparse=not args.dense,
-    )
-    print(format_report(stats))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ class, which is SPEC §1's 415 GFLOP model at 1024x1024 (the COCO default of 91 
 Its internal resize is neutralised by setting ``min_size``/``max_size`` to the input's sides, and it
 is timed end to end (transform, network, its own post-processing).
 
-SRN runs through :class:`srn.runner.Runner`, as :class:`srn.detector.Detector` runs it:
+SRN runs through :class:`srn.runner.Runner`, as :class:`srn.inference.Detector` runs it:
 ``--dtype bf16`` is its bf16 inference copy (BatchNorm folded, bf16 weights, channels_last; outputs
 decoded in fp32), ``--cuda-graphs`` captures its network and fixed-shape post-processing as CUDA
 graphs (the captures happen during warmup), ``--compile`` wraps its network in ``torch.compile``.
@@ -35,9 +35,9 @@ measure the post-processing share of a trained model.
 - ``onnxruntime``: the network exported by :func:`srn.export.export_onnx` (raw layout, normalisation
   in the graph, traced at the first size) into a temporary folder and run by onnxruntime's CPU
   provider (all graph optimisations, ``--threads`` or torch's thread count within an op, one across
-  ops), as :class:`srn.export.OnnxDetector` runs it. The forward phase is ``session.run`` on the
+  ops), as :class:`srn.inference.backends.OnnxBackend` runs it. The forward phase is ``session.run`` on the
   float32 [0, 1] images; the post-processing phase converts its outputs with
-  :func:`srn.export.onnx_outputs_to_torch` (which also rebuilds the anchors, as OnnxDetector does on
+  :func:`srn.inference.onnx_format.onnx_outputs_to_torch` (which also rebuilds the anchors, as OnnxBackend does on
   every call) and applies the same :func:`srn.postprocess.postprocess`. CPU and fp32 only, and
   neither ``--compile`` nor ``--channels-last``. Each memory-measured block opens a fresh session, so
   that its peak RSS includes the growth of onnxruntime's memory arena, which a session never gives
@@ -53,7 +53,6 @@ flushed to zero during the CPU run so that they do not dominate the timings.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -74,6 +73,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from srn.config import ModelConfig, PostProcessConfig
+from srn.errors import ConfigError
 from srn.postprocess import postprocess
 from srn.runner import PRECISIONS, Runner
 
@@ -109,17 +109,6 @@ class BenchConfig:
 def size_name(size: tuple[int, int]) -> str:
     """(H, W) as the usual "WxH"."""
     return f"{size[1]}x{size[0]}"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"640x480" (W x H) as (480, 640)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must look like 640x480 (width x height)") from None
-    if width < 32 or height < 32:
-        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be at least 32")
-    return height, width
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +266,7 @@ def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
 
 
 class _TorchSRN:
-    """SRN in PyTorch through :class:`srn.runner.Runner`, as :class:`srn.detector.Detector` runs it."""
+    """SRN in PyTorch through :class:`srn.runner.Runner`, as :class:`srn.inference.Detector` runs it."""
 
     def __init__(self, model: nn.Module, post_config: PostProcessConfig, config: BenchConfig) -> None:
         self.model, self.post_config, self.config = model, post_config, config
@@ -310,7 +299,7 @@ class _OrtNetwork:
     """SRN's network exported to ``path`` and run by onnxruntime's CPU provider.
 
     ``__call__`` is ``session.run`` alone; ``to_torch`` turns its outputs into SRN's layout with
-    :func:`srn.export.onnx_outputs_to_torch`, as :class:`srn.export.OnnxDetector` does.
+    :func:`srn.inference.onnx_format.onnx_outputs_to_torch`, as :class:`srn.inference.backends.OnnxBackend` does.
     """
 
     def __init__(self, model: nn.Module, path: Path, sample_size: tuple[int, int], post_config: PostProcessConfig,
@@ -322,7 +311,7 @@ class _OrtNetwork:
         self.post_config = post_config
         self.path = path
         self.threads = threads
-        self.detector: Any = None
+        self.backend: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -330,26 +319,26 @@ class _OrtNetwork:
         previous block's session would not see its own peak memory."""
         import onnxruntime
 
-        from srn.export import OnnxDetector
+        from srn.inference.backends import OnnxBackend
 
-        self.detector = None  # free the old session's arena before the new session is built
+        self.backend = None  # free the old session's arena before the new session is built
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.detector = OnnxDetector(self.path, providers=["CPUExecutionProvider"], session_options=options)
+        self.backend = OnnxBackend(self.path, torch.device("cpu"), providers=["CPUExecutionProvider"], session_options=options)
 
     def inputs(self, images: Tensor) -> Any:
         """The graph's input: float32 [0, 1] RGB as a numpy array (normalised inside the graph)."""
         return images.float().contiguous().numpy()
 
     def __call__(self, images: Any) -> list[Any]:
-        return self.detector.session.run(None, {self.detector.metadata.input_name: images})
+        return self.backend.session.run(None, {self.backend.metadata.input_name: images})
 
     def to_torch(self, arrays: list[Any]) -> dict[str, list]:
-        from srn.export import onnx_outputs_to_torch
+        from srn.inference.onnx_format import onnx_outputs_to_torch
 
-        metadata = self.detector.metadata
+        metadata = self.backend.metadata
         return onnx_outputs_to_torch(dict(zip(metadata.output_names, arrays)), metadata)
 
     def phases(self, images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
@@ -372,23 +361,23 @@ class _OrtNetwork:
 def _check_backend(config: BenchConfig, device: torch.device) -> None:
     """The settings that the chosen backend cannot honour, as one-line errors."""
     if config.backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
     if config.cuda_graphs and device.type != "cuda":
-        raise ValueError("--cuda-graphs needs a CUDA device")
+        raise ConfigError("CUDA graphs need a CUDA device")
     if config.backend != "onnxruntime":
         return
     if config.cuda_graphs:
-        raise ValueError("--cuda-graphs needs --backend torch")
+        raise ConfigError("CUDA graphs need the torch backend")
     if device.type != "cpu":
-        raise ValueError("--backend onnxruntime runs on the CPU only; pass --device cpu")
+        raise ConfigError("the onnxruntime backend runs on the CPU only")
     if config.compile:
-        raise ValueError("--compile needs --backend torch; onnxruntime optimises the exported graph itself")
+        raise ConfigError("torch.compile needs the torch backend; onnxruntime optimises the exported graph itself")
     if config.dtype != "fp32":
-        raise ValueError(f"--dtype {config.dtype} needs --backend torch; the exported graph is float32")
+        raise ConfigError(f"{config.dtype} needs the torch backend; the exported graph is float32")
     if config.channels_last:
-        raise ValueError("--channels-last needs --backend torch; onnxruntime chooses its own layouts")
+        raise ConfigError("channels_last needs the torch backend; onnxruntime chooses its own layouts")
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
-        raise ValueError("--backend onnxruntime needs onnx and onnxruntime: install srn[export]")
+        raise ConfigError("the onnxruntime backend needs onnx and onnxruntime: install the 'export' extra")
 
 
 def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool, photo: Tensor | None) -> Tensor:
@@ -616,83 +605,3 @@ def format_table(results: dict[str, Any]) -> str:
     header = (f"{device['name']} ({device['type']}, {device['threads']} threads), {results['settings']['dtype']}, "
               f"SRN on {backend}, matrix rate {matmul['tflops']:.2f} TFLOP/s ({matmul['dtype']} {matmul['n']}^3)")
     return "\n".join([header, *lines])
-
-
-BENCH_HELP = """\
-Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
-
-Examples:
-  srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
-  srn bench --device cuda --dtype bf16 --channels-last --json bench.json
-  srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
-  srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
-"""
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``srn bench`` to the ``srn`` command line."""
-    parser = sub.add_parser("bench", help="benchmark SRN against RetinaNet-R50", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(parser)
-    parser.set_defaults(func=cmd_bench)
-
-
-def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    defaults = BenchConfig()
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: SRN's bf16 inference copy, the peer under autocast")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
-    parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--iters", type=int, default=defaults.iters)
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(defaults.sizes), metavar="WxH", help="default: 640x480 1024x1024")
-    parser.add_argument("--batch", type=int, help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
-    parser.add_argument("--backbone", default=defaults.backbone, help="SRN backbone of the random network (ignored with --weights)")
-    parser.add_argument("--width", type=int, default=defaults.width, help="SRN head width of the random network")
-    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of a random network")
-    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
-    parser.add_argument("--peer-classes", type=int, default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                        help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
-    parser.add_argument("--matmul-size", type=int, help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
-    parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
-    parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
-        warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
-        backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
-        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image, matmul_size=args.matmul_size,
-        throughput_size=tuple(args.throughput_size) if args.throughput_size else None,
-    )
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from srn.atomic import atomic_write_text
-    from srn.cli import UserError
-
-    try:
-        results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
-    except torch.OutOfMemoryError:
-        raise UserError("out of memory; lower --batch or --sizes") from None
-    except ValueError as exc:
-        raise UserError(str(exc).strip().splitlines()[0]) from None
-    print(format_table(results))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(results, indent=1) + "\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m srn.bench``: the same as ``srn bench``."""
-    parser = argparse.ArgumentParser(prog="srn bench", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_bench_args(parser)
-    return cmd_bench(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from srn.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,10 @@ class ModelConfig:
     frozen_stem: bool = True
     prior_prob: float = 0.01
     init: str = "normal"  # new layers: N(0, 0.01) as the paper; "scaled" (N(0, 1/fan_in)) for narrow heads
+    # The light design (benchmarks/lite_design.md); the defaults are the paper's network.
+    tower_convs: int = 2  # conv3x3+ReLU layers per head tower, around the RFE
+    separable_head: bool = False  # depthwise-separable 3x3s in the head towers, depthwise k x l in the RFE
+    separable_fpn: bool = False  # depthwise-separable 3x3s for the FPN outputs P2..P7
     # ImageNet initialisation of the backbone: None, "imagenet" (torchvision's weights from the hub
     # cache) or the path of a torchvision-layout state dict.
     pretrained: str | None = None

@@ -1,7 +1,7 @@
 """Running SRN for inference: the network and its post-processing, eager or as CUDA graphs.
 
 :class:`Runner` turns a batch of float [0, 1] images on the device into detections per image.
-:class:`srn.detector.Detector` and ``srn bench`` both run through it.
+:class:`srn.inference.Detector` and ``srn bench`` both run through it.
 
 - ``Runner(model, ...)``: the model as it is, then :func:`srn.postprocess.postprocess` (torchvision's
   ``batched_nms``). This is the reference.
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from srn.config import PostProcessConfig
+from srn.errors import ConfigError, DeviceError
 from srn.postprocess import postprocess, select_candidates, static_detections, unpack_static
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -127,10 +128,10 @@ class Runner:
         outputs_hook: Callable[[dict[str, list]], dict[str, list]] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         device = next(model.parameters()).device
         if cuda_graphs and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+            raise DeviceError(f"CUDA graphs need a CUDA device, got {device}")
         self.config, self.min_score = config, min_score
         self.stc_levels, self.str_levels = model.stc_levels, model.str_levels
         self.num_anchors = model.head.num_anchors

@@ -19,7 +19,6 @@ Each JSON line is ``{"video", "frame", "time", "width", "height", "faces": [{"bo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -32,6 +31,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from srn.errors import DeviceError, InputPathError, OutputPathError
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 # The codec each container gets from cv2.VideoWriter; mp4v is in every OpenCV build.
 _FOURCC = {".avi": "MJPG", ".mkv": "mp4v", ".webm": "VP80"}
@@ -39,17 +40,12 @@ _DEFAULT_FOURCC = "mp4v"
 _BOX_COLOUR = (0, 255, 0)  # BGR lime, as the image visualisation
 
 
-def _user_error(message: str) -> Exception:
-    from srn.cli import UserError
-
-    return UserError(message)
-
-
-def _require_cv2() -> Any:
+def require_cv2() -> Any:
+    """OpenCV, or an error saying which extra installs it."""
     try:
         import cv2
     except ImportError:
-        raise _user_error("video input needs OpenCV: install srn[video]") from None
+        raise DeviceError("video input needs OpenCV: install the 'video' extra") from None
     return cv2
 
 
@@ -76,13 +72,13 @@ class FrameReader:
     _END = object()
 
     def __init__(self, path: str | Path, max_queued: int = 16) -> None:
-        cv2 = _require_cv2()
+        cv2 = require_cv2()
         self.path = Path(path)
         if not self.path.is_file():
-            raise _user_error(f"{self.path}: no such video file")
+            raise InputPathError(self.path, "no such video file")
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
-            raise _user_error(f"{self.path}: cannot open the video (unknown format or codec)")
+            raise InputPathError(self.path, "cannot open the video (unknown format or codec)")
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS)) or 0.0
         self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -129,7 +125,7 @@ class FrameReader:
                 if item is self._END:
                     return
                 if isinstance(item, BaseException):
-                    raise _user_error(f"{self.path}: decoding failed ({item})")
+                    raise InputPathError(self.path, f"decoding failed ({item})")
                 yield item
         finally:
             self.close()
@@ -177,7 +173,7 @@ def _open_writer(path: Path, fps: float, width: int, height: int) -> Any:
     fourcc = cv2.VideoWriter_fourcc(*_FOURCC.get(path.suffix.lower(), _DEFAULT_FOURCC))
     writer = cv2.VideoWriter(str(path), fourcc, fps if fps > 0 else 25.0, (width, height))
     if not writer.isOpened():
-        raise _user_error(f"{path}: OpenCV cannot write this video format")
+        raise OutputPathError(path, "OpenCV cannot write this video format")
     return writer
 
 
@@ -195,10 +191,10 @@ def plan_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> l
     out_path = Path(out) if out else None
     as_folder = out_path is not None and (out_path.is_dir() or len(videos) > 1 or not out_path.suffix)
     if out_path is not None and not as_folder and out_path.suffix.lower() not in VIDEO_SUFFIXES | {".jsonl"}:
-        raise _user_error(f"{out_path}: --out for a video must end in .jsonl or a video suffix ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        raise OutputPathError(out_path, f"a video's output must end in .jsonl or a video suffix ({', '.join(sorted(VIDEO_SUFFIXES))})")
     names = [v.stem for v in videos]
     if len(set(names)) != len(names):
-        raise _user_error("two input videos share a name; run them separately")
+        raise InputPathError(videos[0], "two input videos share a name; run them separately")
     for video in videos:
         targets = VideoTargets([], None)
         if out_path is None:
@@ -217,7 +213,7 @@ def plan_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> l
     for targets, video in zip(plans, videos):
         for target in targets.videos + ([targets.jsonl] if targets.jsonl else []):
             if target.resolve() == video.resolve():
-                raise _user_error(f"{target}: an output would overwrite its input")
+                raise OutputPathError(target, "an output would overwrite its input")
     return plans
 
 
@@ -242,10 +238,7 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         try:
             for batch in _batches(reader, batch_size):
                 rgb = [torch.from_numpy(np.ascontiguousarray(f.image[:, :, ::-1])).permute(2, 0, 1) for f in batch]
-                try:
-                    faces_per_frame = detector.detect(rgb)
-                except torch.OutOfMemoryError:
-                    raise _user_error("out of memory; lower --max-size or --batch-size") from None
+                faces_per_frame = detector.detect(rgb)
                 for frame, faces in zip(batch, faces_per_frame):
                     record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
                               "width": faces.width, "height": faces.height, "faces": faces.to_records()}
@@ -283,30 +276,3 @@ def _batches(frames: FrameReader, size: int) -> Iterator[list[Frame]]:
             batch = []
     if batch:
         yield batch
-
-
-def cmd_detect_video(args: argparse.Namespace) -> int:
-    """``srn detect`` when the inputs are videos (called by :func:`srn.cli.cmd_detect`)."""
-    _require_cv2()
-    paths = [Path(p) for p in args.inputs]
-    images = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
-    if images:
-        raise _user_error(f"{images[0]}: videos and images cannot be mixed in one call")
-    if args.format != "json":
-        raise _user_error(f"--format {args.format} is for images; videos write JSON lines")
-    if args.batch_size < 1:
-        raise _user_error(f"--batch-size must be at least 1, got {args.batch_size}")
-    for path in paths:
-        if not path.is_file():
-            raise _user_error(f"{path}: no such video file")
-    plans = plan_outputs(paths, args.out, args.save_vis)
-
-    from srn.cli import build_detector
-
-    detector = build_detector(args, args.score_thresh, args.nms_iou)
-    for path, targets in zip(paths, plans):
-        frames = detect_video(detector, path, targets, args.batch_size)
-        written = [str(p) for p in targets.videos] + ([str(targets.jsonl)] if targets.jsonl else [])
-        if written:
-            print(f"{path}: {frames} frames -> {', '.join(written)}", file=sys.stderr)
-    return 0

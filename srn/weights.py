@@ -21,6 +21,7 @@ from torch import Tensor
 
 from srn.atomic import atomic_save
 from srn.config import ConfigError, DetectorConfig, ModelConfig, PostProcessConfig, from_dict, to_dict
+from srn.errors import WeightsError
 
 FORMAT = "srn"
 FORMAT_VERSION = 1
@@ -39,10 +40,6 @@ _OFFICIAL_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^cls_subnet\.(.+)$"), r"head.cls_tower.\1"),
     (re.compile(r"^box_subnet\.(.+)$"), r"head.box_tower.\1"),
 ]
-
-
-class WeightsError(ValueError):
-    """A weights file is unreadable or does not fit the network; the message names file and keys."""
 
 
 def official_to_ours(name: str) -> str | None:

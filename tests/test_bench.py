@@ -1,5 +1,6 @@
 """``srn bench`` on tiny settings: the JSON's keys and sane values (no timing assertions)."""
 
+import argparse
 import json
 import math
 import re
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from srn import bench
-from srn.bench import BenchConfig, format_table, parse_size, run_benchmark
-from srn.cli import UserError, main
+from srn.bench import BenchConfig, format_table, run_benchmark
+from srn.cli import main
+from srn.cli.bench import add_bench_args, config_from_args, parse_size
+from srn.errors import ConfigError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,15 +128,17 @@ def test_onnxruntime_backend_runs_the_session(monkeypatch):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--device", "cuda"], "--backend onnxruntime runs on the CPU only; pass --device cpu"),
-    (["--device", "cpu", "--compile"], "--compile needs --backend torch"),
-    (["--device", "cpu", "--dtype", "bf16"], "--dtype bf16 needs --backend torch"),
-    (["--device", "cpu", "--channels-last"], "--channels-last needs --backend torch"),
+    (["--device", "cuda"], "the onnxruntime backend runs on the CPU only"),
+    (["--device", "cpu", "--compile"], "torch.compile needs the torch backend"),
+    (["--device", "cpu", "--dtype", "bf16"], "bf16 needs the torch backend"),
+    (["--device", "cpu", "--channels-last"], "channels_last needs the torch backend"),
 ])
 def test_onnxruntime_backend_refuses_what_it_cannot_do(flags, message, capsys):
     argv = ["--backend", "onnxruntime", "--sizes", "64x64", *flags]
-    with pytest.raises(UserError, match=re.escape(message)):
-        bench.main(argv)
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_benchmark(config_from_args(parser.parse_args(argv)))
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"srn bench: error: {message}") and err.count("\n") == 1
@@ -166,4 +171,4 @@ def test_cuda_graphs_need_cuda(capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert main(["bench", "--device", "cpu", "--cuda-graphs", "--sizes", "64x64"]) == 2
-    assert capsys.readouterr().err == "srn bench: error: --cuda-graphs needs a CUDA device\n"
+    assert capsys.readouterr().err == "srn bench: error: CUDA graphs need a CUDA device\n"

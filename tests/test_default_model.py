@@ -6,7 +6,7 @@ import torch
 from torchvision.ops import box_iou
 
 from srn import Detector
-from srn.detector import DEFAULT_WEIGHTS
+from srn.inference import DEFAULT_WEIGHTS
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "docs" / "astronaut.png"  # NASA, public domain
 # The astronaut's face, read off the image by eye: forehead to chin, ear to ear.

@@ -13,7 +13,10 @@ ort = pytest.importorskip("onnxruntime")
 from srn import Detector  # noqa: E402
 from srn.cli import main  # noqa: E402
 from srn.config import DetectorConfig, ModelConfig, PostProcessConfig  # noqa: E402
-from srn.export import ExportError, OnnxDetector, OnnxMetadata, export_onnx, read_metadata  # noqa: E402
+from srn.errors import ExportError  # noqa: E402
+from srn.export import export_onnx  # noqa: E402
+from srn.inference.backends import OnnxBackend  # noqa: E402
+from srn.inference.onnx_format import OnnxMetadata, read_metadata  # noqa: E402
 from srn.model import build_model  # noqa: E402
 from srn.model.srn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from srn.weights import save_checkpoint  # noqa: E402
@@ -130,7 +133,8 @@ def test_onnx_detector_equals_detector(small, raw_onnx, postprocess_onnx, layout
     _, folder = small
     path = raw_onnx[0] if layout == "raw" else postprocess_onnx
     reference = Detector(folder / "small.pt", device="cpu", score_thresh=0.2)
-    onnx_detector = OnnxDetector(path, score_thresh=0.2, session_options=session_options())
+    onnx_detector = Detector(path, device="cpu", score_thresh=0.2, threads=1)
+    assert isinstance(onnx_detector.backend, OnnxBackend) and onnx_detector.model is None
     gen = torch.Generator().manual_seed(3)
     # Two sizes in one call: the batch is padded, as Detector pads it.
     photos = [torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=gen),
@@ -145,7 +149,7 @@ def test_onnx_detector_equals_detector(small, raw_onnx, postprocess_onnx, layout
 def test_bad_files_name_themselves(tmp_path):
     missing = tmp_path / "missing.onnx"
     with pytest.raises(ExportError, match="missing.onnx"):
-        OnnxDetector(missing)
+        Detector(missing)
     foreign = tmp_path / "foreign.onnx"
     foreign.write_bytes(b"not a protobuf")
     with pytest.raises(ExportError, match="foreign.onnx"):
@@ -170,8 +174,6 @@ def test_cli_and_eval_run_onnx_files(small, raw_onnx, tmp_path, capsys):
 
     import PIL.Image
 
-    from srn.detector import open_detector
-
     _, folder = small
     photo = tmp_path / "photo.png"
     pixels = torch.randint(0, 256, (60, 90, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
@@ -183,6 +185,6 @@ def test_cli_and_eval_run_onnx_files(small, raw_onnx, tmp_path, capsys):
         rows[weights.suffix] = [[float(v) for v in row[3:]] for row in list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]]
     assert len(rows[".pt"]) > 0
     assert_close(torch.tensor(rows[".onnx"]), torch.tensor(rows[".pt"]), rtol=0, atol=0.011)
-    assert isinstance(open_detector(raw_onnx[0], "cpu", threads=1), OnnxDetector)  # what srn eval uses
+    assert isinstance(Detector(raw_onnx[0], "cpu", threads=1).backend, OnnxBackend)  # what srn eval uses
     assert main(["detect", str(photo), "--weights", str(raw_onnx[0]), "--precision", "bf16"]) == 2
     assert capsys.readouterr().err.endswith("an ONNX model runs as exported, in fp32 and without CUDA graphs\n")

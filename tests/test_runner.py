@@ -9,7 +9,7 @@ from torchvision.ops import box_iou
 from srn import Detector
 from srn.cli import main
 from srn.data.image_io import read_image
-from srn.detector import DEFAULT_WEIGHTS
+from srn.inference import DEFAULT_WEIGHTS
 from srn.model import build_model
 from srn.postprocess import postprocess
 from srn.runner import Runner, fold_batchnorm, inference_copy

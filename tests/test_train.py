@@ -208,7 +208,7 @@ def test_overfits_a_few_real_images(shared_dir, tmp_path):
     from torchvision.ops import box_iou
 
     from srn.data.datasets import parse_wider_file
-    from srn.detector import Detector
+    from srn.inference import Detector
 
     faces = shared_dir / "data" / "faces"
     records = {r.image_path: r for r in parse_wider_file(faces / "labels.txt")}

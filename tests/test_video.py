@@ -93,4 +93,4 @@ def test_missing_opencv_is_one_line(weights, clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
     assert main(["detect", str(clip), "--weights", weights]) == 2
     err = capsys.readouterr().err.strip()
-    assert "install srn[video]" in err and len(err.splitlines()) == 1
+    assert "install the 'video' extra" in err and len(err.splitlines()) == 1

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from srn.data.image_io import ImageReadError, read_image
+from srn.errors import AnnotationError
 
 __all__ = [
     "AnnotationError",
@@ -70,17 +71,6 @@ Sample = tuple[Tensor, Target]
 # The six attribute columns of WIDER FACE's official annotation files, after "x y w h".
 WIDER_ATTRIBUTES: tuple[str, ...] = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 _WIDER_INVALID = WIDER_ATTRIBUTES.index("invalid")
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation file. ``str(error)`` is one line: ``"<file>:<line>: <reason>"``."""
-
-    def __init__(self, path: str | os.PathLike[str], line_number: int | None, reason: str) -> None:
-        self.path = os.fspath(path)
-        self.line_number = line_number
-        self.reason = " ".join(reason.split())
-        where = f"{self.path}:{line_number}" if line_number is not None else self.path
-        super().__init__(f"{where}: {self.reason}")
 
 
 @dataclass(frozen=True, eq=False)  # eq on tensors would be ambiguous

@@ -33,25 +33,9 @@ import torch
 from PIL import ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
+from srn.errors import ImageReadError
 
 __all__ = ["ImageReadError", "read_image", "to_rgb_tensor"]
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be read or decoded.
-
-    ``str(error)`` is one line, ``"<path>: <reason>"``, for example
-    ``photo.jpg: not a decodable image (truncated JPEG)``.
-
-    Attributes:
-        path (str): the file, as the caller named it.
-        reason (str): why it failed.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = os.fspath(path)
-        self.reason = " ".join(reason.split())  # one line, whatever a library put in it
-        super().__init__(f"{self.path}: {self.reason}")
 
 
 # (magic prefix, name) used only to word the error message and to recognise truncation.

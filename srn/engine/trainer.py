@@ -28,12 +28,9 @@ from srn.engine.checkpoint import load_training_checkpoint, save_training_checkp
 from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
 from srn.model import SRN
 from srn.weights import read_weights, save_checkpoint
+from srn.errors import TrainingError
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, say); the message says why and what was kept."""
 
 
 class SeededSamples(Dataset):
@@ -81,6 +78,20 @@ def lr_factor(iteration: int, steps_per_epoch: int, lr_steps: tuple[int, ...], g
     return factor
 
 
+def init_from(model: nn.Module, path: str | Path) -> None:
+    """Start from an srn checkpoint's weights: every tensor whose name and shape match the model's
+    is loaded, the rest keep their initialisation. The same network loads whole (fine-tuning); a
+    new head on the same backbone loads the backbone (e.g. a light model from the shipped one)."""
+    _, state = read_weights(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise TrainingError(f"{path}: train.init_from has no tensor that matches the model in name and shape")
+    model.load_state_dict(matched, strict=False)
+    logger.info("train.init_from %s: loaded %d of the model's %d tensors (%d of the file's did not match)",
+                path, len(matched), len(own), len(state) - len(matched))
+
+
 class Trainer:
     """Trains SRN as SPEC §6 describes. Run one per process (``torchrun`` starts several).
 
@@ -110,8 +121,7 @@ class Trainer:
 
         self.model = SRN.from_config(config.model)
         if tc.init_from:
-            _, state = read_weights(tc.init_from)
-            self.model.load_state_dict(state, strict=True)
+            init_from(self.model, tc.init_from)
         self.model.to(self.device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import Tensor
 
 from srn.data.image_io import ImageReadError, read_image
-from srn.detector import Detector, open_detector
+from srn.inference import Detector
 from srn.evaluation.tta import tta_detect
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def detect_images(
 def eval_detector(weights: str | None, device: str | None, batch_size: int, max_size: int) -> Detector:
     """A detector set up as the benchmarks expect: every detection the release keeps (no final
     score threshold), the release's NMS and top 750."""
-    return open_detector(weights=weights, device=device, score_thresh=0.0, max_size=max_size, batch_size=batch_size)
+    return Detector(weights=weights, device=device, score_thresh=0.0, max_size=max_size, batch_size=batch_size)
 
 
 __all__ = ["detect_images", "eval_detector"]

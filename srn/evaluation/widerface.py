@@ -42,6 +42,7 @@ import numpy as np
 import scipy.io
 
 from srn.atomic import atomic_save_figure, atomic_write_text
+from srn.errors import PredictionFormatError
 
 __all__ = [
     "SETTINGS",
@@ -69,16 +70,6 @@ _REALMAX_SINGLE = float(np.finfo(np.float32).max)
 # Pairs per overlap block: bounds the transient memory of an image with many faces and boxes.
 _MAX_PAIRS_PER_BLOCK = 1 << 20
 _NO_SATURATION_BOUND = 20000
-
-
-class PredictionFormatError(ValueError):
-    """A prediction file does not follow ``name / count / x y w h score`` lines."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        where = f"{self.path}, line {line}" if line is not None else self.path
-        super().__init__(f"{where}: {message}")
 
 
 # --------------------------------------------------------------------------- ground truth

@@ -1,4 +1,10 @@
-"""The Python API: ``Detector(weights=..., device=...).detect(images)``."""
+"""The Python API: ``Detector(weights=..., device=...).detect(images)``.
+
+One class for every kind of weights: an srn checkpoint or the release's ``SRN.pth`` runs in PyTorch
+(:class:`srn.inference.backends.TorchBackend`), an ``.onnx`` file from ``srn export onnx`` in
+onnxruntime (:class:`srn.inference.backends.OnnxBackend`). The backend is chosen by the file type;
+everything around it (reading, fitting under ``max_size``, batching, mapping boxes back) is here.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +19,15 @@ from torch import Tensor
 
 from srn.config import DetectorConfig
 from srn.data.image_io import read_image, to_rgb_tensor
+from srn.errors import ConfigError, DeviceError, WeightsError
+from srn.inference.backends import Backend, OnnxBackend, TorchBackend
 from srn.model import SRN
-from srn.runner import Runner
-from srn.weights import WeightsError, load_model
+from srn.weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "assets" / "srn_mobilenet_v2.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "srn_mobilenet_v2.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -52,13 +60,35 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | int | torch.device | None) -> torch.device:
+    """``None`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``0`` or ``"0"`` (= ``cuda:0``)
+    as a device that exists on this machine."""
+    if device is None:
+        return default_device()
+    if isinstance(device, int) or (isinstance(device, str) and device.strip().isdigit()):
+        device = f"cuda:{int(device)}"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"unknown device {device!r} (use cpu, cuda, cuda:N or a GPU number)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: no CUDA GPU is available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif resolved.type != "cpu":
+        raise DeviceError(f"device {device!r}: only cpu and cuda devices are supported")
+    return resolved
+
+
 class Detector:
     """Face detection with SRN.
 
     Args:
-        weights: an srn checkpoint, the release's ``SRN.pth`` (converted on the fly) or None for
-            the model shipped with the package.
-        device: "cpu", "cuda", "cuda:1", ... (default: CUDA when available).
+        weights: an srn checkpoint, the release's ``SRN.pth`` (converted on the fly), an ``.onnx``
+            file from ``srn export onnx`` (run by onnxruntime), or None for the model shipped with
+            the package.
+        device: "cpu", "cuda", "cuda:1", a GPU number ... (default: CUDA when available).
         score_thresh: detections below this score are dropped (after NMS). 0.05 with
             ``min_score=0`` reproduces the release's output for evaluation.
         nms_iou: IoU of the final NMS (the release's 0.4).
@@ -67,16 +97,18 @@ class Detector:
         batch_size: images per forward pass when a list is given.
         model, config: an already built network and its config, instead of ``weights``.
         precision: "fp32", or "bf16" to run an inference copy of the network (BatchNorm folded,
-            bf16 weights, channels_last); boxes are still decoded in fp32.
+            bf16 weights, channels_last); boxes are still decoded in fp32. PyTorch only.
         cuda_graphs: on CUDA, capture the network and a fixed-shape post-processing as CUDA graphs
             once per input shape and replay them (see :mod:`srn.runner`); worth it for repeated
-            shapes: video, a camera, fixed-size batches.
+            shapes: video, a camera, fixed-size batches. PyTorch only.
+        threads: onnxruntime's threads within an op (PyTorch's are ``torch.set_num_threads``).
+        backend: an already built backend, instead of ``weights``/``model``.
     """
 
     def __init__(
         self,
         weights: str | Path | None = None,
-        device: str | torch.device | None = None,
+        device: str | int | torch.device | None = None,
         score_thresh: float = 0.5,
         nms_iou: float | None = None,
         max_size: int = 2100,
@@ -85,37 +117,52 @@ class Detector:
         config: DetectorConfig | None = None,
         precision: str = "fp32",
         cuda_graphs: bool = False,
+        threads: int | None = None,
+        backend: Backend | None = None,
     ) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        if not 0.0 <= score_thresh <= 1.0:
+            raise ConfigError(f"the score threshold must be in [0, 1], got {score_thresh}")
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise ConfigError(f"the NMS IoU must be in (0, 1], got {nms_iou}")
+        if max_size < 32:
+            raise ConfigError(f"the maximum image size must be at least 32, got {max_size}")
+        if batch_size < 1:
+            raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        if backend is None:
+            backend = self._open(weights, model, config, nms_iou, precision, cuda_graphs, threads)
+        self.backend = backend
+        self.score_thresh = score_thresh
+        self.max_size = max_size
+        self.batch_size = batch_size
+        self.precision, self.cuda_graphs = precision, cuda_graphs
+
+    def _open(self, weights, model, config, nms_iou, precision, cuda_graphs, threads) -> Backend:
+        if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
+            if precision != "fp32" or cuda_graphs:
+                raise ConfigError(f"{weights}: an ONNX model runs as exported, in fp32 and without CUDA graphs")
+            return OnnxBackend(weights, self.device, nms_iou=nms_iou, threads=threads)
         if model is None:
             if weights is None:
                 weights = DEFAULT_WEIGHTS
                 if not weights.is_file():
-                    raise WeightsError(f"{weights}: no default model is installed; pass weights=PATH")
+                    raise WeightsError(f"{weights}: no default model is installed; pass the path of a weights file")
             model, config = load_model(weights, self.device)
-        self.model = model.to(self.device).eval()
-        self.config = config or DetectorConfig()
+        config = config or DetectorConfig()
         if nms_iou is not None:
-            self.config = replace(self.config, postprocess=replace(self.config.postprocess, nms_iou=nms_iou))
-        if max_size < 32:
-            raise ValueError(f"max_size must be at least 32, got {max_size}")
-        self.score_thresh = score_thresh
-        self.max_size = max_size
-        self.batch_size = max(1, batch_size)
-        self.precision, self.cuda_graphs = precision, cuda_graphs
-        self._runner: Runner | None = None
-        self._runner_key: tuple | None = None
-        self.runner  # noqa: B018 - built now, so that bad settings fail here
+            config = replace(config, postprocess=replace(config.postprocess, nms_iou=nms_iou))
+        return TorchBackend(model, config, self.device, precision, cuda_graphs)
 
     @property
-    def runner(self) -> Runner:
-        """The network and post-processing as :class:`srn.runner.Runner` runs them; rebuilt when
-        ``score_thresh`` or the post-processing settings change."""
-        key = (self.score_thresh, self.config.postprocess)
-        if self._runner is None or self._runner_key != key:
-            self._runner = Runner(self.model, self.config.postprocess, self.score_thresh, self.precision, self.cuda_graphs)
-            self._runner_key = key
-        return self._runner
+    def config(self) -> DetectorConfig:
+        return self.backend.config
+
+    @property
+    def model(self) -> SRN | None:
+        """The PyTorch network (None when onnxruntime runs it)."""
+        return getattr(self.backend, "model", None)
 
     # -- inputs --------------------------------------------------------------------------------
     @staticmethod
@@ -137,7 +184,7 @@ class Detector:
             # would take 4.8 GB as float32.
             image = resize(image, size, antialias=True)
             scale = size[1] / width
-        return image.to(self.device, non_blocking=True).float().div_(255.0), scale
+        return image.to(self.backend.device, non_blocking=True).float().div_(255.0), scale
 
     def _batch(self, images: Sequence[Tensor]) -> Tensor:
         """Pad images bottom/right to one size with the mean colour (0 after normalisation)."""
@@ -145,7 +192,8 @@ class Detector:
         width = max(im.shape[-1] for im in images)
         if all(im.shape[-2:] == (height, width) for im in images):
             return torch.stack(list(images))
-        batch = self.model.pixel_mean.to(images[0].dtype).expand(len(images), 3, height, width).clone()
+        pad = self.backend.pad_value().to(images[0].device, images[0].dtype)
+        batch = pad.expand(len(images), 3, height, width).clone()
         for slot, im in zip(batch, images):
             slot[:, : im.shape[-2], : im.shape[-1]] = im
         return batch
@@ -157,7 +205,7 @@ class Detector:
         and the anchors); images are fitted under ``max_size`` and padded as :meth:`detect` does."""
         items = images if isinstance(images, list | tuple) else [images]
         fitted = [self._fit(self.load(im)[0])[0] for im in items]
-        return self.model(self._batch(fitted))
+        return self.backend.raw_outputs(self._batch(fitted))
 
     @torch.inference_mode()
     def detect_tensors(self, images: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -167,7 +215,7 @@ class Detector:
         """
         results = []
         for start in range(0, len(images), self.batch_size):
-            results.extend(self.runner(self._batch(images[start : start + self.batch_size])))
+            results.extend(self.backend.detections(self._batch(images[start : start + self.batch_size]), self.score_thresh))
         return results
 
     @torch.inference_mode()
@@ -193,37 +241,9 @@ class Detector:
             detections = self.detect_tensors([im for im, _ in fitted])
             for i, (_, scale), (boxes, scores) in zip(idxs, fitted, detections):
                 height, width = loaded[i][0].shape[-2:]
-                results[i] = Faces(boxes / scale, scores, int(width), int(height), loaded[i][1])
+                boxes = boxes / scale
+                # Anchors reach past the border, and so do boxes decoded from them.
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, int(width))
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, int(height))
+                results[i] = Faces(boxes, scores, int(width), int(height), loaded[i][1])
         return results[0] if single else results  # type: ignore[return-value]
-
-
-def open_detector(
-    weights: str | Path | None = None,
-    device: str | torch.device | None = None,
-    threads: int | None = None,
-    **options: Any,
-) -> Detector:
-    """A detector for ``weights`` of any kind: an srn checkpoint or the release's ``SRN.pth`` (run by
-    PyTorch, :class:`Detector`), or an ``.onnx`` file written by ``srn export onnx`` (run by
-    onnxruntime, :class:`srn.export.OnnxDetector`, on its CPU provider, or its CUDA provider when
-    ``device`` is a CUDA device).
-
-    Args:
-        threads: onnxruntime's threads within an op (PyTorch's are ``torch.set_num_threads``).
-        options: :class:`Detector`'s keyword arguments.
-    """
-    if weights is None or Path(weights).suffix.lower() != ".onnx":
-        return Detector(weights, device, **options)
-    from srn.export import OnnxDetector
-
-    if options.pop("precision", "fp32") != "fp32" or options.pop("cuda_graphs", False):
-        raise ValueError(f"{weights}: an ONNX model runs as exported, in fp32 and without CUDA graphs")
-    import onnxruntime
-
-    provider = "CUDAExecutionProvider" if device is not None and torch.device(device).type == "cuda" else "CPUExecutionProvider"
-    if provider not in onnxruntime.get_available_providers():
-        raise ValueError(f"{weights}: this onnxruntime has no {provider} (install onnxruntime-gpu, or use --device cpu)")
-    session_options = onnxruntime.SessionOptions()
-    if threads:
-        session_options.intra_op_num_threads = threads
-    return OnnxDetector(weights, providers=[provider], session_options=session_options, **options)

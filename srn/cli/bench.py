@@ -1,0 +1,95 @@
+"""``srn bench``: SRN against torchvision's RetinaNet-R50-FPN on this device, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from srn.atomic import atomic_write_text
+from srn.cli.common import UserError
+
+BENCH_HELP = """\
+Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
+
+Examples:
+  srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
+  srn bench --device cuda --dtype bf16 --channels-last --json bench.json
+  srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
+  srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
+"""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"640x480" (W x H) as (480, 640)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must look like 640x480 (width x height)") from None
+    if width < 32 or height < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be at least 32")
+    return height, width
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``srn bench`` to the ``srn`` command line."""
+    parser = sub.add_parser("bench", help="benchmark SRN against RetinaNet-R50", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_args(parser)
+    parser.set_defaults(func=run)
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    from srn.bench import BACKENDS, DTYPES, BenchConfig
+
+    defaults = BenchConfig()
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: SRN's bf16 inference copy, the peer under autocast")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--iters", type=int, default=defaults.iters)
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(defaults.sizes), metavar="WxH", help="default: 640x480 1024x1024")
+    parser.add_argument("--batch", type=int, help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
+    parser.add_argument("--backbone", default=defaults.backbone, help="SRN backbone of the random network (ignored with --weights)")
+    parser.add_argument("--width", type=int, default=defaults.width, help="SRN head width of the random network")
+    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of a random network")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
+    parser.add_argument("--peer-classes", type=int, default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
+    parser.add_argument("--matmul-size", type=int, help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
+    parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
+    parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+
+
+def config_from_args(args: argparse.Namespace):
+    from srn.bench import BenchConfig
+
+    return BenchConfig(
+        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
+        backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
+        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image, matmul_size=args.matmul_size,
+        throughput_size=tuple(args.throughput_size) if args.throughput_size else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from srn.bench import format_table, run_benchmark
+
+    try:
+        results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
+    except torch.OutOfMemoryError:
+        raise UserError("out of memory; lower --batch or --sizes") from None
+    except ValueError as exc:
+        raise UserError(str(exc).strip().splitlines()[0]) from None
+    print(format_table(results))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(results, indent=1) + "\n")
+    return 0

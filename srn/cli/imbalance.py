@@ -1,0 +1,43 @@
+"""``srn imbalance``: the paper's class-imbalance analysis on a WIDER boxes file (no network)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from srn.atomic import atomic_write_text
+from srn.cli.common import UserError
+
+DESCRIPTION = """\
+Anchors per level, the STC levels' share and each step's positive:negative ratio,
+under the training geometry and matching (docs/design.md, "Class imbalance").
+
+  srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt --num-images 500"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    imbalance = sub.add_parser("imbalance", help="the paper's class-imbalance analysis on a WIDER boxes file (no network)",
+                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imbalance.add_argument("boxes_file", help="lines '<event>/<name>.jpg W H', a count, then 'x y w h' lines")
+    imbalance.add_argument("--num-images", type=int, default=None, help="random sample (default: all)")
+    imbalance.add_argument("--seed", type=int, default=0)
+    imbalance.add_argument("--low-quality", action="store_true", help="also make each face's best anchor positive")
+    imbalance.add_argument("--batch-size", type=int, default=1, help="images matched together")
+    imbalance.add_argument("--dense", action="store_true", help="match every anchor (slow; same counts)")
+    imbalance.add_argument("--json", help="also write the statistics as JSON")
+    imbalance.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from srn.analysis import format_report, run_class_imbalance
+
+    if not Path(args.boxes_file).is_file():
+        raise UserError(f"{args.boxes_file}: no such file")
+    stats = run_class_imbalance(args.boxes_file, num_images=args.num_images, seed=args.seed,
+                                allow_low_quality_matches=args.low_quality, batch_size=args.batch_size,
+                                sparse=not args.dense)
+    print(format_report(stats))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(stats, indent=1, default=float) + "\n")
+    return 0

@@ -1,0 +1,109 @@
+"""Errors a user can cause: bad configuration, weights, images, annotations, predictions, paths.
+
+Every one derives from :class:`SRNError`, and ``str(error)`` is one line that names the file (and
+line, where there is one) and says what is wrong with the *data*. The library never speaks of
+command-line flags; the command line (``srn.cli``) maps these errors to one line on stderr and an
+exit code.
+
+Each class also derives from the builtin exception a caller would expect (``ValueError`` for bad
+values, ``FileNotFoundError`` for a missing path), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "AnnotationError",
+    "ConfigError",
+    "DeviceError",
+    "ExportError",
+    "ImageReadError",
+    "InputPathError",
+    "OutputPathError",
+    "PredictionFormatError",
+    "SRNError",
+    "TrainingError",
+    "WeightsError",
+    "one_line",
+]
+
+
+def one_line(text: str) -> str:
+    """``text`` with all whitespace runs, newlines included, folded into single spaces."""
+    return " ".join(str(text).split())
+
+
+class SRNError(Exception):
+    """Base class of every error caused by the user's data, paths or settings."""
+
+
+class ConfigError(SRNError, ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+class WeightsError(SRNError, ValueError):
+    """A weights file is unreadable or does not fit the network; the message names file and keys."""
+
+
+class ExportError(SRNError, ValueError):
+    """An ONNX file or export request that cannot be used; the message names the file."""
+
+
+class DeviceError(SRNError, ValueError):
+    """A device that does not exist on this machine, or that a setting cannot run on."""
+
+
+class TrainingError(SRNError, RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message says why and what was kept."""
+
+
+class InputPathError(SRNError, ValueError):
+    """A path given as input is missing, of the wrong kind or unreadable: ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.reason = one_line(reason)
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class OutputPathError(InputPathError):
+    """A path given for output that cannot be written, or that would overwrite an input."""
+
+
+class ImageReadError(SRNError, ValueError):
+    """An image file that cannot be read or decoded.
+
+    ``str(error)`` is one line, ``"<path>: <reason>"``, for example
+    ``photo.jpg: not a decodable image (truncated JPEG)``.
+
+    Attributes:
+        path (str): the file, as the caller named it.
+        reason (str): why it failed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.reason = one_line(reason)  # one line, whatever a library put in it
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class AnnotationError(SRNError, ValueError):
+    """A malformed annotation file. ``str(error)`` is one line: ``"<file>:<line>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike[str], line_number: int | None, reason: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.line_number = line_number
+        self.reason = one_line(reason)
+        where = f"{self.path}:{line_number}" if line_number is not None else self.path
+        super().__init__(f"{where}: {self.reason}")
+
+
+class PredictionFormatError(SRNError, ValueError):
+    """A prediction or detection file that does not follow its format: ``"<file>, line N: ..."``."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.line = line
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {one_line(message)}")

@@ -1,0 +1,156 @@
+"""What runs the network: a backend maps a padded batch to detections, or to raw outputs.
+
+:class:`srn.inference.Detector` does everything around it once (reading, fitting under
+``max_size``, size-sorted batching, mapping boxes back), whichever backend runs:
+
+- :class:`TorchBackend`: the PyTorch network through :class:`srn.runner.Runner` (fp32 or the bf16
+  inference copy, CUDA graphs, post-processing on the device);
+- :class:`OnnxBackend`: a file from ``srn export onnx`` in an onnxruntime session; raw-layout
+  files are post-processed by :func:`srn.postprocess.postprocess`, so both give the same detections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from srn.config import DetectorConfig
+from srn.errors import DeviceError, ExportError, one_line
+from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, postprocess_onnx_outputs, read_metadata
+from srn.model import SRN
+from srn.runner import Runner
+
+Detections = list[tuple[Tensor, Tensor]]  # per image: boxes (Tensor[D, 4]) and scores (Tensor[D])
+
+
+class Backend(Protocol):
+    """The part of a detector that differs between PyTorch and onnxruntime."""
+
+    device: torch.device
+    config: DetectorConfig
+
+    def pad_value(self) -> Tensor:
+        """The colour (Tensor[3, 1, 1], float [0, 1]) that padding takes: 0 after normalisation."""
+        ...
+
+    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
+        """Detections of a float [0, 1] batch (Tensor[N, 3, H, W]), in the batch's pixels."""
+        ...
+
+    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+        """The network's per-level outputs and anchors for the batch (see :class:`srn.model.SRN`)."""
+        ...
+
+
+class TorchBackend:
+    """The PyTorch network, run by :class:`srn.runner.Runner`.
+
+    Args:
+        model: the network; config: its detector config (post-processing settings included).
+        precision: "fp32", or "bf16" for the inference copy (BatchNorm folded, bf16 weights,
+            channels_last); boxes are still decoded in fp32.
+        cuda_graphs: capture and replay the network and post-processing per input shape (CUDA only).
+    """
+
+    def __init__(self, model: SRN, config: DetectorConfig, device: torch.device, precision: str = "fp32",
+                 cuda_graphs: bool = False) -> None:
+        self.device = device
+        self.model = model.to(device).eval()
+        self.config = config
+        self.precision, self.cuda_graphs = precision, cuda_graphs
+        self._runner: Runner | None = None
+        self._runner_key: tuple | None = None
+        self.runner(0.5)  # built now, so that bad settings fail here
+
+    def runner(self, score_thresh: float) -> Runner:
+        """The :class:`Runner` for this threshold and the current post-processing settings (cached)."""
+        key = (score_thresh, self.config.postprocess)
+        if self._runner is None or self._runner_key != key:
+            self._runner = Runner(self.model, self.config.postprocess, score_thresh, self.precision, self.cuda_graphs)
+            self._runner_key = key
+        return self._runner
+
+    def pad_value(self) -> Tensor:
+        return self.model.pixel_mean.reshape(3, 1, 1)
+
+    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
+        return self.runner(score_thresh)(batch)
+
+    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+        return self.model(batch)
+
+
+class OnnxBackend:
+    """A file written by ``srn export onnx``, run by onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: CPU, or a CUDA device for onnxruntime's CUDA provider.
+        nms_iou: override the stored NMS IoU (raw-layout files only: in-graph NMS is fixed).
+        threads: onnxruntime's threads within an op (default: its own choice).
+        providers, session_options: passed to ``onnxruntime.InferenceSession`` as they are.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device, nms_iou: float | None = None, threads: int | None = None,
+                 providers: Sequence[str] | None = None, session_options: Any = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ExportError(f"{path}: running ONNX files needs onnxruntime: install the 'export' extra") from None
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: ONNX file not found")
+        if providers is None:
+            provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+            if provider not in onnxruntime.get_available_providers():
+                raise DeviceError(f"{path}: this onnxruntime has no {provider} (install onnxruntime-gpu, or run on the CPU)")
+            providers = [provider]
+        if session_options is None:
+            session_options = onnxruntime.SessionOptions()
+            if threads:
+                session_options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), session_options, providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ExportError(f"{path}: onnxruntime cannot load it ({one_line(str(exc))[:200]})") from None
+        self.metadata: OnnxMetadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        post = self.metadata.postprocess
+        if nms_iou is not None and nms_iou != post.nms_iou:
+            if self.metadata.postprocess_in_graph:
+                raise ExportError(f"{path}: NMS IoU {post.nms_iou} is built into this graph; export it without "
+                                  "post-processing to choose the IoU at run time")
+            post = dataclasses.replace(post, nms_iou=nms_iou)
+        self.path = path
+        self.device = torch.device("cpu")  # inputs and outputs cross as numpy arrays
+        self.config = DetectorConfig(postprocess=post)
+        self._pad = torch.tensor(self.metadata.pixel_mean, dtype=torch.float32).view(3, 1, 1)
+
+    def pad_value(self) -> Tensor:
+        return self._pad
+
+    def run(self, batch: Tensor) -> dict[str, np.ndarray]:
+        """``session.run`` on the batch: output name -> array."""
+        arrays = self.session.run(None, {self.metadata.input_name: batch.float().cpu().numpy()})
+        return dict(zip(self.metadata.output_names, arrays))
+
+    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
+        outputs = self.run(batch)
+        if not self.metadata.postprocess_in_graph:
+            detections = postprocess_onnx_outputs(outputs, self.metadata, self.config.postprocess, score_thresh)
+            return [(d["boxes"], d["scores"]) for d in detections]
+        boxes, scores, counts = (torch.from_numpy(outputs[k]) for k in ("boxes", "scores", "num_detections"))
+        results = []
+        for image_boxes, image_scores, count in zip(boxes, scores, counts.tolist()):
+            # Slots come by score, so the threshold keeps a prefix.
+            keep = int((image_scores[:count] >= score_thresh).sum())
+            results.append((image_boxes[:keep], image_scores[:keep]))
+        return results
+
+    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+        return onnx_outputs_to_torch(self.run(batch), self.metadata)
