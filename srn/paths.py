@@ -1,0 +1,157 @@
+"""The one place that checks the paths a user names, before any work starts.
+
+Inputs may be missing, a folder instead of a file (or the reverse), unreadable, empty, or not a
+regular file at all (a FIFO would make ``open`` wait forever, a device would never end). Outputs may
+sit in a folder that cannot be written, be an existing folder where a file is wanted (or the
+reverse), or be one of the inputs. Each case raises :class:`srn.errors.InputPathError` or
+:class:`srn.errors.OutputPathError` with one line: ``"<path>: <what is wrong>"``.
+
+Output folders are probed by creating (and removing) a file in them, because permission bits say
+nothing to root and nothing about read-only file systems.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from srn.errors import InputPathError, OutputPathError
+
+PathLike = str | os.PathLike[str]
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _stat(path: Path, error: type[InputPathError]) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise error(path, "a part of this path is a file, not a folder") from None
+    except OSError as exc:
+        raise error(path, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+
+
+def check_input_file(path: PathLike, what: str = "file", allow_empty: bool = False) -> Path:
+    """``path`` as a readable, regular, non-empty file; ``what`` names it in messages ("weights file")."""
+    path = Path(path)
+    info = _stat(path, InputPathError)
+    if info is None:
+        reason = "a broken symbolic link" if path.is_symlink() else f"no such {what}"
+        raise InputPathError(path, reason)
+    if stat.S_ISDIR(info.st_mode):
+        raise InputPathError(path, f"is a folder, not a {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputPathError(path, f"is {_describe(info.st_mode)}, not a {what}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputPathError(path, f"cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from None
+    if info.st_size == 0 and not allow_empty:
+        raise InputPathError(path, f"is empty (0 bytes), not a {what}")
+    return path
+
+
+def check_input_dir(path: PathLike, what: str = "folder") -> Path:
+    """``path`` as a folder that can be listed."""
+    path = Path(path)
+    info = _stat(path, InputPathError)
+    if info is None:
+        raise InputPathError(path, f"no such {what}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else _describe(info.st_mode)}, not a {what}")
+    try:
+        next(os.scandir(path), None)
+    except OSError as exc:
+        raise InputPathError(path, f"cannot be listed ({os.strerror(exc.errno) if exc.errno else exc})") from None
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _probe_writable(folder: Path, target: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".srn-write-test.", dir=folder)
+    except OSError as exc:
+        reason = "read-only file system" if exc.errno == errno.EROFS else (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise OutputPathError(target, f"cannot write in {folder} ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")
+
+
+def _prepare_folder(folder: Path, target: Path) -> None:
+    """Create ``folder`` (and its parents) and probe that files can be written in it."""
+    ancestor = _existing_ancestor(folder)
+    if not ancestor.is_dir():
+        raise OutputPathError(target, f"{ancestor} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(target, f"cannot create the folder {folder} ({os.strerror(exc.errno) if exc.errno else exc})") from None
+    _probe_writable(folder, target)
+
+
+def _not_an_input(path: Path, inputs: Iterable[PathLike]) -> None:
+    resolved = path.resolve()
+    for source in inputs:
+        source = Path(source)
+        if resolved == source.resolve() or _same_file(path, source):
+            raise OutputPathError(path, "is also an input; refusing to overwrite it")
+
+
+def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
+    """``path`` as a file that can be written: not a folder, not an input, in a writable folder
+    (created if missing)."""
+    path = Path(path)
+    info = _stat(path, OutputPathError)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise OutputPathError(path, "is a folder; give a file name")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputPathError(path, f"is {_describe(info.st_mode)}, not a regular file")
+    _not_an_input(path, inputs)
+    _prepare_folder(path.parent if str(path.parent) else Path("."), path)
+    return path
+
+
+def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
+    """``path`` as a folder that files can be written in (created if missing); no input is this folder."""
+    path = Path(path)
+    info = _stat(path, OutputPathError)
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise OutputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else _describe(info.st_mode)}, not a folder")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise OutputPathError(path, "is also an input; refusing to write into it")
+    _prepare_folder(path, path)
+    return path
+
+
+__all__ = ["check_input_dir", "check_input_file", "check_output_dir", "check_output_file"]
