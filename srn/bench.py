@@ -74,6 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from srn.config import ModelConfig, PostProcessConfig
 from srn.errors import ConfigError
+from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess
 from srn.runner import PRECISIONS, Runner
 
@@ -256,13 +257,14 @@ def _set_peer_size(peer: nn.Module, size: tuple[int, int]) -> None:
     peer.transform.max_size = max(size)
 
 
-def _dense_logits(outputs: dict[str, list]) -> dict[str, list]:
+def _dense_logits(outputs: SRNOutputs) -> SRNOutputs:
     """The same outputs with logits from N(0, 2): the worst case for post-processing."""
-    gen = torch.Generator(device=outputs["step2_logits"][0].device).manual_seed(0)
-    dense = dict(outputs)
-    for key in ("step1_logits", "step2_logits"):
-        dense[key] = [None if t is None else torch.randn(t.shape, generator=gen, device=t.device) * 2.0 for t in outputs[key]]
-    return dense
+    gen = torch.Generator(device=outputs.step2_logits[0].device).manual_seed(0)
+
+    def noise(tensors: list) -> list:
+        return [None if t is None else torch.randn(t.shape, generator=gen, device=t.device) * 2.0 for t in tensors]
+
+    return outputs._replace(step1_logits=noise(outputs.step1_logits), step2_logits=noise(outputs.step2_logits))
 
 
 class _TorchSRN:
@@ -272,7 +274,7 @@ class _TorchSRN:
         self.model, self.post_config, self.config = model, post_config, config
         self.runner = self._runner()
 
-    def _runner(self, hook: Callable[[dict[str, list]], dict[str, list]] | None = None) -> Runner:
+    def _runner(self, hook: Callable[[SRNOutputs], SRNOutputs] | None = None) -> Runner:
         runner = Runner(self.model, self.post_config, 0.0, self.config.dtype, self.config.cuda_graphs, outputs_hook=hook)
         if self.config.compile and hook is None:
             runner.net = torch.compile(runner.net)
@@ -284,8 +286,8 @@ class _TorchSRN:
     def phases(self, images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
         runner = self.runner
         if dense:  # the same network, its logits replaced by fixed dense ones (inside the graph)
-            fixed = {k: v for k, v in _dense_logits(runner.network(images)).items() if k.endswith("logits")}
-            runner = self._runner(lambda outputs: {**outputs, **fixed})
+            fixed = _dense_logits(runner.network(images))
+            runner = self._runner(lambda outputs: outputs._replace(step1_logits=fixed.step1_logits, step2_logits=fixed.step2_logits))
 
         def run(mark: Callable[[], Any]) -> None:
             mark()
@@ -335,7 +337,7 @@ class _OrtNetwork:
     def __call__(self, images: Any) -> list[Any]:
         return self.backend.session.run(None, {self.backend.metadata.input_name: images})
 
-    def to_torch(self, arrays: list[Any]) -> dict[str, list]:
+    def to_torch(self, arrays: list[Any]) -> SRNOutputs:
         from srn.inference.onnx_format import onnx_outputs_to_torch
 
         metadata = self.backend.metadata

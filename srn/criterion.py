@@ -32,6 +32,7 @@ from torchvision.ops import box_iou
 from srn.box_coder import decode, encode
 from srn.losses import DEFAULT_SMOOTH_L1_BETA, focal_loss, smooth_l1_loss
 from srn.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
+from srn.model.outputs import SRNOutputs
 
 # One face target: {"boxes": Tensor[M, 4] (x1, y1, x2, y2), "ignore": Tensor[M] bool (optional)}.
 Target = dict[str, Tensor]
@@ -140,16 +141,16 @@ class SRNCriterion(nn.Module):
             f"stc_theta={self.stc_theta}, step1={self.step1_matcher}, step2={self.step2_matcher}"
         )
 
-    def forward(self, outputs: dict[str, list[Tensor]], targets: list[Target]) -> dict[str, Tensor]:
+    def forward(self, outputs: SRNOutputs, targets: list[Target]) -> dict[str, Tensor]:
         """Compute the four losses.
 
         Args:
-            outputs: the model's per-level lists (levels 0..L-1):
+            outputs: the model's per-level lists (levels 0..L-1, :class:`srn.model.SRNOutputs`):
                 ``step1_logits`` / ``step2_logits`` (Tensor[N, R_l]),
                 ``step1_deltas`` / ``step2_deltas`` (Tensor[N, R_l, 4]),
                 ``anchors`` (Tensor[R_l, 4], shared by the batch). A ``step1_*`` entry may be
-                None on a level where step 1 does not use it, and the ``step1_*`` lists may be
-                absent when neither STC nor STR levels exist (the RetinaNet baseline).
+                None on a level where step 1 does not use it (all of them, in the RetinaNet
+                baseline).
             targets: N dicts with ``boxes`` (Tensor[M_i, 4], x1y1x2y2) and optionally ``ignore``
                 (Tensor[M_i], bool). M_i may be 0.
 
@@ -157,20 +158,20 @@ class SRNCriterion(nn.Module):
             ``loss_step1_cls``, ``loss_step1_reg``, ``loss_step2_cls``, ``loss_step2_reg``:
             scalar tensors, already weighted and normalised.
         """
-        anchors_per_level = outputs["anchors"]
+        anchors_per_level = outputs.anchors
         num_levels = len(anchors_per_level)
         num_anchors_per_level = [a.shape[0] for a in anchors_per_level]
         stc_set, str_set = set(self.stc_levels), set(self.str_levels)
 
-        step2_logits = torch.cat(list(outputs["step2_logits"]), dim=1).float()  # [(N, R_l)] -> (N, R)
-        step2_deltas = torch.cat(list(outputs["step2_deltas"]), dim=1).float()  # [(N, R_l, 4)] -> (N, R, 4)
+        step2_logits = torch.cat(list(outputs.step2_logits), dim=1).float()  # [(N, R_l)] -> (N, R)
+        step2_deltas = torch.cat(list(outputs.step2_deltas), dim=1).float()  # [(N, R_l, 4)] -> (N, R, 4)
         # Step-1 outputs are only needed where step 1 trains; the rest may be absent.
         step1_logits = _cat_levels(
-            outputs.get("step1_logits", [None] * num_levels), num_anchors_per_level, step2_logits, (),
+            outputs.step1_logits or [None] * num_levels, num_anchors_per_level, step2_logits, (),
             required=[lv in stc_set for lv in range(num_levels)], name="step1_logits",
         ).float()  # [(N, R_l)] -> (N, R)
         step1_deltas = _cat_levels(
-            outputs.get("step1_deltas", [None] * num_levels), num_anchors_per_level, step2_logits, (4,),
+            outputs.step1_deltas or [None] * num_levels, num_anchors_per_level, step2_logits, (4,),
             required=[lv in str_set for lv in range(num_levels)], name="step1_deltas",
         ).float()  # [(N, R_l, 4)] -> (N, R, 4)
 

@@ -52,6 +52,7 @@ from srn.errors import ExportError
 from srn.inference import Detector
 from srn.inference.onnx_format import INPUT_NAME, METADATA_KEY, OnnxMetadata, require_onnx
 from srn.model import SRN
+from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess
 
 DEFAULT_OPSET = 17
@@ -179,38 +180,38 @@ class ExportableSRN(nn.Module):
             return self._raw(outputs, features)
         return self._detections(outputs, features)
 
-    def _raw(self, outputs: dict[str, list], features: list[Tensor]) -> tuple[Tensor, ...]:
+    def _raw(self, outputs: SRNOutputs, features: list[Tensor]) -> tuple[Tensor, ...]:
         results = []
         for level, feature in enumerate(features):
             n, _, height, width = feature.shape
             for step in ("step1", "step2"):
-                logits, deltas = outputs[f"{step}_logits"][level], outputs[f"{step}_deltas"][level]
+                logits, deltas = getattr(outputs, f"{step}_logits")[level], getattr(outputs, f"{step}_deltas")[level]
                 if logits is None:
                     continue
                 results.append(logits.reshape(n, height, width, self.num_anchors))  # (N, R) -> (N, H, W, A)
                 results.append(deltas.reshape(n, height, width, self.num_anchors, 4))  # (N, R, 4) -> (N, H, W, A, 4)
         return tuple(results)
 
-    def _detections(self, outputs: dict[str, list], features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _detections(self, outputs: SRNOutputs, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """:func:`srn.postprocess.postprocess` with every size-dependent choice kept in the graph."""
         config = self.postprocess
         assert config is not None
         boxes_per_level, scores_per_level = [], []
         for level, feature in enumerate(features):
             anchors, num_cells = _level_anchors(feature, self.strides[level], getattr(self, f"cell_anchors_{level}"))
-            scores = outputs["step2_logits"][level].float().sigmoid()  # (N, R)
+            scores = outputs.step2_logits[level].float().sigmoid()  # (N, R)
             # The release lowers the threshold to 0 on levels with few cells (SPEC §4, step 3).
             thresh = torch.where(num_cells >= config.min_cells_for_thresh, torch.tensor(config.candidate_thresh), torch.tensor(0.0))
             is_candidate = scores > thresh
             if level in self.model.stc_levels:
-                is_candidate = is_candidate & (outputs["step1_logits"][level].float().sigmoid() > 1.0 - config.stc_theta)
+                is_candidate = is_candidate & (outputs.step1_logits[level].float().sigmoid() > 1.0 - config.stc_theta)
             masked = torch.where(is_candidate, scores, torch.full_like(scores, -1.0))
             top_scores, top_idxs = masked.topk(_clamped_k(masked, config.pre_nms_top_k), dim=1)  # (N, k)
             level_anchors = anchors[top_idxs]  # (R, 4)[(N, k)] -> (N, k, 4)
             gather_idxs = top_idxs.unsqueeze(-1).expand(-1, -1, 4)  # (N, k) -> (N, k, 4)
             if level in self.model.str_levels:
-                level_anchors = decode(outputs["step1_deltas"][level].float().gather(1, gather_idxs), level_anchors)
-            boxes_per_level.append(decode(outputs["step2_deltas"][level].float().gather(1, gather_idxs), level_anchors))
+                level_anchors = decode(outputs.step1_deltas[level].float().gather(1, gather_idxs), level_anchors)
+            boxes_per_level.append(decode(outputs.step2_deltas[level].float().gather(1, gather_idxs), level_anchors))
             scores_per_level.append(top_scores)
         boxes = torch.cat(boxes_per_level, dim=1)  # 6 x (N, k_l, 4) -> (N, K, 4)
         scores = torch.cat(scores_per_level, dim=1)  # 6 x (N, k_l) -> (N, K)

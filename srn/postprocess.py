@@ -29,11 +29,12 @@ from torchvision.ops import batched_nms, box_iou
 
 from srn.box_coder import decode
 from srn.config import PostProcessConfig
+from srn.model.outputs import SRNOutputs
 
 
 @torch.no_grad()
 def select_candidates(
-    outputs: dict[str, list],
+    outputs: SRNOutputs,
     stc_levels: Sequence[int],
     str_levels: Sequence[int],
     config: PostProcessConfig = PostProcessConfig(),
@@ -46,23 +47,23 @@ def select_candidates(
         K = sum over levels of min(pre_nms_top_k, R_l). Slots that are not candidates score -1.
     """
     scores_per_level, anchors_per_level, step1_per_level, step2_per_level, refined = [], [], [], [], []
-    for level, anchors in enumerate(outputs["anchors"]):
-        logits = outputs["step2_logits"][level]  # (N, R)
+    for level, anchors in enumerate(outputs.anchors):
+        logits = outputs.step2_logits[level]  # (N, R)
         scores = logits.sigmoid()
         num_cells = logits.shape[1] // num_anchors
         thresh = config.candidate_thresh if num_cells >= config.min_cells_for_thresh else 0.0
         is_candidate = scores > thresh
         if level in stc_levels:
             # STC gate: an easy negative of the first step (negative confidence >= theta) is no candidate.
-            is_candidate &= outputs["step1_logits"][level].sigmoid() > 1.0 - config.stc_theta
+            is_candidate &= outputs.step1_logits[level].sigmoid() > 1.0 - config.stc_theta
         masked = torch.where(is_candidate, scores, torch.full_like(scores, -1.0))
         k = min(config.pre_nms_top_k, masked.shape[1])
         top_scores, top_idxs = masked.topk(k, dim=1)  # (N, k)
         gather_idxs = top_idxs.unsqueeze(-1).expand(-1, -1, 4)  # (N, k) -> (N, k, 4)
-        step2_deltas = outputs["step2_deltas"][level].gather(1, gather_idxs)
+        step2_deltas = outputs.step2_deltas[level].gather(1, gather_idxs)
         # STR: the second step regresses from the anchors the first step refined.
         is_str = level in str_levels
-        step1_deltas = outputs["step1_deltas"][level].gather(1, gather_idxs) if is_str else torch.zeros_like(step2_deltas)
+        step1_deltas = outputs.step1_deltas[level].gather(1, gather_idxs) if is_str else torch.zeros_like(step2_deltas)
         scores_per_level.append(top_scores)
         anchors_per_level.append(anchors[top_idxs])  # (R, 4)[(N, k)] -> (N, k, 4)
         step1_per_level.append(step1_deltas)
@@ -218,7 +219,7 @@ def unpack_static(
 
 @torch.no_grad()
 def postprocess(
-    outputs: dict[str, list],
+    outputs: SRNOutputs,
     stc_levels: Sequence[int],
     str_levels: Sequence[int],
     config: PostProcessConfig = PostProcessConfig(),

@@ -29,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from srn.config import PostProcessConfig
 from srn.errors import ConfigError, DeviceError
+from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess, select_candidates, static_detections, unpack_static
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -67,9 +68,13 @@ def inference_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.M
     return model.to(dtype=dtype, memory_format=torch.channels_last)
 
 
-def float_outputs(outputs: dict[str, list]) -> dict[str, list]:
+def float_outputs(outputs: SRNOutputs) -> SRNOutputs:
     """Logits and deltas as float32 (a no-op for an fp32 network)."""
-    return {k: [t if t is None or k == "anchors" else t.float() for t in v] for k, v in outputs.items()}
+    def as_float(tensors: list) -> list:
+        return [t if t is None else t.float() for t in tensors]
+
+    return outputs._replace(step1_logits=as_float(outputs.step1_logits), step1_deltas=as_float(outputs.step1_deltas),
+                            step2_logits=as_float(outputs.step2_logits), step2_deltas=as_float(outputs.step2_deltas))
 
 
 class _Graphs:
@@ -125,7 +130,7 @@ class Runner:
         sweeps: int = 12,
         max_graphs: int = 8,
         static_postprocess: bool | None = None,
-        outputs_hook: Callable[[dict[str, list]], dict[str, list]] | None = None,
+        outputs_hook: Callable[[SRNOutputs], SRNOutputs] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -144,7 +149,7 @@ class Runner:
         self._graphs: OrderedDict[tuple, _Graphs] = OrderedDict()
 
     # -- the two stages ------------------------------------------------------------------------
-    def network(self, images: Tensor) -> dict[str, list]:
+    def network(self, images: Tensor) -> SRNOutputs:
         """Raw outputs (float32 logits and deltas) of the network on float [0, 1] images."""
         if self.optimised:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -153,7 +158,7 @@ class Runner:
             outputs = float_outputs(outputs)
         return self.outputs_hook(outputs) if self.outputs_hook else outputs
 
-    def static_postprocess(self, outputs: dict[str, list]) -> dict[str, Tensor]:
+    def static_postprocess(self, outputs: SRNOutputs) -> dict[str, Tensor]:
         """Candidates and :func:`static_detections` of raw outputs: fixed shapes, no host sync."""
         boxes, scores = select_candidates(outputs, self.stc_levels, self.str_levels, self.config, self.num_anchors)
         static = static_detections(

@@ -9,6 +9,7 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import box_iou
 
+from srn.model import SRNOutputs
 from srn.criterion import SRNCriterion, _batched_box_iou, count_samples
 from srn.losses import focal_loss
 
@@ -20,18 +21,18 @@ NEG_AT_ZERO = 0.75 * 0.25 * math.log(2)
 
 def make_outputs(
     anchors_per_level: list[list[list[float]]], num_images: int, **values: list[torch.Tensor]
-) -> dict[str, list[torch.Tensor]]:
+) -> SRNOutputs:
     """Model-like outputs: zeros unless given, all requiring grad."""
     anchors = [torch.tensor(a, dtype=torch.float32).reshape(-1, 4) for a in anchors_per_level]
-    outputs: dict[str, list[torch.Tensor]] = {"anchors": anchors}
+    per_key = {}
     for key, trailing in (("step1_logits", ()), ("step2_logits", ()), ("step1_deltas", (4,)), ("step2_deltas", (4,))):
         given = values.get(key)
-        outputs[key] = [
+        per_key[key] = [
             (given[lv].clone().float() if given is not None else torch.zeros(num_images, a.shape[0], *trailing))
             .requires_grad_()
             for lv, a in enumerate(anchors)
         ]
-    return outputs
+    return SRNOutputs(anchors=anchors, **per_key)
 
 
 def target(boxes: list[list[float]], ignore: list[bool] | None = None) -> dict[str, torch.Tensor]:
@@ -58,7 +59,7 @@ def test_stc_filters_exactly_the_confident_negatives() -> None:
     targets = [target([[0, 0, 10, 10]])]
 
     criterion = SRNCriterion(**LEVELS)
-    assignment = criterion.assign(outputs["anchors"], targets, outputs["step1_logits"])
+    assignment = criterion.assign(outputs.anchors, targets, outputs.step1_logits)
     assert assignment.stc_filtered.tolist() == [[True, True, False, False, True, False, False]]
     # The positive (anchor 0) stays positive: only negatives are filtered by default.
     assert assignment.step2_labels.tolist() == [[1, 0, 0, 0, 0, 0, 0]]
@@ -75,7 +76,7 @@ def test_stc_filters_exactly_the_confident_negatives() -> None:
     assert_close(losses["loss_step1_cls"], focal_loss(logits1, torch.tensor([1, 0, 0, 0, 0, 0])).sum())
 
     with_positives = SRNCriterion(**LEVELS, stc_filter_positives=True)
-    assignment = with_positives.assign(outputs["anchors"], targets, outputs["step1_logits"])
+    assignment = with_positives.assign(outputs.anchors, targets, outputs.step1_logits)
     assert assignment.step2_labels_stc.tolist() == [[-1, -1, 0, 0, -1, 0, 0]]
 
 
@@ -101,12 +102,12 @@ def test_str_matches_and_regresses_against_refined_anchors() -> None:
     targets = [target([[-4, 2, 18, 14]])]
     criterion = SRNCriterion(**LEVELS)
 
-    assignment = criterion.assign(outputs["anchors"], targets, outputs["step1_logits"], outputs["step1_deltas"])
+    assignment = criterion.assign(outputs.anchors, targets, outputs.step1_logits, outputs.step1_deltas)
     assert_close(assignment.step2_anchors[0], torch.tensor([[200.0, 200, 210, 210], [-4, 2, 16, 12]]))
     assert assignment.step1_labels.tolist() == [[0, 0]]
     assert assignment.step2_labels.tolist() == [[0, 1]]
     # Without step-1 deltas, step 2 would match the original anchor: a negative.
-    assert criterion.assign(outputs["anchors"], targets).step2_labels.tolist() == [[0, 0]]
+    assert criterion.assign(outputs.anchors, targets).step2_labels.tolist() == [[0, 0]]
 
     losses = criterion(outputs, targets)
     assert_close(losses["loss_step2_reg"], torch.tensor(0.2238941), rtol=0, atol=1e-6)
@@ -122,7 +123,7 @@ def test_str_matches_and_regresses_against_refined_anchors() -> None:
 
     # The refined anchors are detached: step 2 sends no gradient into step-1 deltas.
     losses["loss_step2_reg"].backward()
-    assert all(d.grad is None for d in outputs["step1_deltas"])
+    assert all(d.grad is None for d in outputs.step1_deltas)
 
 
 def test_step1_regresses_str_levels_against_original_anchors() -> None:
@@ -153,7 +154,7 @@ def test_faceless_image() -> None:
     assert_close(losses["loss_step2_cls"], torch.tensor(4 * NEG_AT_ZERO))
     sum(losses.values()).backward()
     for key in ("step1_logits", "step2_logits", "step1_deltas", "step2_deltas"):
-        assert all(torch.isfinite(t.grad).all() for t in outputs[key])
+        assert all(torch.isfinite(t.grad).all() for t in getattr(outputs, key))
 
 
 def test_faceless_image_in_a_batch_with_faces() -> None:
@@ -162,7 +163,7 @@ def test_faceless_image_in_a_batch_with_faces() -> None:
     outputs = make_outputs([level0, level1], 2)
     targets = [target([]), target([[0, 0, 10, 10], [0, 0, 40, 40]])]
     criterion = SRNCriterion(**LEVELS)
-    assignment = criterion.assign(outputs["anchors"], targets)
+    assignment = criterion.assign(outputs.anchors, targets)
     assert assignment.step1_labels.tolist() == [[0, 0, 0], [1, 0, 1]]
     assert assignment.step2_labels.tolist() == [[0, 0, 0], [1, 0, 1]]
     losses = criterion(outputs, targets)
@@ -178,7 +179,7 @@ def test_ignored_faces_give_ignored_anchors() -> None:
     outputs = make_outputs([level0, level1], 1)
     targets = [target([[0, 0, 10, 10], [50, 50, 60, 60]], ignore=[False, True])]
     criterion = SRNCriterion(**LEVELS)
-    assignment = criterion.assign(outputs["anchors"], targets)
+    assignment = criterion.assign(outputs.anchors, targets)
     assert assignment.step1_labels.tolist() == [[1, -1, 0, 0]]
     assert assignment.step2_labels.tolist() == [[1, -1, 0, 0]]
     losses = criterion(outputs, targets)
@@ -200,12 +201,12 @@ def test_batched_assignment_equals_per_image_and_chunking() -> None:
                                                      0.2 * torch.randn(3, 12, 4, generator=generator)])
     for low_quality in (False, True):
         criterion = SRNCriterion(**LEVELS, allow_low_quality_matches=low_quality)
-        batched = criterion.assign(outputs["anchors"], targets, step1_deltas_per_level=outputs["step1_deltas"])
+        batched = criterion.assign(outputs.anchors, targets, step1_deltas_per_level=outputs.step1_deltas)
         criterion.max_iou_elements = 1  # one image per chunk
-        chunked = criterion.assign(outputs["anchors"], targets, step1_deltas_per_level=outputs["step1_deltas"])
+        chunked = criterion.assign(outputs.anchors, targets, step1_deltas_per_level=outputs.step1_deltas)
         for i, t in enumerate(targets):
             single = criterion.assign(
-                outputs["anchors"], [t], step1_deltas_per_level=[d[i:i + 1] for d in outputs["step1_deltas"]]
+                outputs.anchors, [t], step1_deltas_per_level=[d[i:i + 1] for d in outputs.step1_deltas]
             )
             for name in ("step1_labels", "step2_labels"):
                 assert_close(getattr(batched, name)[i], getattr(single, name)[0])
@@ -235,7 +236,7 @@ def test_count_samples() -> None:
     step1_logits = [torch.tensor([[0.0, 0.0, -9.0, 0.0]]), torch.tensor([[-9.0, -9.0]])]
     outputs = make_outputs([level0, level1], 1, step1_logits=step1_logits)
     targets = [target([[0, 0, 10, 10], [50, 50, 60, 60]], ignore=[False, True])]
-    assignment = SRNCriterion(**LEVELS).assign(outputs["anchors"], targets, outputs["step1_logits"])
+    assignment = SRNCriterion(**LEVELS).assign(outputs.anchors, targets, outputs.step1_logits)
     # IoUs with face 0: anchor (0,0,10,13) 100/130 = 0.769; (0,0,11,11) 100/121 = 0.826.
     # Level 0: [pos, ignored (ignored face), neg (filtered by STC), pos]; level 1: [neg, pos].
     counts = count_samples(assignment)
@@ -254,11 +255,11 @@ def test_none_step1_outputs_on_unused_levels() -> None:
     level1 = [[0, 0, 40, 40]]
     outputs = make_outputs([level0, level1], 1)
     reference = SRNCriterion(**LEVELS)(outputs, [target([[0, 0, 10, 10]])])
-    outputs["step1_logits"][1] = None
-    outputs["step1_deltas"][0] = None
+    outputs.step1_logits[1] = None
+    outputs.step1_deltas[0] = None
     losses = SRNCriterion(**LEVELS)(outputs, [target([[0, 0, 10, 10]])])
     for key, value in reference.items():
         assert_close(losses[key], value)
-    outputs["step1_logits"][0] = None
+    outputs.step1_logits[0] = None
     with pytest.raises(ValueError, match="needs it"):
         SRNCriterion(**LEVELS)(outputs, [target([[0, 0, 10, 10]])])

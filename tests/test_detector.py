@@ -7,7 +7,7 @@ from torchvision.transforms.v2.functional import resize
 
 from srn import Detector, Faces
 from srn.config import DetectorConfig, ModelConfig
-from srn.model import build_model
+from srn.model import SRNOutputs, build_model
 from srn.weights import WeightsError, save_checkpoint
 
 # "scaled" init keeps a random narrow network's scores distinct (N(0, 0.01) makes them all tie).
@@ -87,9 +87,9 @@ def test_score_thresh_filters(checkpoint, image):
 
 def test_raw_outputs_are_reachable(detector, image):
     raw = detector.raw_outputs(image)
-    assert set(raw) == {"step1_logits", "step1_deltas", "step2_logits", "step2_deltas", "anchors"}
-    assert raw["step1_logits"][0].shape == raw["step2_logits"][0].shape == (1, 18 * 25 * 2)
-    assert raw["step2_deltas"][5].shape[-1] == 4
+    assert isinstance(raw, SRNOutputs) and raw._fields == ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas", "anchors")
+    assert raw.step1_logits[0].shape == raw.step2_logits[0].shape == (1, 18 * 25 * 2)
+    assert raw.step2_deltas[5].shape[-1] == 4
 
 
 def test_bad_inputs_fail_clearly(detector, tmp_path):

@@ -90,10 +90,10 @@ def assert_outputs_match(model, session, metadata, shape, seed, atol=1e-5):
     arrays = dict(zip(metadata.output_names, session.run(None, {"images": x.numpy()})))
     with torch.no_grad():
         reference = model(x)
-    for level, anchors in enumerate(reference["anchors"]):
+    for level, anchors in enumerate(reference.anchors):
         for step in ("step1", "step2"):
             for kind, tail in (("logits", ()), ("deltas", (4,))):
-                expected = reference[f"{step}_{kind}"][level]
+                expected = getattr(reference, f"{step}_{kind}")[level]
                 name = f"{step}_{kind}_{level}"
                 if expected is None:
                     assert name not in arrays

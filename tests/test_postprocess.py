@@ -4,6 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from srn.config import PostProcessConfig
+from srn.model import SRNOutputs
 from srn.postprocess import batched_detections, postprocess, static_detections, unpack_static
 
 NEG = -float("inf")  # sigmoid(-inf) = 0: never a candidate, even where the threshold is 0
@@ -15,15 +16,15 @@ def logit(p: float) -> float:
 
 def make_outputs(batch=1, cells=(120, 120, 10, 10, 4, 1)):
     """Empty outputs: every level's anchors are 10x10 boxes 20 px apart (they never overlap)."""
-    outputs = {k: [] for k in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas", "anchors")}
+    outputs = SRNOutputs.empty()
     for level, n_cells in enumerate(cells):
         r = 2 * n_cells
         x = torch.arange(r, dtype=torch.float32) * 20 + 10000 * level
-        outputs["anchors"].append(torch.stack([x, torch.zeros(r), x + 10, torch.full((r,), 10.0)], 1))
-        outputs["step1_logits"].append(torch.full((batch, r), NEG))
-        outputs["step2_logits"].append(torch.full((batch, r), NEG))
-        outputs["step1_deltas"].append(torch.zeros(batch, r, 4))
-        outputs["step2_deltas"].append(torch.zeros(batch, r, 4))
+        outputs.anchors.append(torch.stack([x, torch.zeros(r), x + 10, torch.full((r,), 10.0)], 1))
+        outputs.step1_logits.append(torch.full((batch, r), NEG))
+        outputs.step2_logits.append(torch.full((batch, r), NEG))
+        outputs.step1_deltas.append(torch.zeros(batch, r, 4))
+        outputs.step2_deltas.append(torch.zeros(batch, r, 4))
     return outputs
 
 
@@ -35,19 +36,19 @@ def box(level, idx):
 def test_stc_gate_and_thresholds():
     out = make_outputs()
     # level 0 (STC, 120 cells -> threshold 0.05)
-    out["step2_logits"][0][0, 3] = logit(0.9)
-    out["step1_logits"][0][0, 3] = logit(0.5)  # passes the gate
-    out["step2_logits"][0][0, 5] = logit(0.8)
-    out["step1_logits"][0][0, 5] = logit(0.009)  # negative confidence 0.991 > 0.99: gated out
-    out["step2_logits"][0][0, 7] = logit(0.04)
-    out["step1_logits"][0][0, 7] = logit(0.5)  # below 0.05
+    out.step2_logits[0][0, 3] = logit(0.9)
+    out.step1_logits[0][0, 3] = logit(0.5)  # passes the gate
+    out.step2_logits[0][0, 5] = logit(0.8)
+    out.step1_logits[0][0, 5] = logit(0.009)  # negative confidence 0.991 > 0.99: gated out
+    out.step2_logits[0][0, 7] = logit(0.04)
+    out.step1_logits[0][0, 7] = logit(0.5)  # below 0.05
     # level 2 (STC, 10 cells -> threshold 0): a low score still counts, the gate still applies
-    out["step2_logits"][2][0, 1] = logit(0.02)
-    out["step1_logits"][2][0, 1] = logit(0.011)
-    out["step2_logits"][2][0, 2] = logit(0.03)
-    out["step1_logits"][2][0, 2] = logit(0.0099)
+    out.step2_logits[2][0, 1] = logit(0.02)
+    out.step1_logits[2][0, 1] = logit(0.011)
+    out.step2_logits[2][0, 2] = logit(0.03)
+    out.step1_logits[2][0, 2] = logit(0.0099)
     # level 1 (STC): step-1 alone never makes a candidate
-    out["step1_logits"][1][0, 0] = logit(0.99)
+    out.step1_logits[1][0, 0] = logit(0.99)
     (det,) = postprocess(out, (0, 1, 2), (3, 4, 5))
     assert_close(det["scores"], torch.tensor([0.9, 0.02]))
     assert_close(det["boxes"], torch.tensor([box(0, 3), box(2, 1)]))
@@ -55,8 +56,8 @@ def test_stc_gate_and_thresholds():
 
 def test_without_stc_the_gate_is_off():
     out = make_outputs()
-    out["step2_logits"][0][0, 5] = logit(0.8)
-    out["step1_logits"][0][0, 5] = logit(0.009)
+    out.step2_logits[0][0, 5] = logit(0.8)
+    out.step1_logits[0][0, 5] = logit(0.009)
     (det,) = postprocess(out, (), (3, 4, 5))
     assert_close(det["scores"], torch.tensor([0.8]))
 
@@ -64,10 +65,10 @@ def test_without_stc_the_gate_is_off():
 def test_str_double_decode():
     out = make_outputs()
     # level 3 (STR): anchor 4 = (80, 0, 90, 10), centre (85, 5), 10x10.
-    out["step2_logits"][3][0, 4] = logit(0.7)
-    out["step1_deltas"][3][0, 4] = torch.tensor([0.5, 0.0, math.log(2.0), 0.0])
+    out.step2_logits[3][0, 4] = logit(0.7)
+    out.step1_deltas[3][0, 4] = torch.tensor([0.5, 0.0, math.log(2.0), 0.0])
     # refined anchor: centre (85 + 5, 5), size 20x10 -> (80, 0, 100, 10)
-    out["step2_deltas"][3][0, 4] = torch.tensor([0.0, 1.0, 0.0, math.log(3.0)])
+    out.step2_deltas[3][0, 4] = torch.tensor([0.0, 1.0, 0.0, math.log(3.0)])
     # final: centre (90, 5 + 10), size 20x30 -> (80, 0, 100, 30)
     (det,) = postprocess(out, (0, 1, 2), (3, 4, 5))
     expected = torch.tensor([[80.0 + 30000, 0.0, 100.0 + 30000, 30.0]])
@@ -81,14 +82,14 @@ def test_top_k_per_level_nms_and_max_detections():
     out = make_outputs(batch=2)
     scores = [0.9, 0.8, 0.7, 0.6]
     for i, p in enumerate(scores):
-        out["step2_logits"][1][0, i] = logit(p)
-        out["step1_logits"][1][0, i] = logit(0.5)
+        out.step2_logits[1][0, i] = logit(p)
+        out.step1_logits[1][0, i] = logit(0.5)
     # image 1: two boxes on top of each other (IoU 1) at level 4, and one elsewhere
-    out["step2_logits"][4][1, 0] = logit(0.6)
-    out["step2_logits"][4][1, 2] = logit(0.5)
-    out["step2_deltas"][4][1, 2] = torch.tensor([-4.0, 0.0, 0.0, 0.0])  # 40 px left: anchor 2 onto anchor 0
-    out["step1_deltas"][4][1] = 0.0
-    out["step2_logits"][4][1, 5] = logit(0.4)
+    out.step2_logits[4][1, 0] = logit(0.6)
+    out.step2_logits[4][1, 2] = logit(0.5)
+    out.step2_deltas[4][1, 2] = torch.tensor([-4.0, 0.0, 0.0, 0.0])  # 40 px left: anchor 2 onto anchor 0
+    out.step1_deltas[4][1] = 0.0
+    out.step2_logits[4][1, 5] = logit(0.4)
     config = PostProcessConfig(pre_nms_top_k=3, max_detections=2)
     det0, det1 = postprocess(out, (0, 1, 2), (3, 4, 5), config)
     # image 0: top-3 of level 1 are 0.9, 0.8, 0.7; max_detections keeps 2
@@ -106,14 +107,14 @@ def test_top_k_per_level_nms_and_max_detections():
 def test_nms_iou_threshold_is_04():
     out = make_outputs()
     # two 10x10 boxes shifted by 3 px: IoU = 70/130 = 0.538 > 0.4 -> suppressed
-    out["step2_logits"][5][0, 0] = logit(0.9)
-    out["step2_logits"][5][0, 1] = logit(0.8)
-    out["step2_deltas"][5][0, 1] = torch.tensor([-1.7, 0.0, 0.0, 0.0])  # anchor 1 (x=20) -> x=3
+    out.step2_logits[5][0, 0] = logit(0.9)
+    out.step2_logits[5][0, 1] = logit(0.8)
+    out.step2_deltas[5][0, 1] = torch.tensor([-1.7, 0.0, 0.0, 0.0])  # anchor 1 (x=20) -> x=3
     # a third, shifted by 6 px from the first: IoU = 40/160 = 0.25 < 0.4 -> kept
-    out["step2_logits"][5][0, 0] = logit(0.9)
+    out.step2_logits[5][0, 0] = logit(0.9)
     (det,) = postprocess(out, (), ())
     assert_close(det["scores"], torch.tensor([0.9]))
-    out["step2_deltas"][5][0, 1] = torch.tensor([-1.4, 0.0, 0.0, 0.0])  # x = 6
+    out.step2_deltas[5][0, 1] = torch.tensor([-1.4, 0.0, 0.0, 0.0])  # x = 6
     (det,) = postprocess(out, (), ())
     assert_close(det["scores"], torch.tensor([0.9, 0.8]))
 

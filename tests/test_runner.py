@@ -43,7 +43,7 @@ def test_batchnorm_folds_into_convolutions(backbone, expected):
     assert batchnorms(model) == expected  # the original is untouched
     assert batchnorms(folded) == 0
     for key in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas"):
-        for ref, out in zip(reference[key], outputs[key]):
+        for ref, out in zip(getattr(reference, key), getattr(outputs, key)):
             if ref is not None:
                 assert_close(out, ref, rtol=1e-4, atol=1e-4)
     assert next(folded.parameters()).requires_grad is False

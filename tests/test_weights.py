@@ -109,10 +109,10 @@ def test_converted_release_network_matches_reference_forward(shared_dir):
     for level, (cls_fs, loc_fs, cls_ss, loc_ss) in enumerate(raw):
         n = cls_fs.shape[0]
         # release layout (N, A, H, W) -> (N, H*W*A); (N, 4A, H, W) -> (N, H*W*A, 4)
-        assert_close(ours["step1_logits"][level], cls_fs.permute(0, 2, 3, 1).reshape(n, -1), rtol=1e-4, atol=1e-4)
-        assert_close(ours["step2_logits"][level], cls_ss.permute(0, 2, 3, 1).reshape(n, -1), rtol=1e-4, atol=1e-4)
-        assert_close(ours["step1_deltas"][level], loc_fs.permute(0, 2, 3, 1).reshape(n, -1, 4), rtol=1e-4, atol=1e-4)
-        assert_close(ours["step2_deltas"][level], loc_ss.permute(0, 2, 3, 1).reshape(n, -1, 4), rtol=1e-4, atol=1e-4)
+        assert_close(ours.step1_logits[level], cls_fs.permute(0, 2, 3, 1).reshape(n, -1), rtol=1e-4, atol=1e-4)
+        assert_close(ours.step2_logits[level], cls_ss.permute(0, 2, 3, 1).reshape(n, -1), rtol=1e-4, atol=1e-4)
+        assert_close(ours.step1_deltas[level], loc_fs.permute(0, 2, 3, 1).reshape(n, -1, 4), rtol=1e-4, atol=1e-4)
+        assert_close(ours.step2_deltas[level], loc_ss.permute(0, 2, 3, 1).reshape(n, -1, 4), rtol=1e-4, atol=1e-4)
 
     # The detections that follow equal the release's single-pass procedure, image by image.
     from srn.config import PostProcessConfig
@@ -164,7 +164,7 @@ def test_own_checkpoint_holds_its_config(tmp_path):
     assert loaded_config == config
     image = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
-        assert_close(loaded(image)["step2_logits"][2], model(image)["step2_logits"][2])
+        assert_close(loaded(image).step2_logits[2], model(image).step2_logits[2])
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -24,6 +24,7 @@ from srn.config import DetectorConfig
 from srn.errors import DeviceError, ExportError, one_line
 from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, postprocess_onnx_outputs, read_metadata
 from srn.model import SRN
+from srn.model.outputs import SRNOutputs
 from srn.runner import Runner
 
 Detections = list[tuple[Tensor, Tensor]]  # per image: boxes (Tensor[D, 4]) and scores (Tensor[D])
@@ -43,7 +44,7 @@ class Backend(Protocol):
         """Detections of a float [0, 1] batch (Tensor[N, 3, H, W]), in the batch's pixels."""
         ...
 
-    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+    def raw_outputs(self, batch: Tensor) -> SRNOutputs:
         """The network's per-level outputs and anchors for the batch (see :class:`srn.model.SRN`)."""
         ...
 
@@ -82,7 +83,7 @@ class TorchBackend:
     def detections(self, batch: Tensor, score_thresh: float) -> Detections:
         return self.runner(score_thresh)(batch)
 
-    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+    def raw_outputs(self, batch: Tensor) -> SRNOutputs:
         return self.model(batch)
 
 
@@ -152,5 +153,5 @@ class OnnxBackend:
             results.append((image_boxes[:keep], image_scores[:keep]))
         return results
 
-    def raw_outputs(self, batch: Tensor) -> dict[str, list]:
+    def raw_outputs(self, batch: Tensor) -> SRNOutputs:
         return onnx_outputs_to_torch(self.run(batch), self.metadata)

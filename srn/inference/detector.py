@@ -22,6 +22,7 @@ from srn.data.image_io import read_image, to_rgb_tensor
 from srn.errors import ConfigError, DeviceError, WeightsError
 from srn.inference.backends import Backend, OnnxBackend, TorchBackend
 from srn.model import SRN
+from srn.model.outputs import SRNOutputs
 from srn.weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -200,7 +201,7 @@ class Detector:
 
     # -- running -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def raw_outputs(self, images: ImageInput | Sequence[ImageInput]) -> dict[str, list]:
+    def raw_outputs(self, images: ImageInput | Sequence[ImageInput]) -> SRNOutputs:
         """The network's raw outputs for a batch (step-1 and step-2 logits and deltas per level,
         and the anchors); images are fitted under ``max_size`` and padded as :meth:`detect` does."""
         items = images if isinstance(images, list | tuple) else [images]

@@ -25,6 +25,7 @@ import srn
 from srn.anchors import AnchorGenerator
 from srn.config import PostProcessConfig, from_dict, to_dict
 from srn.errors import ExportError
+from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess
 
 METADATA_KEY = "srn"
@@ -108,20 +109,20 @@ def read_metadata(source: str | Path | Mapping[str, str], name: str = "<onnx>") 
 # ---------------------------------------------------------------------------------------------
 
 
-def onnx_outputs_to_torch(outputs: Mapping[str, np.ndarray], metadata: OnnxMetadata) -> dict[str, list]:
+def onnx_outputs_to_torch(outputs: Mapping[str, np.ndarray], metadata: OnnxMetadata) -> SRNOutputs:
     """Raw ONNX outputs in :class:`srn.model.SRN`'s layout, anchors rebuilt from the metadata.
 
     Args:
         outputs: name -> array, as ``session.run`` gives them (``step2_logits_l`` (N, H_l, W_l, A), ...).
 
     Returns:
-        The dict SRN's forward returns: per-level ``step1_logits`` / ``step1_deltas`` (None on levels
+        What SRN's forward returns (:class:`srn.model.SRNOutputs`): per-level ``step1_logits`` / ``step1_deltas`` (None on levels
         without a first step), ``step2_logits`` (Tensor[N, R_l]), ``step2_deltas`` (Tensor[N, R_l, 4])
         and ``anchors`` (Tensor[R_l, 4]).
     """
     if metadata.postprocess_in_graph:
         raise ExportError("this ONNX model has post-processing in its graph; it has no raw outputs")
-    result: dict[str, list] = {k: [] for k in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas")}
+    result = SRNOutputs.empty()
     sizes = []
     for level in range(len(metadata.strides)):
         logits = torch.from_numpy(np.asarray(outputs[f"step2_logits_{level}"]))
@@ -129,15 +130,15 @@ def onnx_outputs_to_torch(outputs: Mapping[str, np.ndarray], metadata: OnnxMetad
         sizes.append((height, width))
         for step in ("step1", "step2"):
             if step == "step1" and level not in metadata.first_step_levels:
-                result["step1_logits"].append(None)
-                result["step1_deltas"].append(None)
+                result.step1_logits.append(None)
+                result.step1_deltas.append(None)
                 continue
             level_logits = torch.from_numpy(np.asarray(outputs[f"{step}_logits_{level}"]))
             level_deltas = torch.from_numpy(np.asarray(outputs[f"{step}_deltas_{level}"]))
-            result[f"{step}_logits"].append(level_logits.reshape(n, -1))  # (N, H, W, A) -> (N, R)
-            result[f"{step}_deltas"].append(level_deltas.reshape(n, -1, 4))  # (N, H, W, A, 4) -> (N, R, 4)
+            getattr(result, f"{step}_logits").append(level_logits.reshape(n, -1))  # (N, H, W, A) -> (N, R)
+            getattr(result, f"{step}_deltas").append(level_deltas.reshape(n, -1, 4))  # (N, H, W, A, 4) -> (N, R, 4)
     generator = _anchor_generator(tuple(metadata.strides), tuple(metadata.anchor_scales), metadata.anchor_ratio)
-    result["anchors"] = generator.grid_anchors(sizes, torch.device("cpu"))
+    result.anchors.extend(generator.grid_anchors(sizes, torch.device("cpu")))
     return result
 
 
