@@ -1,7 +1,7 @@
 """Training throughput of SRN against torchvision's RetinaNet-R50, measured in the same run.
 
 Both train on the same synthetic batch (random pixels, a few random faces per image) with SGD, bf16
-autocast on CUDA and channels_last; data loading is excluded. The achieved matrix rate is SPEC's
+autocast on CUDA and channels_last; data loading is excluded. The achieved matrix rate is the
 FLOP count (a training image costs about 3x the forward pass: 3 x 1.29 TFLOP for SRN-R50 at
 1024x1024) over the step time, against the bf16 matmul rate measured in this run.
 

@@ -1,4 +1,4 @@
-"""The paper's class-imbalance analysis (the STC motivation in SPEC's introduction), without a network.
+"""The paper's class-imbalance analysis (the STC motivation in the paper's introduction), without a network.
 
 For WIDER FACE train, apply a deterministic version of the training geometry to the boxes (no
 image is decoded), lay out the anchors of the 1024×1024 training input, run both steps'
@@ -12,7 +12,7 @@ geometry: the paper's "before STC" (RetinaNet) ratio of about 1:15441 correspond
 over all levels.
 
 The geometry is one square crop of side min(width, height) scaled to 1024, with no zoom-out
-and no smaller random crop (SPEC §6), so the face sizes differ from training's and the ratios
+and no smaller random crop (docs/design.md, Training recipe), so the face sizes differ from training's and the ratios
 here are not expected to equal the paper's.
 
 Run: ``srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt``
@@ -63,7 +63,7 @@ def read_wider_boxes(boxes_file: str | Path) -> list[tuple[str, int, int, Tensor
 
 
 def _anchors_for_image(height: int, width: int, device: torch.device | str = "cpu") -> list[Tensor]:
-    """The release's anchors (SPEC §2) of a ``height`` x ``width`` input, per level."""
+    """The release's anchors (docs/design.md, Anchors) of a ``height`` x ``width`` input, per level."""
     return AnchorGenerator().grid_anchors(feature_sizes_for_image(height, width, NUM_LEVELS), torch.device(device))
 
 
@@ -111,7 +111,7 @@ def _anchors_near_boxes(
 def square_crop_boxes(
     width: int, height: int, boxes_xywh: Tensor, rng: random.Random, out_size: int = TRAIN_SIZE
 ) -> tuple[Tensor, int]:
-    """A deterministic stand-in for the training geometry (SPEC §6) on boxes only.
+    """A deterministic stand-in for the training geometry (docs/design.md, Training recipe) on boxes only.
 
     Crop a square of side min(width, height) at a random position, keep the faces whose centre
     lies inside it, clip them to it and scale the crop to ``out_size``. Faces of zero width or

@@ -1,4 +1,4 @@
-"""Anchor generation, equal to the SRN release's (SPEC §2).
+"""Anchor generation, equal to the SRN release's (docs/design.md, Anchors).
 
 Level ``l`` has stride ``4 * 2**l``. Each cell carries two anchors of aspect ratio 1.25 (h/w) at scales
 2 and 2*sqrt(2) of the stride, built Detectron-style from the window (0, 0, s-1, s-1).

@@ -13,7 +13,7 @@ Measured for both models, at each ``--sizes`` entry (W x H):
   comes from the same run: a large bf16 matmul on GPU, fp32 on CPU.
 
 The peer is ``retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)``: one face
-class, which is SPEC §1's 415 GFLOP model at 1024x1024 (the COCO default of 91 classes costs 496).
+class, which is the 415 GFLOP model (docs/design.md, Network) at 1024x1024 (the COCO default of 91 classes costs 496).
 Its internal resize is neutralised by setting ``min_size``/``max_size`` to the input's sides, and it
 is timed end to end (transform, network, its own post-processing).
 

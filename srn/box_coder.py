@@ -1,4 +1,4 @@
-"""Delta encoding and decoding of boxes against anchors, as in the SRN release (SPEC §3).
+"""Delta encoding and decoding of boxes against anchors, as in the SRN release (docs/design.md, Box coding).
 
 A box (x1, y1, x2, y2) has width ``x2 - x1`` and height ``y2 - y1`` (no +1) and centre
 ``((x1 + x2) / 2, (y1 + y2) / 2)``. Deltas are ``(dx, dy, dw, dh)`` with no variances or weights.

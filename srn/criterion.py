@@ -1,4 +1,4 @@
-"""Target assignment and the SRN loss dict (SPEC §6).
+"""Target assignment and the SRN loss dict (docs/design.md, Training targets).
 
 ``SRNCriterion(outputs, targets)`` returns ``loss_step1_cls``, ``loss_step1_reg``,
 ``loss_step2_cls`` and ``loss_step2_reg``; the training loop sums them.
@@ -87,7 +87,7 @@ class SRNCriterion(nn.Module):
         step1_thresholds: (negative below, positive at or above) IoU of step 1.
         step2_thresholds: the same for step 2.
         allow_low_quality_matches: also make each face's best anchor positive (both steps).
-        focal_alpha, focal_gamma: focal-loss parameters (SPEC: 0.25, 2).
+        focal_alpha, focal_gamma: focal-loss parameters (RetinaNet's 0.25, 2; docs/design.md, Training targets).
         smooth_l1_beta: smooth-L1 transition point; default 1/9 (Detectron's RetinaNet).
         step1_cls_weight, step1_reg_weight, step2_cls_weight, step2_reg_weight: multipliers of
             the four returned losses.

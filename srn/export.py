@@ -15,7 +15,7 @@ the graph. Two output layouts:
   levels that have a first step. No anchors are output: the grid size is in each output's shape and
   strides, scales and ratio are in the metadata, so :func:`postprocess_onnx_outputs` rebuilds them
   and applies :func:`srn.postprocess.postprocess` unchanged.
-- ``postprocess=True``: SPEC §4 inside the graph (STC gate, STR double decode, per-level thresholds
+- ``postprocess=True``: docs/design.md's Inference inside the graph (STC gate, STR double decode, per-level thresholds
   and top-k, one ONNX ``NonMaxSuppression`` with a native batch axis, per-image top-k):
   ``boxes`` (Tensor[N, D, 4]), ``scores`` (Tensor[N, D], by score descending; empty slots score -1 and
   have zero boxes) and ``num_detections`` (Tensor[N] int64), with D = min(max_detections, candidates).
@@ -137,7 +137,7 @@ class ExportableSRN(nn.Module):
 
     Args:
         model: the network (it is put in eval mode by :func:`export_onnx`).
-        postprocess: None for the raw layout; else the SPEC §4 settings to build into the graph.
+        postprocess: None for the raw layout; else the inference settings to build into the graph.
         min_score: in-graph post-processing only; detections below it become empty slots.
 
     ``forward(images (Tensor[N, 3, H, W]))`` returns the tensors named by :attr:`output_names`.
@@ -200,7 +200,7 @@ class ExportableSRN(nn.Module):
         for level, feature in enumerate(features):
             anchors, num_cells = _level_anchors(feature, self.strides[level], getattr(self, f"cell_anchors_{level}"))
             scores = outputs.step2_logits[level].float().sigmoid()  # (N, R)
-            # The release lowers the threshold to 0 on levels with few cells (SPEC §4, step 3).
+            # The release lowers the threshold to 0 on levels with few cells (docs/design.md, Inference, step 2).
             thresh = torch.where(num_cells >= config.min_cells_for_thresh, torch.tensor(config.candidate_thresh), torch.tensor(0.0))
             is_candidate = scores > thresh
             if level in self.model.stc_levels:
@@ -253,7 +253,7 @@ def export_onnx(
         model: the network; it runs in eval mode during export and gets its mode back after.
         sample_size: (H, W) of the tracing sample; the file works for any other size.
         sample_batch: batch of the tracing sample (2, so that no size-1 axis is folded away).
-        postprocess: build SPEC §4 into the graph (outputs ``boxes``, ``scores``, ``num_detections``).
+        postprocess: build the release's post-processing into the graph (outputs ``boxes``, ``scores``, ``num_detections``).
         postprocess_config: thresholds, top-k and NMS IoU (default: the release's).
         min_score: in-graph only: detections below it are empty slots.
         backbone: the backbone's config name, recorded for people reading the metadata.

@@ -1,4 +1,4 @@
-"""Element-wise losses of SRN (SPEC §6): sigmoid focal loss and smooth-L1.
+"""Element-wise losses of SRN (docs/design.md, Training targets): sigmoid focal loss and smooth-L1.
 
 Both return unreduced losses so that the criterion can mask ignored anchors and normalise
 by the number of positives itself, without boolean indexing (which would sync with the host).
@@ -30,8 +30,8 @@ def focal_loss(
     Args:
         pred_logits (Tensor[...]): classification logits.
         gt_labels (Tensor[...]): targets in {0, 1}, any dtype; same shape as ``pred_logits``.
-        alpha: weight of positives in [0, 1], or -1 for no weighting. SPEC: 0.25.
-        gamma: focusing exponent; 0 gives plain binary cross-entropy. SPEC: 2.
+        alpha: weight of positives in [0, 1], or -1 for no weighting. Default 0.25 (RetinaNet's).
+        gamma: focusing exponent; 0 gives plain binary cross-entropy. Default 2 (RetinaNet's).
 
     Returns:
         loss (Tensor[...]): same shape as ``pred_logits``, unreduced.

@@ -1,4 +1,4 @@
-"""Turn an IoU matrix into per-anchor labels (-1 ignore / 0 negative / 1 positive), SPEC §6.
+"""Turn an IoU matrix into per-anchor labels (-1 ignore / 0 negative / 1 positive); docs/design.md, Training targets.
 
 In the spirit of detectron2's ``modeling/matcher.py``, but batched over images: the IoU
 matrix is ``(N, M, R)`` for N images, M (padded) faces and R anchors, so a batch is matched

@@ -1,4 +1,4 @@
-"""The release's single-pass inference (SPEC §4), batched and on the device.
+"""The release's single-pass inference (docs/design.md, Inference), batched and on the device.
 
 Per level: the STC gate, the STR double decode, the per-level candidate threshold and top-k; then
 NMS over all levels of each image at once with ``torchvision.ops.batched_nms`` and a per-image
@@ -226,7 +226,7 @@ def postprocess(
     min_score: float = 0.0,
     num_anchors: int = 2,
 ) -> list[dict[str, Tensor]]:
-    """Detections of every image of a batch from the raw network outputs (SPEC §4).
+    """Detections of every image of a batch from the raw network outputs (docs/design.md, Inference).
 
     Returns:
         One dict per image: ``boxes`` (Tensor[D, 4], x1 y1 x2 y2 in input pixels) and ``scores``

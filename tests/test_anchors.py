@@ -3,10 +3,10 @@ from torch.testing import assert_close
 
 from srn.anchors import AnchorGenerator, cell_anchors, feature_sizes_for_image
 
-# SPEC §2's table, cell (0, 0) of every level. For stride s: w0 = round(sqrt(s^2/1.25)),
+# The release's table (docs/design.md, Anchors), cell (0, 0) of every level. For stride s: w0 = round(sqrt(s^2/1.25)),
 # h0 = round(1.25*w0); e.g. s=4: w0 = round(3.578) = 4, h0 = 5; scale 2 gives 8x10 around c=1.5:
 # (1.5-3.5, 1.5-4.5, 1.5+3.5, 1.5+4.5) = (-2, -3, 5, 6).
-SPEC_TABLE = torch.tensor(
+RELEASE_TABLE = torch.tensor(
     [
         [[-2, -3, 5, 6], [-3.6569, -5.0711, 6.6569, 8.0711]],
         [[-3, -5, 10, 12], [-5.8995, -8.7279, 12.8995, 15.7279]],
@@ -21,7 +21,7 @@ SPEC_TABLE = torch.tensor(
 
 def test_cell_anchors_equal_the_release_table():
     for level in range(6):
-        assert_close(cell_anchors(4 * 2**level), SPEC_TABLE[level], atol=1e-4, rtol=0)
+        assert_close(cell_anchors(4 * 2**level), RELEASE_TABLE[level], atol=1e-4, rtol=0)
 
 
 def test_grid_anchors_shift_row_major_with_scales_adjacent():
@@ -29,12 +29,12 @@ def test_grid_anchors_shift_row_major_with_scales_adjacent():
     anchors = gen.grid_anchors([(2, 3)] * 6, torch.device("cpu"))
     level0 = anchors[0]
     assert level0.shape == (2 * 3 * 2, 4)
-    base = SPEC_TABLE[0].float()
+    base = RELEASE_TABLE[0].float()
     # cell (row 1, column 2) is the 6th cell: index (1*3+2)*2 = 10, shifted by (2*4, 1*4)
     assert_close(level0[10:12], base + torch.tensor([8.0, 4.0, 8.0, 4.0]), atol=1e-4, rtol=0)
     assert_close(level0[2:4], base + torch.tensor([4.0, 0.0, 4.0, 0.0]), atol=1e-4, rtol=0)
     level5 = anchors[5]
-    assert_close(level5[2], SPEC_TABLE[5][0].float() + torch.tensor([128.0, 0.0, 128.0, 0.0]), atol=1e-4, rtol=0)
+    assert_close(level5[2], RELEASE_TABLE[5][0].float() + torch.tensor([128.0, 0.0, 128.0, 0.0]), atol=1e-4, rtol=0)
 
 
 def test_anchors_are_cached_per_size_and_device():

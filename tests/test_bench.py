@@ -69,7 +69,7 @@ def test_results_have_every_number(results):
 
 
 def test_flops_match_spec():
-    # SPEC §1: SRN-R50 costs 1,290 GFLOP at 1024x1024, RetinaNet-R50-FPN (one class) 415.
+    # docs/design.md, Network: SRN-R50 costs 1,290 GFLOP at 1024x1024, RetinaNet-R50-FPN (one class) 415.
     from srn.bench import _meta_srn, _build_peer, _peer_network, count_gflops
     from srn.config import ModelConfig
 

@@ -221,7 +221,7 @@ def test_reference_case1_matches_official_matlab(wider_gt: WiderGroundTruth, sha
     preds = read_predictions(pred_dir)
     result = evaluate(preds, wider_gt)
     assert result.official and result.num_missing == 66 and result.num_images == 3226
-    # EXPECTED.md: the authors' MATLAB wider_eval. SPEC asks 1e-4; we agree to the printed digits.
+    # EXPECTED.md: the authors' MATLAB wider_eval. 1e-4 would do; we agree to the printed digits.
     ap = [result.ap[s] for s in ("easy", "medium", "hard")]
     assert_allclose(ap, [0.678934, 0.695847, 0.525187], atol=1e-6, rtol=0)
     # The case is built to catch float-IoU evaluators: they are off by more than 1e-4.

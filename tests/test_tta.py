@@ -122,7 +122,7 @@ def test_all_singletons_give_empty_results_instead_of_a_crash():
 
 
 def _release_voting(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The release's loop, one cluster per iteration, as SPEC §5 describes it."""
+    """The release's loop, one cluster per iteration, as docs/design.md (Test-time augmentation) describes it."""
     order = np.argsort(-scores, kind="stable")
     boxes, scores = boxes[order], scores[order]
     out = []

@@ -1,11 +1,11 @@
-"""SRN training augmentation (SPEC §6) on torchvision ``transforms.v2``.
+"""SRN training augmentation (docs/design.md, Training recipe) on torchvision ``transforms.v2``.
 
 A sample is ``(image, target)``: ``image`` a ``uint8`` tensor ``(3, H, W)``, ``target`` a dict with
 ``boxes`` (Tensor[N, 4], ``float32`` ``x1 y1 x2 y2`` pixels), ``ignore`` (Tensor[N], ``bool``) and
 any other keys (``image_id``...), which are passed through. Outputs keep that form; images stay
 ``uint8`` (the model normalises).
 
-The training pipeline, in the SSD / S3FD order that SPEC §6 lists:
+The training pipeline, in the SSD / S3FD order of docs/design.md, Training recipe:
 
 1. photometric distortion (``v2.RandomPhotometricDistort``), on the small original image;
 2. zoom-out (``v2.RandomZoomOut``) by a factor in [1, 4], filled with the ImageNet mean colour;
@@ -110,7 +110,7 @@ class RandomSquareCrop(v2.Transform):
     together with their ``ignore`` flags; the others are clipped to the patch.
 
     Args:
-        scale_range: ``(low, high)``, with ``0 < low <= high <= 1``; SPEC §6 gives (0.3, 1) or (0.5, 1).
+        scale_range: ``(low, high)``, with ``0 < low <= high <= 1``; the paper gives (0.3, 1) or (0.5, 1).
         full_side_prob: probability of the full-side patch.
         max_attempts: when the sample has boxes, draw again (up to this many times) until the patch
             keeps at least one box centre; the last draw is used either way. 1 disables retries.
@@ -241,7 +241,7 @@ def build_train_transforms(
     crop_max_attempts: int = 10,
     fill: Sequence[int] = IMAGENET_MEAN_UINT8,
 ) -> SampleTransform:
-    """The SRN training augmentation (SPEC §6); see the module docstring for the steps.
+    """The SRN training augmentation (docs/design.md, Training recipe); see the module docstring for the steps.
 
     Args:
         size: output side; images come out ``(3, size, size)``.
@@ -279,7 +279,7 @@ def build_train_transforms(
 def build_eval_transforms(size: int | None = None) -> SampleTransform:
     """Evaluation-time conversion: the image as is, or resized to ``size x size`` with its boxes.
 
-    SRN runs on any image size, and the test-time augmentation of SPEC §5 picks its own scales, so
+    SRN runs on any image size, and the test-time augmentation (docs/design.md) picks its own scales, so
     the default changes nothing but the types.
 
     Returns:

@@ -93,7 +93,7 @@ def init_from(model: nn.Module, path: str | Path) -> None:
 
 
 class Trainer:
-    """Trains SRN as SPEC §6 describes. Run one per process (``torchrun`` starts several).
+    """Trains SRN as docs/design.md, Training recipe, describes. Run one per process (``torchrun`` starts several).
 
     Args:
         config: the resolved training config.

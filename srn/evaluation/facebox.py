@@ -1,4 +1,4 @@
-"""AFW and PASCAL Face: VOC-style AP at IoU 0.5 against the face-eval re-annotations (SPEC §8).
+"""AFW and PASCAL Face: VOC-style AP at IoU 0.5 against the face-eval re-annotations (docs/design.md, Evaluation protocols).
 
 The ground truth is the re-annotation of Mathias et al. ("Face detection without bells and
 whistles", ECCV 2014), shipped as MATLAB structs with ``imgname``, ``imgsize`` and ``objects``

@@ -1,4 +1,4 @@
-"""FDDB evaluation (SPEC §8): ellipse annotations, rectangle detections, discrete and continuous ROC.
+"""FDDB evaluation (docs/design.md, Evaluation protocols): ellipse annotations, rectangle detections, discrete and continuous ROC.
 
 This follows Vidit Jain's official ``evaluate`` program:
 
@@ -26,7 +26,7 @@ two exact shortcuts (detections touching no annotation, and connected components
 
 Detection rectangles may be stretched toward the ellipse shape first (``height_scale``). WIDER
 FACE-style boxes are shorter than FDDB's ellipses, which reach over the forehead, so evaluations
-often scale the height (e.g. by 1.2, SPEC §8). The default is 1.0 (off), the official protocol.
+often scale the height (e.g. by 1.2). The default is 1.0 (off), the official protocol.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def detect_images(
     """Detect faces in every image; unreadable images are reported, not fatal.
 
     Args:
-        tta: the release's multi-scale + flip + box-voting test (SPEC §5) instead of one pass.
+        tta: the release's multi-scale + flip + box-voting test (docs/design.md, Test-time augmentation) instead of one pass.
         tta_max_size: its ``max_size`` (2100 as released; 1400 fits a 12 GB GPU).
 
     Returns:

@@ -1,6 +1,6 @@
-"""The release's test-time augmentation for WIDER FACE (SPEC §5): multi-scale + flip + box voting.
+"""The release's test-time augmentation for WIDER FACE: multi-scale + flip + box voting.
 
-Let ``M = max_size**2`` and ``H x W`` the image size.
+Let ``M = max_size**2`` and ``H x W`` the image size (docs/design.md, Test-time augmentation).
 
 * ``H*W < M``: the image, its horizontal flip, a 0.5x pass (boxes kept if their longer side is
   over 30 px), enlarged passes at 1.5**t for t = 1..floor(log_2.25(M / (H*W))) and a last one at
@@ -350,8 +350,8 @@ def tta_detect(
 def format_release_line(box: Sequence[float] | Tensor | np.ndarray, score: float, round_xy: bool = True) -> str:
     """One WIDER line as the release writes it: ``round(x1) round(y1) round(w+1) round(h+1) round(s, 3)``.
 
-    ``w = x2 - x1`` and ``h = y2 - y1``. The release's code also rounds x and y (SPEC §5 shows
-    them unrounded; ``round_xy=False`` writes them with 3 decimals). Python 3 rounding is used
+    ``w = x2 - x1`` and ``h = y2 - y1``. The release's code also rounds x and y (docs/design.md, Test-time
+    augmentation; ``round_xy=False`` writes them with 3 decimals). Python 3 rounding is used
     (half to even, integers printed without ".0"); the release ran on Python 2, which rounds
     halves away from zero and prints "12.0" — the evaluator reads both the same.
     """

@@ -154,7 +154,7 @@ def postprocess_onnx_outputs(
     config: PostProcessConfig | None = None,
     min_score: float = 0.0,
 ) -> list[dict[str, Tensor]]:
-    """SPEC §4 on the raw outputs of an exported model, with :func:`srn.postprocess.postprocess`.
+    """docs/design.md's Inference on the raw outputs of an exported model, with :func:`srn.postprocess.postprocess`.
 
     Args:
         outputs: name -> array from ``onnxruntime.InferenceSession.run`` on a raw-layout model.
