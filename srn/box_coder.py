@@ -15,6 +15,13 @@ from torch import Tensor
 DELTA_CLAMP = math.log(1000.0 / 16)
 
 
+def centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(cx, cy, w, h) of (x1, y1, x2, y2) boxes (Tensor[..., 4]), each Tensor[...]."""
+    widths = boxes[..., 2] - boxes[..., 0]
+    heights = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * widths, boxes[..., 1] + 0.5 * heights, widths, heights
+
+
 def decode(deltas: Tensor, anchors: Tensor) -> Tensor:
     """Apply deltas to anchors.
 
@@ -25,11 +32,7 @@ def decode(deltas: Tensor, anchors: Tensor) -> Tensor:
     Returns:
         boxes (Tensor[..., 4]): (x1, y1, x2, y2).
     """
-    widths = anchors[..., 2] - anchors[..., 0]
-    heights = anchors[..., 3] - anchors[..., 1]
-    ctr_x = anchors[..., 0] + 0.5 * widths
-    ctr_y = anchors[..., 1] + 0.5 * heights
-
+    ctr_x, ctr_y, widths, heights = centre_size(anchors)
     dx, dy, dw, dh = deltas.unbind(-1)
     dw = dw.clamp(max=DELTA_CLAMP)
     dh = dh.clamp(max=DELTA_CLAMP)
@@ -58,15 +61,8 @@ def encode(boxes: Tensor, anchors: Tensor) -> Tensor:
     Returns:
         deltas (Tensor[..., 4]): (dx, dy, dw, dh).
     """
-    widths = anchors[..., 2] - anchors[..., 0]
-    heights = anchors[..., 3] - anchors[..., 1]
-    ctr_x = anchors[..., 0] + 0.5 * widths
-    ctr_y = anchors[..., 1] + 0.5 * heights
-
-    gt_widths = boxes[..., 2] - boxes[..., 0]
-    gt_heights = boxes[..., 3] - boxes[..., 1]
-    gt_ctr_x = boxes[..., 0] + 0.5 * gt_widths
-    gt_ctr_y = boxes[..., 1] + 0.5 * gt_heights
+    ctr_x, ctr_y, widths, heights = centre_size(anchors)
+    gt_ctr_x, gt_ctr_y, gt_widths, gt_heights = centre_size(boxes)
 
     return torch.stack(
         (

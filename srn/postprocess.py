@@ -218,14 +218,9 @@ def unpack_static(
 
 
 @torch.no_grad()
-def postprocess(
-    outputs: SRNOutputs,
-    stc_levels: Sequence[int],
-    str_levels: Sequence[int],
-    config: PostProcessConfig = PostProcessConfig(),
-    min_score: float = 0.0,
-    num_anchors: int = 2,
-) -> list[dict[str, Tensor]]:
+def postprocess(outputs: SRNOutputs, stc_levels: Sequence[int], str_levels: Sequence[int],
+                config: PostProcessConfig = PostProcessConfig(), min_score: float = 0.0,
+                num_anchors: int = 2) -> list[dict[str, Tensor]]:
     """Detections of every image of a batch from the raw network outputs (docs/design.md, Inference).
 
     Returns:
