@@ -139,15 +139,8 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, nms_iou: float, max_detections: i
 
 
 @torch.no_grad()
-def static_detections(
-    boxes: Tensor,
-    scores: Tensor,
-    nms_iou: float,
-    max_detections: int,
-    min_score: float = 0.0,
-    max_candidates: int = 1024,
-    sweeps: int = 8,
-) -> dict[str, Tensor]:
+def static_detections(boxes: Tensor, scores: Tensor, nms_iou: float, max_detections: int, min_score: float = 0.0,
+                      max_candidates: int = 1024, sweeps: int = 8) -> dict[str, Tensor]:
     """:func:`batched_detections` with fixed output shapes and no host synchronisation.
 
     Candidates scoring below ``min_score`` are dropped before NMS; greedy NMS only lets a box
