@@ -77,7 +77,7 @@ def test_save_vis(capsys, weights, photos, tmp_path):
     code, _, err = run(capsys, "detect", str(photos / "three.png"), "--weights", weights, "--device", "cpu",
                        "--score-thresh", "0", "--save-vis", str(tmp_path / "vis"))
     assert code == 0, err
-    drawn = np.asarray(PIL.Image.open(tmp_path / "vis" / "three.png"))
+    drawn = np.asarray(PIL.Image.open(tmp_path / "vis" / "three.png.png"))  # <input name>.png: never two inputs on one file
     assert drawn.shape == (64, 64, 3)
     assert not np.array_equal(drawn, rgb(64, 64, 3))
 

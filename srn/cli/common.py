@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import argparse
 import glob
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from srn.video import VIDEO_SUFFIXES
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "UserError", "add_detector_args", "build_detector", "expand_inputs"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "UserError",
+    "add_detector_args",
+    "build_detector",
+    "expand_inputs",
+    "float_in",
+    "int_at_least",
+    "one_line_usage_errors",
+]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -19,17 +32,23 @@ class UserError(Exception):
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (searched recursively for images) and globs, in a stable order, each once."""
+    """Files, folders (searched recursively for images) and globs, in a stable order, each once.
+
+    What is not a folder is kept, whatever it is (a FIFO, a device, a broken link), so that reading
+    it fails with one line for that file instead of it vanishing silently. A named folder without
+    any image is kept as itself for the same reason.
+    """
     found: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            found.extend(images or [path])
         elif path.exists() or path.is_symlink():
             found.append(path)
         elif glob.has_magic(pattern):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-            files = [p for p in matches if p.is_file()]
+            files = [p for p in matches if not p.is_dir()]
             if not files:
                 raise UserError(f"{pattern}: no file matches")
             found.extend(files)
@@ -37,22 +56,76 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             raise UserError(f"{pattern}: no such file or folder")
     unique, seen = [], set()
     for path in found:
-        if path not in seen:
-            seen.add(path)
+        key = os.path.abspath(path)  # photos/a.jpg and ./photos/../photos/a.jpg are one image
+        if key not in seen:
+            seen.add(key)
             unique.append(path)
     return unique
 
 
+# -- argparse types: a bad value is one usage line, exit 2, before anything runs ---------------------
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for finite numbers in ``[low, high]`` (``(low, high]`` with ``low_open``);
+    ``high=inf`` means no upper bound."""
+    bracket = "(" if low_open else "["
+    interval = f"{bracket}{low:g}, {high:g}]" if math.isfinite(high) else None
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above_low = value > low if low_open else value >= low
+        if not (above_low and value <= high and math.isfinite(value)):  # NaN fails every comparison
+            wanted = f"must be in {interval}" if interval else f"must be a finite number {'>' if low_open else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"{wanted}, got {text}")
+        return value
+
+    parse.__name__ = "float_in"
+    return parse
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a usage error as one line, ``"<prog>: error: <message>"``, exit 2
+    (argparse prints the whole usage block first; ``-h`` still shows it)."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and configure the detector (``srn detect``, ``srn eval``)."""
+    """The options that choose and configure the detector (``srn detect``, ``srn eval``); each value
+    is range-checked when parsed, and the parser's usage errors become one line."""
+    one_line_usage_errors(parser)
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
-    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    group.add_argument("--max-size", type=int, default=2100, help="downscale images whose longer side exceeds this")
-    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
+    group.add_argument("--max-size", type=int_at_least(32), default=2100, help="downscale images whose longer side exceeds this (at least 32)")
+    group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     group.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
-    group.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, one per core)")
+    group.add_argument("--threads", type=int_at_least(1), help="CPU threads for the network (default: torch's, one per core)")
 
 
 def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None = None):
@@ -62,8 +135,6 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
     from srn.inference import Detector
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     try:
         return Detector(

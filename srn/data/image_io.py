@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import threading
 import warnings
 from typing import Any
@@ -33,9 +34,15 @@ import torch
 from PIL import ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
-from srn.errors import ImageReadError
 
-__all__ = ["ImageReadError", "read_image", "to_rgb_tensor"]
+from srn.errors import ImageReadError, SRNError
+
+__all__ = ["ImageReadError", "ImageValueError", "read_image", "to_rgb_tensor"]
+
+
+class ImageValueError(SRNError, ValueError):
+    """An in-memory image (numpy array, PIL image, tensor) of an unsupported type, shape, dtype,
+    mode, device or value range; ``str(error)`` is one line that describes the input as given."""
 
 
 # (magic prefix, name) used only to word the error message and to recognise truncation.
@@ -113,7 +120,8 @@ def to_rgb_tensor(obj: Any) -> Tensor:
         image (Tensor[3, H, W]): ``uint8``. A contiguous ``uint8`` RGB tensor comes back without a copy.
 
     Raises:
-        ValueError: a one-line message for an unsupported type, shape, dtype, mode or value range.
+        ImageValueError: (a ``ValueError``) one line for an unsupported type, shape, dtype, mode,
+        device or value range, describing the input as the caller gave it.
     """
     if isinstance(obj, PIL.Image.Image):
         return _pil_to_tensor(obj)
@@ -121,10 +129,22 @@ def to_rgb_tensor(obj: Any) -> Tensor:
         return _numpy_to_tensor(obj)
     if isinstance(obj, Tensor):
         return _tensor_to_tensor(obj)
-    raise ValueError(f"to_rgb_tensor: expected a numpy array, PIL image or tensor, got {type(obj).__name__}")
+    raise ImageValueError(f"to_rgb_tensor: expected a numpy array, PIL image or tensor, got {type(obj).__name__}")
+
+
+# How a path that is not a regular file is named; ``open`` on a FIFO would wait forever for a writer,
+# and a device such as /dev/zero never ends.
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _read_bytes(path: str | os.PathLike[str]) -> bytearray:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # missing or unreadable: open() below says which
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise ImageReadError(path, f"is {kind}, not an image file")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -235,59 +255,67 @@ def _pil_to_tensor(pil_image: PIL.Image.Image) -> Tensor:
         # PIL's convert("RGB") clips 16-bit values at 255 instead of scaling them.
         values = np.asarray(pil_image).astype(np.int64, copy=False)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(f"to_rgb_tensor: a PIL image of mode {mode} has values outside [0, 65535]")
+            raise ImageValueError(f"to_rgb_tensor: a PIL image of mode {mode} has values outside [0, 65535]")
         gray = torch.from_numpy(values.astype(np.uint16))
         return _uint16_to_uint8(gray).expand(3, *gray.shape).contiguous()
     if mode == "F":
-        return _numpy_to_tensor(np.asarray(pil_image))
+        return _numpy_to_tensor(np.asarray(pil_image), "PIL image of mode F")
     if mode != "RGB":
         try:
             pil_image = pil_image.convert("RGB")
         except ValueError as e:
-            raise ValueError(f"to_rgb_tensor: cannot convert a PIL image of mode {mode} to RGB ({e})") from None
-    return _numpy_to_tensor(np.asarray(pil_image))
+            raise ImageValueError(f"to_rgb_tensor: cannot convert a PIL image of mode {mode} to RGB ({e})") from None
+    return _numpy_to_tensor(np.asarray(pil_image), f"PIL image of mode {mode}")
 
 
-def _numpy_to_tensor(array: np.ndarray) -> Tensor:
+def _numpy_to_tensor(array: np.ndarray, what: str = "numpy array") -> Tensor:
+    given = tuple(array.shape)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"to_rgb_tensor: expected a numpy array of shape (H, W, 3) or (H, W), got {array.shape}")
+        raise ImageValueError(f"to_rgb_tensor: expected a {what} of shape (H, W, 3) or (H, W), got {given}")
     with warnings.catch_warnings():
         # A read-only array (np.asarray of a PIL image) is fine: the result below is always a copy.
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     # (H, W, 3) -> (3, H, W); (H, W) -> (1, H, W)
     chw = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.unsqueeze(0)
-    out = _finish(chw, "numpy array")
+    out = _finish(chw, what, given)
     # Never hand back a view of the caller's (possibly read-only) array, e.g. for a 1x1 image.
     return out.clone() if out.data_ptr() == tensor.data_ptr() else out
 
 
 def _tensor_to_tensor(tensor: Tensor) -> Tensor:
     tensor = tensor.as_subclass(Tensor)  # a tv_tensors.Image would otherwise stay an Image
+    given = tuple(tensor.shape)
+    if tensor.is_meta:  # no values to check or convert; every reduction below would raise
+        raise ImageValueError(f"to_rgb_tensor: a tensor on the meta device has no data (shape {given})")
     if tensor.ndim == 2:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-        raise ValueError(f"to_rgb_tensor: expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {tuple(tensor.shape)}")
-    return _finish(tensor, "tensor")
+        raise ImageValueError(f"to_rgb_tensor: expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {given}")
+    return _finish(tensor, "tensor", given)
 
 
-def _finish(tensor: Tensor, what: str) -> Tensor:
-    """(C, H, W) with C in {1, 3}, uint8 or float in [0, 1] -> contiguous uint8 (3, H, W)."""
+def _finish(tensor: Tensor, what: str, given: tuple[int, ...]) -> Tensor:
+    """(C, H, W) with C in {1, 3}, uint8 or float in [0, 1] -> contiguous uint8 (3, H, W); messages
+    name ``what`` the caller gave and its shape ``given``."""
     if tensor.shape[1] == 0 or tensor.shape[2] == 0:
-        raise ValueError(f"to_rgb_tensor: the {what} is empty, shape {tuple(tensor.shape)}")
+        raise ImageValueError(f"to_rgb_tensor: the {what} is empty, shape {given}")
+    # A PIL image of mode F is float by its mode; an array or tensor is named by its dtype.
+    float_what = what if what.startswith("PIL") else f"float {what}"
     if tensor.dtype == torch.uint8:
         pass
     elif tensor.is_floating_point():
         if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"to_rgb_tensor: the float {what} has NaN or infinite values")
+            raise ImageValueError(f"to_rgb_tensor: the {float_what} has NaN or infinite values")
         low, high = float(tensor.min()), float(tensor.max())
         if low < 0.0 or high > 1.0:
-            raise ValueError(f"to_rgb_tensor: a float {what} must lie in [0, 1], got values in [{low:g}, {high:g}]")
+            article = "an" if float_what[0] in "aeiou" else "a"
+            raise ImageValueError(f"to_rgb_tensor: {article} {float_what} must lie in [0, 1], got values in [{low:g}, {high:g}]")
         tensor = tensor.float().mul(255.0).round_().to(torch.uint8)
     else:
-        raise ValueError(f"to_rgb_tensor: expected a uint8 or float {what}, got {str(tensor.dtype).replace('torch.', '')}")
+        raise ImageValueError(f"to_rgb_tensor: expected a uint8 or float {what}, got {str(tensor.dtype).replace('torch.', '')}")
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     return tensor.contiguous()

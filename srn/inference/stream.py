@@ -1,0 +1,89 @@
+"""Detection over many image files, decoded in ``DataLoader`` workers, one batch at a time.
+
+The main process runs the network while the workers decode the next batches, so decoding (a large
+share of the time for JPEG photos on the CPU) overlaps with inference. Results come back batch by
+batch and in input order, so a caller can write and flush each batch as it completes: a crash or a
+kill loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from srn.data.image_folder import ImageFiles, collate_decoded
+from srn.errors import ConfigError
+from srn.inference.detector import Detector, Faces
+
+__all__ = ["ImageResult", "default_workers", "detect_files"]
+
+
+@dataclass
+class ImageResult:
+    """The outcome for one input file.
+
+    Attributes:
+        index: its position in the list given to :func:`detect_files`.
+        path: the file.
+        image (Tensor[3, H, W] | None): the decoded ``uint8`` RGB image (for drawing or cropping),
+            None when it could not be read.
+        faces: its detections, None when it could not be read.
+        error: ``"<path>: <reason>"`` when it could not be read.
+    """
+
+    index: int
+    path: Path
+    image: Tensor | None
+    faces: Faces | None
+    error: str | None = None
+
+
+def default_workers() -> int:
+    """Decoding processes by default: as many as cores, at most 4 (beyond that the network, not
+    decoding, is the bottleneck on a CPU)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def detect_files(
+    detector: Detector, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8, workers: int = 0
+) -> Iterator[list[ImageResult]]:
+    """Detect faces in image files, ``batch_size`` files at a time.
+
+    Args:
+        detector: the detector to run.
+        paths: image files.
+        batch_size: files per batch (the detector's own ``batch_size`` still bounds a forward pass).
+        workers: decoding processes; 0 decodes in this process.
+
+    Yields:
+        One list of :class:`ImageResult` per batch, in the order of ``paths``; a file that could not
+        be read is in it with its ``error``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"the number of decoding workers must be at least 0, got {workers}")
+    loader = DataLoader(
+        ImageFiles(paths),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_decoded,
+        prefetch_factor=2 if workers else None,
+    )
+    for batch in loader:
+        readable = [item for item in batch if item.image is not None]
+        found = detector.detect([item.image for item in readable]) if readable else []
+        faces_of = {item.index: faces for item, faces in zip(readable, found)}
+        results = []
+        for item in batch:
+            faces = faces_of.get(item.index)
+            if faces is not None:
+                faces.source = str(item.path)
+            results.append(ImageResult(item.index, item.path, item.image, faces, item.error))
+        yield results
