@@ -8,7 +8,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Detector": "srn.inference",
+    "Face": "srn.inference",
     "Faces": "srn.inference",
+    "draw_faces": "srn.inference",
+    "anonymize": "srn.anonymize",
     "SRN": "srn.model",
     "build_model": "srn.model",
     "DetectorConfig": "srn.config",

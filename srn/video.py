@@ -1,88 +1,146 @@
-"""``srn detect clip.mp4 --out annotated.mp4``: faces in every frame of a video.
+"""Videos frame by frame: ``srn detect clip.mp4 --out annotated.mp4`` and ``srn anonymize clip.mp4``.
 
-OpenCV (the ``video`` extra) decodes and encodes. A background thread decodes frames into a bounded
-queue while the main thread runs the detector on batches of ``--batch-size`` frames, so decoding
-overlaps inference and memory stays bounded whatever the video's length.
+PyAV (the ``video`` extra; its wheels bundle FFmpeg with libx264) decodes and encodes. A background
+thread demuxes and decodes into a bounded queue while the main thread runs the detector on batches
+of frames and encodes, so decoding overlaps inference and memory stays bounded whatever the
+video's length.
 
-Outputs, for each input video:
+Every video written is H.264 (libx264, ``yuv420p``, CRF 18), which browsers play, in the container
+its suffix names (.mp4, .m4v, .mov or .mkv; MP4 and MOV get ``+faststart``, so playback starts
+before the whole file is downloaded). Frames keep their timestamps, so variable frame rates and the
+audio stay in sync. The first audio stream is copied packet for packet, or re-encoded to AAC where
+the container does not accept its codec (Opus in .mov, say). Frames whose display matrix says
+"rotate" (phone videos) are turned upright before detection, and written upright. An odd width or
+height is padded by one edge row or column, because ``yuv420p`` needs even sizes.
 
-- ``--out X.mp4`` (or .avi, .mov, .mkv, ...): the video with boxes drawn, plus per-frame JSON lines
-  in ``X.jsonl``;
+``srn detect`` writes, for each input video:
+
+- ``--out X.mp4`` (or .m4v, .mov, .mkv): the video with boxes drawn, plus per-frame JSON lines in
+  ``X.jsonl``;
 - ``--out X.jsonl``: the JSON lines only;
 - ``--out DIR`` with several videos: ``DIR/<name>.mp4`` and ``DIR/<name>.jsonl`` for each;
 - no ``--out``: JSON lines on stdout;
 - ``--save-vis DIR``: also ``DIR/<name>.mp4`` with boxes drawn.
 
 Each JSON line is ``{"video", "frame", "time", "width", "height", "faces": [{"box", "score"}]}``,
-``time`` in seconds from the decoder's timestamps (frame / fps when the container has none).
+``time`` in seconds from the stream's start by the decoder's timestamps (frame / fps where a frame
+has none).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import queue
+import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from srn.atomic import atomic_output
 from srn.errors import DeviceError, InputPathError, OutputPathError
+from srn.paths import check_input_file, check_output_file
+
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "Frame",
+    "FrameReader",
+    "VideoTargets",
+    "VideoWriter",
+    "detect_video",
+    "draw_render",
+    "plan_outputs",
+    "process_video",
+    "require_av",
+]
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-# The codec each container gets from cv2.VideoWriter; mp4v is in every OpenCV build.
-_FOURCC = {".avi": "MJPG", ".mkv": "mp4v", ".webm": "VP80"}
-_DEFAULT_FOURCC = "mp4v"
-_BOX_COLOUR = (0, 255, 0)  # BGR lime, as the image visualisation
+# Containers that hold H.264; .webm holds only VP8/VP9/AV1, and browsers do not play .avi.
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+CRF = 18  # visually lossless for x264
+PRESET = "fast"
+_FASTSTART_SUFFIXES = {".mp4", ".m4v", ".mov"}
+
+Render = Callable[[np.ndarray, Any], np.ndarray]
 
 
-def require_cv2() -> Any:
-    """OpenCV, or an error saying which extra installs it."""
+def require_av() -> Any:
+    """PyAV, or an error saying which extra installs it."""
     try:
-        import cv2
+        import av
     except ImportError:
-        raise DeviceError("video input needs OpenCV: install the 'video' extra") from None
-    return cv2
+        raise DeviceError("video needs PyAV: install the 'video' extra") from None
+    return av
+
+
+require_cv2 = require_av  # the name srn/cli/detect.py still imports
 
 
 @dataclass
 class Frame:
-    """One decoded frame: ``image`` is BGR uint8 (H, W, 3) as OpenCV gives it."""
+    """One decoded frame.
+
+    Attributes:
+        index: 0, 1, ... in presentation order.
+        time: seconds from the stream's start.
+        image: RGB uint8 (H, W, 3), upright.
+        pts: the decoder's timestamp in the stream's time base (None where the container has none).
+    """
 
     index: int
     time: float
     image: np.ndarray
+    pts: int | None = None
 
 
 class FrameReader:
     """Decode a video in a background thread into a bounded queue.
 
-    Iterating yields :class:`Frame` in order. A decoding error is raised in the iterating thread;
-    leaving the loop early (or :meth:`close`) stops the thread.
+    Iterating yields :class:`Frame` in order, and with ``audio=True`` also the first audio
+    stream's packets (``av.Packet``), interleaved as the file stores them. A decoding error is
+    raised in the iterating thread; leaving the loop early (or :meth:`close`) stops the thread.
 
     Args:
         path: the video file.
-        max_queued: frames decoded ahead of the consumer at most.
+        max_queued: items decoded ahead of the consumer at most.
+        audio: also deliver the audio packets (to copy them into an output).
+
+    Attributes:
+        fps: the nominal frame rate (0 when unknown); rate: the same as a Fraction or None.
+        time_base: the video stream's time base, the unit of :attr:`Frame.pts`.
+        frame_count: frames the container announces (0 when unknown).
+        audio_stream: the input's audio stream when ``audio`` and there is one, else None.
     """
 
     _END = object()
 
-    def __init__(self, path: str | Path, max_queued: int = 16) -> None:
-        cv2 = require_cv2()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputPathError(self.path, "no such video file")
-        self._capture = cv2.VideoCapture(str(self.path))
-        if not self._capture.isOpened():
-            raise InputPathError(self.path, "cannot open the video (unknown format or codec)")
-        self.fps = float(self._capture.get(cv2.CAP_PROP_FPS)) or 0.0
-        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self.frame_count = max(0, int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False) -> None:
+        av = require_av()
+        self.path = check_input_file(path, what="video file")
+        try:
+            self._container = av.open(str(self.path))
+        except (av.FFmpegError, UnicodeDecodeError) as exc:
+            raise InputPathError(self.path, f"cannot open the video ({exc})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputPathError(self.path, "has no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding
+        self._stream = stream
+        self.rate: Fraction | None = stream.average_rate or stream.guessed_rate or None
+        self.fps = float(self.rate) if self.rate else 0.0
+        self.time_base: Fraction = stream.time_base or Fraction(1, 90000)
+        self.start_pts = stream.start_time or 0
+        self.frame_count = max(0, int(stream.frames or 0))
+        self.audio_stream = self._container.streams.audio[0] if audio and self._container.streams.audio else None
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._decode, name=f"decode {self.path.name}", daemon=True)
@@ -97,28 +155,37 @@ class FrameReader:
                 continue
         return False
 
-    def _decode(self) -> None:
-        import cv2
+    def _frame(self, frame: Any, index: int) -> Frame:
+        image = frame.to_ndarray(format="rgb24")
+        turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns for display
+        if turns:
+            image = np.ascontiguousarray(np.rot90(image, k=turns))
+        if frame.pts is not None:
+            time = float((frame.pts - self.start_pts) * self.time_base)
+        else:  # some containers carry no timestamps; then the nominal rate is the best there is
+            time = index / self.fps if self.fps > 0 else 0.0
+        return Frame(index, time, image, frame.pts)
 
+    def _decode(self) -> None:
         try:
             index = 0
-            while not self._stop.is_set():
-                ok, image = self._capture.read()
-                if not ok:
-                    break
-                millis = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-                # Some containers carry no timestamps; then the nominal rate is the best we have.
-                time = millis / 1000.0 if millis > 0 or index == 0 else (index / self.fps if self.fps > 0 else 0.0)
-                if not self._put(Frame(index, time, image)):
+            streams = [self._stream] + ([self.audio_stream] if self.audio_stream is not None else [])
+            for packet in self._container.demux(*streams):
+                if self._stop.is_set():
                     return
-                index += 1
+                if packet.stream is self.audio_stream:
+                    if packet.dts is not None and not self._put(packet):  # dts None: demuxer's flush
+                        return
+                    continue
+                for frame in packet.decode():
+                    if not self._put(self._frame(frame, index)):
+                        return
+                    index += 1
             self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             self._put(exc)
-        finally:
-            self._capture.release()
 
-    def __iter__(self) -> Iterator[Frame]:
+    def __iter__(self) -> Iterator[Any]:
         try:
             while True:
                 item = self._queue.get()
@@ -133,48 +200,210 @@ class FrameReader:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._container.close()
 
 
-class _AtomicOutput:
-    """A file written under a temporary name (same suffix, so OpenCV picks the container) and
-    renamed into place by :meth:`commit`; :meth:`discard` removes it."""
+class VideoWriter:
+    """Encode RGB frames as H.264 into ``path`` (see the module doc), with the audio of ``reader``.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-
-    def commit(self) -> None:
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
-
-
-def draw_faces(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Draw boxes and scores on a BGR frame in place.
+    The video stream opens at the first frame, so its size is that of the (upright) frames; audio
+    packets that come before it wait.
 
     Args:
-        image: BGR uint8 (H, W, 3).
-        boxes: (D, 4) x1, y1, x2, y2 in pixels; scores: (D,).
+        path: the file to write (a temporary one, usually; its suffix picks the container).
+        reader: the source, for its frame rate, time base and audio stream.
+        name: the path to name in error messages (default ``path``).
     """
-    import cv2
 
-    thickness = max(2, round(max(image.shape[:2]) / 400))
-    for (x1, y1, x2, y2), score in zip(boxes.round().astype(int).tolist(), scores.tolist()):
-        cv2.rectangle(image, (x1, y1), (x2, y2), _BOX_COLOUR, thickness)
-        cv2.putText(image, f"{score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BOX_COLOUR, 1, cv2.LINE_AA)
-    return image
+    def __init__(self, path: str | Path, reader: FrameReader, name: str | Path | None = None) -> None:
+        self.av = require_av()
+        self.path, self.name, self.reader = Path(path), Path(name or path), reader
+        options = {"movflags": "+faststart"} if self.path.suffix.lower() in _FASTSTART_SUFFIXES else None
+        try:
+            self._container = self.av.open(str(self.path), "w", options=options)
+        except (self.av.FFmpegError, ValueError) as exc:
+            raise OutputPathError(self.name, f"cannot write a video here ({exc})") from None
+        self._video: Any = None
+        self._audio_out: Any = None
+        self._copy_audio = False
+        self._resampler: Any = None
+        self._pending_audio: list[Any] = []
+        self._last_pts: int | None = None
+        self._size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def _open_streams(self, height: int, width: int) -> None:
+        video = self._container.add_stream("libx264", rate=self.reader.rate or Fraction(25))
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = self.reader.time_base
+        video.options = {"crf": str(CRF), "preset": PRESET}
+        self._video = video
+        source = self.reader.audio_stream
+        if source is not None:
+            if self._container_accepts(source):
+                self._audio_out, self._copy_audio = self._container.add_stream_from_template(source), True
+            else:
+                layout = source.codec_context.layout
+                self._audio_out = self._container.add_stream("aac", rate=source.codec_context.sample_rate, layout=layout)
+                encoder = self._audio_out.codec_context
+                self._resampler = self.av.AudioResampler(
+                    format=encoder.format, layout=encoder.layout, rate=encoder.sample_rate, frame_size=encoder.frame_size or None
+                )
+
+    def _container_accepts(self, source: Any) -> bool:
+        """Whether this container can hold ``source``'s codec as it is (tried on a header in memory)."""
+        probe = self.av.open(io.BytesIO(), "w", format=self._container.format.name)
+        try:
+            probe.add_stream_from_template(source)
+            probe.start_encoding()
+            return True
+        except (self.av.FFmpegError, ValueError):
+            return False
+        finally:
+            with contextlib.suppress(self.av.FFmpegError, ValueError):
+                probe.close()
+
+    def _mux(self, packets: Any) -> None:
+        try:
+            for packet in packets:
+                self._container.mux(packet)
+        except self.av.FFmpegError as exc:
+            raise OutputPathError(self.name, f"cannot write the video ({exc})") from None
+
+    def write(self, frame: Frame, image: np.ndarray) -> None:
+        """Encode ``image`` (RGB uint8 (H, W, 3), all frames of one size) at ``frame``'s time."""
+        height, width = image.shape[:2]
+        if self._video is None:
+            self._size = (height, width)
+            self._open_streams(height + height % 2, width + width % 2)
+            pending, self._pending_audio = self._pending_audio, []
+            for packet in pending:
+                self.write_audio(packet)
+        if (height, width) != self._size:
+            raise InputPathError(self.reader.path, f"frame {frame.index} is {width}x{height}, earlier frames {self._size[1]}x{self._size[0]}")
+        if height % 2 or width % 2:
+            image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        picture = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        if frame.pts is not None:
+            pts = frame.pts
+        else:
+            pts = round(frame.time / self.reader.time_base)
+        if self._last_pts is not None and pts <= self._last_pts:  # x264 refuses repeated timestamps
+            pts = self._last_pts + 1
+        picture.pts, picture.time_base, self._last_pts = pts, self.reader.time_base, pts
+        self._mux(self._video.encode(picture))
+        self.frames += 1
+
+    def write_audio(self, packet: Any) -> None:
+        """Copy (or re-encode) one packet of the reader's audio stream."""
+        if self._video is None:
+            self._pending_audio.append(packet)
+            return
+        if self._copy_audio:
+            packet.stream = self._audio_out
+            self._mux([packet])
+            return
+        for decoded in packet.decode():
+            decoded.pts = None  # the resampler counts samples from the first frame
+            for chunk in self._resampler.resample(decoded):
+                self._mux(self._audio_out.encode(chunk))
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file."""
+        try:
+            if self._video is not None:
+                self._mux(self._video.encode(None))
+                if self._resampler is not None:
+                    for chunk in self._resampler.resample(None):
+                        self._mux(self._audio_out.encode(chunk))
+                    self._mux(self._audio_out.encode(None))
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            self._container.close()
+        except self.av.FFmpegError as exc:
+            raise OutputPathError(self.name, f"cannot finish the video ({exc})") from None
+
+    def abort(self) -> None:
+        """Stop without finishing the file (the caller removes it)."""
+        with contextlib.suppress(self.av.FFmpegError, ValueError):
+            self._container.close()
 
 
-def _open_writer(path: Path, fps: float, width: int, height: int) -> Any:
-    import cv2
+def _batches(items: Iterator[Any], size: int, on_audio: Callable[[Any], None]) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for item in items:
+        if not isinstance(item, Frame):
+            on_audio(item)
+            continue
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    fourcc = cv2.VideoWriter_fourcc(*_FOURCC.get(path.suffix.lower(), _DEFAULT_FOURCC))
-    writer = cv2.VideoWriter(str(path), fourcc, fps if fps > 0 else 25.0, (width, height))
-    if not writer.isOpened():
-        raise OutputPathError(path, "OpenCV cannot write this video format")
-    return writer
+
+def process_video(
+    detector: Any,
+    path: str | Path,
+    batch_size: int,
+    output: str | Path | None = None,
+    render: Render | None = None,
+    on_frame: Callable[[Frame, Any], None] | None = None,
+    output_name: str | Path | None = None,
+) -> int:
+    """Run ``detector`` (a :class:`srn.inference.Detector`) on every frame of ``path``.
+
+    Args:
+        batch_size: frames per call of ``detector.detect``.
+        output: where to encode the video (see the module doc), or None for none.
+        render: ``render(image, faces) -> image``: what to write for each frame (RGB uint8
+            (H, W, 3) in and out; default: the frame unchanged), e.g. boxes drawn or faces hidden.
+        on_frame: called with each :class:`Frame` and its :class:`srn.inference.Faces`, in order.
+        output_name: the path to name in errors about ``output`` (when that is a temporary file).
+
+    Returns:
+        The number of frames processed.
+    """
+    import torch
+    from tqdm import tqdm
+
+    reader = FrameReader(path, max_queued=4 * batch_size, audio=output is not None)
+    writer: VideoWriter | None = None
+    count = 0
+    try:
+        writer = VideoWriter(output, reader, output_name) if output is not None else None
+        on_audio = writer.write_audio if writer is not None else (lambda packet: None)
+        with tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, disable=None, desc=reader.path.name) as progress:
+            for batch in _batches(iter(reader), batch_size, on_audio):
+                faces_per_frame = detector.detect([torch.from_numpy(f.image).permute(2, 0, 1) for f in batch])  # (H, W, 3) -> (3, H, W)
+                for frame, faces in zip(batch, faces_per_frame):
+                    if on_frame is not None:
+                        on_frame(frame, faces)
+                    if writer is not None:
+                        writer.write(frame, render(frame.image, faces) if render is not None else frame.image)
+                count += len(batch)
+                progress.update(len(batch))
+        if count == 0:
+            raise InputPathError(reader.path, "has no frame to decode")
+        if writer is not None:
+            writer, finishing = None, writer
+            finishing.close()
+    finally:
+        if writer is not None:
+            writer.abort()
+        reader.close()
+    return count
+
+
+def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
+    """A :data:`Render` that draws boxes and scores (:func:`srn.inference.draw.draw_faces`)."""
+    from srn.inference.draw import draw_faces
+
+    return draw_faces(image, faces.boxes, faces.scores)
 
 
 @dataclass
@@ -186,12 +415,14 @@ class VideoTargets:
 
 
 def plan_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> list[VideoTargets]:
-    """Output paths of each input video from ``--out`` and ``--save-vis`` (see the module doc)."""
+    """Output paths of each input video from ``--out`` and ``--save-vis`` (see the module doc),
+    checked (:func:`srn.paths.check_output_file`) before any frame is decoded."""
     plans = []
     out_path = Path(out) if out else None
     as_folder = out_path is not None and (out_path.is_dir() or len(videos) > 1 or not out_path.suffix)
-    if out_path is not None and not as_folder and out_path.suffix.lower() not in VIDEO_SUFFIXES | {".jsonl"}:
-        raise OutputPathError(out_path, f"a video's output must end in .jsonl or a video suffix ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    allowed = ", ".join((*OUTPUT_SUFFIXES, ".jsonl"))
+    if out_path is not None and not as_folder and out_path.suffix.lower() not in (*OUTPUT_SUFFIXES, ".jsonl"):
+        raise OutputPathError(out_path, f"a video's results are written as {allowed}")
     names = [v.stem for v in videos]
     if len(set(names)) != len(names):
         raise InputPathError(videos[0], "two input videos share a name; run them separately")
@@ -210,69 +441,36 @@ def plan_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> l
         if save_vis:
             targets.videos.append(Path(save_vis) / f"{video.stem}.mp4")
         plans.append(targets)
-    for targets, video in zip(plans, videos):
+    for targets in plans:
         for target in targets.videos + ([targets.jsonl] if targets.jsonl else []):
-            if target.resolve() == video.resolve():
-                raise OutputPathError(target, "an output would overwrite its input")
+            check_output_file(target, inputs=videos)
     return plans
 
 
 def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int, stdout: TextIO = sys.stdout) -> int:
-    """Run ``detector`` (a :class:`srn.detector.Detector`) on every frame of ``path``.
+    """Faces in every frame of ``path``: JSON lines and annotated videos as ``targets`` says.
+
+    Every output is written atomically: all of them appear complete, or none does.
 
     Returns:
         The number of frames processed.
     """
-    import torch
-    from tqdm import tqdm
 
-    reader = FrameReader(path, max_queued=2 * batch_size)
-    outputs = [_AtomicOutput(p) for p in targets.videos]
-    jsonl_output = _AtomicOutput(targets.jsonl) if targets.jsonl else None
-    writers: list[Any] = []
-    count = 0
-    try:
-        writers = [_open_writer(o.tmp, reader.fps, reader.width, reader.height) for o in outputs]
-        jsonl = open(jsonl_output.tmp, "w") if jsonl_output else stdout  # noqa: SIM115 - closed below
-        progress = tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, disable=None, desc=path.name)
-        try:
-            for batch in _batches(reader, batch_size):
-                rgb = [torch.from_numpy(np.ascontiguousarray(f.image[:, :, ::-1])).permute(2, 0, 1) for f in batch]
-                faces_per_frame = detector.detect(rgb)
-                for frame, faces in zip(batch, faces_per_frame):
-                    record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
-                              "width": faces.width, "height": faces.height, "faces": faces.to_records()}
-                    jsonl.write(json.dumps(record) + "\n")
-                    if writers:
-                        drawn = draw_faces(frame.image, faces.boxes.cpu().numpy(), faces.scores.cpu().numpy())
-                        for writer in writers:
-                            writer.write(drawn)
-                count += len(batch)
-                progress.update(len(batch))
-        finally:
-            progress.close()
-            if jsonl is not stdout:
-                jsonl.close()
-        for writer in writers:
-            writer.release()
-        writers = []
-        for output in outputs + ([jsonl_output] if jsonl_output else []):
-            output.commit()
-    finally:
-        reader.close()
-        for writer in writers:
-            writer.release()
-        for output in outputs + ([jsonl_output] if jsonl_output else []):
-            output.discard()
+    with contextlib.ExitStack() as stack:
+        video_tmp = stack.enter_context(atomic_output(targets.videos[0])) if targets.videos else None
+        jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
+        jsonl = stack.enter_context(open(jsonl_tmp, "w")) if jsonl_tmp else stdout  # noqa: SIM115 - the stack closes it
+
+        def write_record(frame: Frame, faces: Any) -> None:
+            record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
+                      "width": faces.width, "height": faces.height, "faces": faces.to_records()}
+            jsonl.write(json.dumps(record) + "\n")
+
+        count = process_video(detector, path, batch_size, video_tmp, draw_render, write_record,
+                              targets.videos[0] if targets.videos else None)
+        if jsonl is not stdout:
+            jsonl.close()
+        for extra in targets.videos[1:]:
+            with atomic_output(extra) as tmp:
+                shutil.copyfile(video_tmp, tmp)
     return count
-
-
-def _batches(frames: FrameReader, size: int) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

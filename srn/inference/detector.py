@@ -8,10 +8,11 @@ everything around it (reading, fitting under ``max_size``, batching, mapping box
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, overload
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from srn.config import DetectorConfig
 from srn.data.image_io import read_image, to_rgb_tensor
 from srn.errors import ConfigError, DeviceError, WeightsError
 from srn.inference.backends import Backend, OnnxBackend, TorchBackend
+from srn.inference.results import Faces
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
 from srn.weights import load_model
@@ -29,32 +31,6 @@ ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "srn_mobilenet_v2.pt"
 PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass
-class Faces:
-    """Detections of one image, in the original image's pixel coordinates.
-
-    Attributes:
-        boxes (Tensor[D, 4]): x1, y1, x2, y2.
-        scores (Tensor[D]): by descending score.
-        width, height: the original image size.
-        source: the image's path when it was given as one.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    width: int
-    height: int
-    source: str | None = None
-
-    def __len__(self) -> int:
-        return int(self.scores.numel())
-
-    def to_records(self, decimals: int = 2) -> list[dict[str, Any]]:
-        boxes = self.boxes.detach().cpu().double().numpy().round(decimals)
-        scores = self.scores.detach().cpu().double().numpy().round(4)
-        return [{"box": b.tolist(), "score": float(s)} for b, s in zip(boxes, scores)]
 
 
 def default_device() -> torch.device:
@@ -219,16 +195,22 @@ class Detector:
             results.extend(self.backend.detections(self._batch(images[start : start + self.batch_size]), self.score_thresh))
         return results
 
+    @overload
+    def detect(self, images: list[ImageInput] | tuple[ImageInput, ...]) -> list[Faces]: ...
+    @overload
+    def detect(self, images: ImageInput) -> Faces: ...
     @torch.inference_mode()
     def detect(self, images: ImageInput | Sequence[ImageInput]) -> Faces | list[Faces]:
         """Detect faces.
 
         Args:
             images: a path, an RGB numpy array (H, W, 3), a PIL image or a Tensor[3, H, W]
-                (uint8, or float in [0, 1]); or a list of them, of mixed sizes if need be.
+                (uint8, or float in [0, 1]); or a list (tuple) of them, of mixed sizes if need be.
 
         Returns:
-            :class:`Faces` for a single image, a list of them for a list.
+            :class:`Faces` for a single image; a list of them, in order, for a list (tuple), even
+            of one image. Each keeps the decoded uint8 image for ``plot``/``crops`` (see
+            :mod:`srn.inference.results` for the memory this costs; :meth:`stream` bounds it).
         """
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
@@ -246,5 +228,27 @@ class Detector:
                 # Anchors reach past the border, and so do boxes decoded from them.
                 boxes[:, 0::2] = boxes[:, 0::2].clamp(0, int(width))
                 boxes[:, 1::2] = boxes[:, 1::2].clamp(0, int(height))
-                results[i] = Faces(boxes, scores, int(width), int(height), loaded[i][1])
+                results[i] = Faces(boxes, scores, int(width), int(height), loaded[i][1], image=loaded[i][0])
         return results[0] if single else results  # type: ignore[return-value]
+
+    def stream(self, images: Iterable[ImageInput], batch_size: int | None = None) -> Iterator[Faces]:
+        """Detect faces in a long (or endless) sequence of images, one :class:`Faces` per input, in order.
+
+        Inputs are read and run ``batch_size`` at a time (default: the detector's), so memory holds
+        one batch whatever the sequence's length; a generator of paths or of video frames works.
+        An unreadable file raises :class:`srn.errors.ImageReadError` naming it, which ends the stream.
+
+        Args:
+            images: an iterable of anything :meth:`detect` takes; a single path, array or image
+                counts as a sequence of one.
+            batch_size: inputs per forward pass.
+        """
+        size = self.batch_size if batch_size is None else batch_size
+        if size < 1:
+            raise ConfigError(f"the batch size must be at least 1, got {size}")
+        single = isinstance(images, str | Path) or not isinstance(images, Iterable)  # a path, a PIL image
+        if single or (isinstance(images, np.ndarray | Tensor) and images.ndim <= 3):
+            images = [images]
+        iterator = iter(images)
+        while batch := list(itertools.islice(iterator, size)):
+            yield from self.detect(batch)
