@@ -74,6 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from srn.config import ModelConfig, PostProcessConfig
 from srn.errors import ConfigError
+from srn.inference import resolve_device
 from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess
 from srn.runner import PRECISIONS, Runner
@@ -398,10 +399,10 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
     """Measure SRN (and the peer) as :class:`BenchConfig` says; returns the JSON-ready results."""
     log = log or (lambda message: None)
     if config.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     if config.iters < 1 or config.warmup < 0:
-        raise ValueError("iters must be at least 1 and warmup at least 0")
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        raise ConfigError("iters must be at least 1 and warmup at least 0")
+    device = resolve_device(config.device)
     _check_backend(config, device)
     batch = config.batch if config.batch is not None else (16 if device.type == "cuda" else 2)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
@@ -423,11 +424,17 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
             import onnxruntime
 
             results["device"]["onnxruntime"] = onnxruntime.__version__
+        # Read the user's files first, so that a bad one fails before anything is measured.
+        srn_model, post_config, model_config = _build_srn(config, device)
+        photo = None
+        if config.image:
+            from srn.data.image_io import read_image
+
+            photo = read_image(config.image)
         log(f"matrix rate on {results['device']['name']} ...")
         results["matmul"] = matmul_tflops(device, config.matmul_size)
         rate = results["matmul"]["tflops"] * 1e12
 
-        srn_model, post_config, model_config = _build_srn(config, device)
         srn_model = srn_model.to(memory_format=memory_format)
         network: _TorchSRN | _OrtNetwork
         if config.backend == "onnxruntime":
@@ -456,11 +463,6 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
 
             return run
 
-        photo = None
-        if config.image:
-            from srn.data.image_io import read_image
-
-            photo = read_image(config.image)
         clock = _Clock(device)
         with torch.inference_mode():
             for size in config.sizes:

@@ -48,7 +48,7 @@ from srn.anchors import AnchorGenerator
 from srn.atomic import atomic_output
 from srn.box_coder import decode
 from srn.config import PostProcessConfig
-from srn.errors import ExportError
+from srn.errors import ExportError, one_line
 from srn.inference import Detector
 from srn.inference.onnx_format import INPUT_NAME, METADATA_KEY, OnnxMetadata, require_onnx
 from srn.model import SRN
@@ -290,17 +290,20 @@ def export_onnx(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 # Our gather indices are never negative, the one case the index warning is about.
                 warnings.filterwarnings("ignore", message=".*advanced indexing.*")
-                torch.onnx.export(
-                    wrapper,
-                    (sample,),
-                    tmp,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT_NAME],
-                    output_names=list(output_names),
-                    dynamic_axes=dynamic_axes,
-                    do_constant_folding=True,
-                )
+                try:
+                    torch.onnx.export(
+                        wrapper,
+                        (sample,),
+                        tmp,
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=[INPUT_NAME],
+                        output_names=list(output_names),
+                        dynamic_axes=dynamic_axes,
+                        do_constant_folding=True,
+                    )
+                except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as exc:
+                    raise ExportError(f"{path}: the exporter failed at opset {opset} ({one_line(str(exc))[:200]})") from None
             proto = onnx.load(tmp)
             metadata = OnnxMetadata(
                 strides=tuple(model.anchor_generator.strides),

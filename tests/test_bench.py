@@ -13,7 +13,7 @@ from srn import bench
 from srn.bench import BenchConfig, format_table, run_benchmark
 from srn.cli import main
 from srn.cli.bench import add_bench_args, config_from_args, parse_size
-from srn.errors import ConfigError
+from srn.errors import SRNError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,9 +135,11 @@ def test_onnxruntime_backend_runs_the_session(monkeypatch):
 ])
 def test_onnxruntime_backend_refuses_what_it_cannot_do(flags, message, capsys):
     argv = ["--backend", "onnxruntime", "--sizes", "64x64", *flags]
+    if "cuda" in flags and not torch.cuda.is_available():
+        message = "device 'cuda': no CUDA GPU is available on this machine"  # the device is checked first
     parser = argparse.ArgumentParser()
     add_bench_args(parser)
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(SRNError, match=re.escape(message)):
         run_benchmark(config_from_args(parser.parse_args(argv)))
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err

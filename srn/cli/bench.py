@@ -9,6 +9,7 @@ from pathlib import Path
 
 from srn.atomic import atomic_write_text
 from srn.cli.common import UserError
+from srn.paths import check_input_file, check_output_file
 
 BENCH_HELP = """\
 Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
@@ -83,6 +84,19 @@ def run(args: argparse.Namespace) -> int:
 
     from srn.bench import format_table, run_benchmark
 
+    if args.weights:
+        check_input_file(args.weights, "weights file")
+    if args.image:
+        check_input_file(args.image, "photo")
+    if args.json:
+        check_output_file(args.json, inputs=[p for p in (args.weights, args.image) if p])
+    for name in ("warmup", "iters"):
+        if getattr(args, name) < 0 or (name == "iters" and args.iters < 1):
+            raise UserError(f"--{name} must be at least {0 if name == 'warmup' else 1}, got {getattr(args, name)}")
+    if args.batch is not None and args.batch < 0:
+        raise UserError(f"--batch must be 0 (no throughput run) or more, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     try:
         results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
     except torch.OutOfMemoryError:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from srn.cli.common import UserError
+from srn.paths import check_output_file
+
 EXPORT_HELP = """\
 Export a detector for deployment.
 
@@ -34,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from srn.export import export_checkpoint
 
+    check_output_file(args.out, inputs=[args.weights] if args.weights else [])
+    if args.opset < 11:
+        raise UserError(f"--opset must be at least 11 (the graph's Resize needs it), got {args.opset}")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise UserError(f"--min-score must be in [0, 1], got {args.min_score}")
     metadata = export_checkpoint(
         args.weights,
         args.out,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from srn.atomic import atomic_write_text
 from srn.cli.common import UserError
+from srn.paths import check_input_file, check_output_file
 
 DESCRIPTION = """\
 Anchors per level, the STC levels' share and each step's positive:negative ratio,
@@ -32,8 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from srn.analysis import format_report, run_class_imbalance
 
-    if not Path(args.boxes_file).is_file():
-        raise UserError(f"{args.boxes_file}: no such file")
+    check_input_file(args.boxes_file, "boxes file")
+    if args.num_images is not None and args.num_images < 1:
+        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.json:
+        check_output_file(args.json, inputs=[args.boxes_file])
     stats = run_class_imbalance(args.boxes_file, num_images=args.num_images, seed=args.seed,
                                 allow_low_quality_matches=args.low_quality, batch_size=args.batch_size,
                                 sparse=not args.dense)
