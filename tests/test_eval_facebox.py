@@ -7,7 +7,15 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from srn.evaluation.facebox import FaceboxImage, evaluate_facebox, image_key, load_facebox_annotations, plot_pr
+from srn.evaluation.facebox import (
+    FaceboxImage,
+    evaluate_facebox,
+    format_table,
+    image_key,
+    load_facebox_annotations,
+    read_facebox_detections,
+)
+from srn.evaluation.plots import plot_facebox_pr
 
 
 def make_annotations(**images: tuple[list[list[float]], list[bool]]) -> dict[str, FaceboxImage]:
@@ -71,7 +79,7 @@ def test_detections_on_unannotated_images_are_false_positives():
     dets = {"a": (np.array([[0, 0, 9, 9]]), np.array([0.5])), "zzz": (np.array([[0, 0, 9, 9]]), np.array([1.0]))}
     result = evaluate_facebox(dets, faces)
     assert result.ap == pytest.approx(0.25)
-    assert result.num_missing == 1
+    assert result.num_missing == 1 and result.extra == ("zzz",)
 
 
 def test_min_size_ignores_small_faces_and_drops_small_detections():
@@ -106,7 +114,8 @@ def test_calibration_recovers_a_global_scale():
 
 def test_image_key_and_plot(tmp_path: Path):
     result = evaluate_facebox({"a": (np.array([[0, 0, 49, 49]]), np.array([1.0]))}, FACES)
-    assert plot_pr(result, tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_facebox_pr(result, tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
+    assert format_table(result, "AFW") == "AFW (1 images, 2 faces): AP 0.5000"
     assert image_key("2007_000272.jpg") == "2007_000272"
     assert image_key("afw/1004109301") == "1004109301"
 
@@ -126,3 +135,16 @@ def test_real_annotation_files(shared_dir: Path):
     dets = {i.name: (i.boxes, np.linspace(1.0, 0.5, len(i.boxes))) for i in pascal.values()}
     result = evaluate_facebox(dets, pascal)
     assert result.ap == 1.0 and result.num_faces == 1635 - 55
+
+
+def test_detections_json_round_trip(tmp_path: Path):
+    # The layout srn eval writes: {image: {"boxes": [[x1, y1, x2, y2], ...], "scores": [...]}};
+    # an image without faces may write "boxes": [].
+    path = tmp_path / "detections.json"
+    path.write_text('{"afw/a.jpg": {"boxes": [[0, 0, 49, 49], [1, 2, 3, 4.5]], "scores": [0.9, 0.1]},'
+                    ' "b": {"boxes": [], "scores": []}}')
+    dets = read_facebox_detections(path)
+    assert list(dets) == ["a", "b"]
+    assert_allclose(dets["a"][0], [[0, 0, 49, 49], [1, 2, 3, 4.5]])
+    assert_allclose(dets["a"][1], [0.9, 0.1])
+    assert dets["b"][0].shape == (0, 4) and dets["b"][1].shape == (0,)

@@ -7,18 +7,19 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.optimize import linear_sum_assignment
 
+from srn.errors import PredictionFormatError
 from srn.evaluation.fddb import (
     ellipse_rect_overlap,
     evaluate_fddb,
+    format_table,
     image_statistics,
     load_fddb_folds,
-    plot_roc,
     read_fddb_detections,
     read_fddb_ellipses,
     stretch_rects,
     write_fddb_detections,
 )
-from srn.evaluation.widerface import PredictionFormatError
+from srn.evaluation.plots import plot_fddb_roc
 
 # A radius-10 circle at (50, 50): the pixels with dx^2 + dy^2 <= 100 number 317 (Gauss's circle
 # problem, N(10) = 317). Its bounding box [40, 60]^2 holds 21 * 21 = 441 pixels.
@@ -174,15 +175,24 @@ def test_detection_file_round_trip_and_errors(tmp_path: Path):
 
     bad = tmp_path / "bad.txt"
     bad.write_text("img_1\n2\n1 2 3 4 0.5\n1 2 3 0.5\n")
-    with pytest.raises(PredictionFormatError, match="line 4"):
+    with pytest.raises(PredictionFormatError) as info:
         read_fddb_detections(bad)
+    assert str(info.value) == f"{bad}, line 4: expected 5 numbers per detection line, got 4"
 
 
 def test_roc_plot(tmp_path: Path):
     result = evaluate_fddb({"a": np.array([[40, 40, 20, 20, 0.9]])}, {"a": CIRCLE})
-    png = plot_roc(result, tmp_path / "roc.png")
+    png = plot_fddb_roc(result, tmp_path / "roc.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert result.to_dict()["tpr_at_1000fp_discrete"] == 1.0
+    assert format_table(result) == "FDDB (1 images, 1 faces): TPR at 1000 FP 1.0000 discrete, 0.7188 continuous"
+
+
+def test_no_detection_for_an_annotated_image_gives_an_empty_roc():
+    # Detections only for an image that is not annotated (another fold): nothing to merge.
+    result = evaluate_fddb({"other": np.array([[40, 40, 20, 20, 0.9]])}, {"a": CIRCLE})
+    assert result.thresholds.shape == result.false_positives.shape == (0,)
+    assert (result.num_missing, result.extra, result.tpr_at(1000)) == (1, ("other",), 0.0)
 
 
 # --------------------------------------------------------------------------- real annotations

@@ -1,21 +1,22 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from srn.errors import PredictionFormatError
+from srn.evaluation.common import voc_ap
+from srn.evaluation.plots import plot_wider_pr
 from srn.evaluation.widerface import (
-    PredictionFormatError,
     WiderGroundTruth,
     evaluate,
     format_table,
     load_wider_gt,
-    plot_pr,
     read_prediction_file,
     read_predictions,
-    voc_ap,
     write_predictions,
 )
 
@@ -188,9 +189,24 @@ def test_result_dict_json_and_plot(tmp_path: Path):
     result = evaluate({("e", "a"): np.array([[10, 10, 20, 20, 0.9], [90, 90, 9, 9, 0.3]])}, gt)
     d = result.to_dict()
     assert d["ap"] == {"hard": 1.0} and len(d["pr"]["hard"]["recall"]) == 1000
-    assert '"official": true' in result.to_json(tmp_path / "r.json")
-    png = plot_pr(result, tmp_path / "pr.png")
+    assert '"official": true' in result.to_json()
+    png = plot_wider_pr(result, tmp_path / "pr.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_writes_null_for_nan():
+    # The only face is ignored: no face counts, so AP and recall are NaN. The one box (score 0.9
+    # alone: max == min) normalises to NaN and passes no threshold, so precision is NaN too.
+    gt = make_gt({("e", "a"): ([[10, 10, 20, 20]], [False])})
+    with pytest.warns(UserWarning, match="all scores are equal"):
+        result = evaluate({("e", "a"): np.array([[10, 10, 20, 20, 0.9]])}, gt)
+    assert np.isnan(result.ap["hard"])
+    # json.loads calls parse_constant only for the bare NaN, Infinity and -Infinity strict JSON lacks
+    parsed = json.loads(result.to_json(), parse_constant=pytest.fail)
+    assert parsed["ap"] == {"hard": None}
+    assert parsed["pr"]["hard"]["precision"] == [None] * 1000
+    assert parsed["pr"]["hard"]["recall"] == [None] * 1000
+    assert json.loads(result.to_json(curves=False))["num_faces"] == {"hard": 0}
 
 
 # --------------------------------------------------------------------------- the real check case

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from srn.atomic import atomic_write_text
 from srn.cli.common import UserError, add_detector_args
+from srn.errors import PredictionFormatError
+from srn.paths import check_input_dir, check_output_dir, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,14 +57,38 @@ def _eval_detections(args: argparse.Namespace, paths: list[Path]):
     for line in failures:
         print(f"srn eval: {line}", file=sys.stderr)
     if missing:
-        print(f"srn eval: {len(missing)} annotated images are not in {args.images} (counted as no detections), "
-              f"e.g. {missing[0]}", file=sys.stderr)
+        _warn(f"{_count(len(missing), 'annotated image')} not in {args.images} (counted as no detections), "
+              f"e.g. {missing[0]}")
     return results
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 image is"`` / ``"3 images are"``: a count, its noun and the verb that agrees."""
+    return f"{n} {noun} is" if n == 1 else f"{n} {plural or noun + 's'} are"
+
+
+def _warn(message: str) -> None:
+    print(f"srn eval: warning: {message}", file=sys.stderr)
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list[Path | str], written: tuple[str, ...] = ()) -> Path:
+    """Check (and create) the output folder, the files the run will write in it, and ``--json``,
+    before any detection runs. ``written``: the names of the files or folders written under ``--out``
+    besides the report and the plot."""
+    out = check_output_dir(args.out, inputs=inputs)
+    for name in ("report.json", f"{args.benchmark}.png", *written):
+        target = out / name
+        if target.suffix:
+            check_output_file(target, inputs=inputs)
+        else:
+            check_output_dir(target, inputs=inputs)
+    if args.json:
+        check_output_file(args.json, inputs=inputs)
+    return out
 
 
 def _report(args: argparse.Namespace, table: str, result, plot) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", result.to_json(curves=True) + "\n")
     plot(result, out / f"{args.benchmark}.png")
     print(table)
@@ -82,84 +108,135 @@ def run(args: argparse.Namespace) -> int:
 
 def _eval_wider(args: argparse.Namespace) -> int:
     from srn.evaluation import widerface
+    from srn.evaluation.plots import plot_wider_pr
 
     if not args.gt_dir:
         raise UserError("wider needs --gt-dir (the folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat)")
-    gt = widerface.load_wider_gt(args.gt_dir)
+    if not args.pred_dir and not args.images:
+        raise UserError("wider needs --images DIR (to detect) or --pred-dir DIR (to evaluate)")
+    gt_dir = check_input_dir(args.gt_dir, what="ground-truth folder")
     if args.pred_dir:
-        pred_dir = Path(args.pred_dir)
-        if not pred_dir.is_dir():
-            raise UserError(f"{pred_dir}: no such folder")
+        pred_dir = check_input_dir(args.pred_dir, what="prediction folder")
     else:
-        if not args.images:
-            raise UserError("wider needs --images DIR (to detect) or --pred-dir DIR (to evaluate)")
-        root = Path(args.images)
+        root = check_input_dir(args.images, what="image folder")
+    gt = widerface.load_wider_gt(gt_dir)
+    if args.pred_dir:
+        predictions = widerface.read_predictions(pred_dir)
+        _check_outputs(args, inputs=[gt_dir, pred_dir])
+    else:
+        out = _check_outputs(args, inputs=[gt_dir, root], written=("predictions",))
         paths = [root / event / f"{name}.jpg" for event, name in gt.image_keys]
         results = _eval_detections(args, paths)
-        pred_dir = Path(args.out) / "predictions"
+        pred_dir = out / "predictions"
         records = {f"{path.parent.name}/{path.stem}": (b.numpy(), s.numpy()) for path, (b, s) in results.items()}
         widerface.write_predictions(pred_dir, records)
         print(f"predictions: {pred_dir}")
-    predictions = widerface.read_predictions(pred_dir)
+        predictions = widerface.read_predictions(pred_dir)
     result = widerface.evaluate(predictions, gt, subset=args.subset)
-    if result.num_missing:
-        print(f"srn eval: {result.num_missing} of {result.num_images} images have no prediction file "
-              "(counted as no detections, as the official code counts them)", file=sys.stderr)
-    _report(args, widerface.format_table(result), result, widerface.plot_pr)
+
+    matched = result.num_images if args.subset else result.num_images - result.num_missing
+    extra = ""
+    if result.extra:
+        event, name = result.extra[0]
+        extra = (f"{_count(result.num_extra, 'prediction file')} for images that are not in the ground truth, "
+                 f"e.g. {pred_dir / event / name}.txt")
+    if matched == 0:
+        problem = "no prediction file matches an image of the ground truth"
+        detail = f" ({extra})" if extra else " (it holds no <event>/<image>.txt file)"
+        if args.subset:
+            raise PredictionFormatError(pred_dir, None, problem + detail)
+        _warn(f"{pred_dir}: {problem}{detail}; every image counts as having no detections")
+    else:
+        if extra:
+            _warn(f"{extra} (not evaluated)")
+        if result.num_missing:
+            _warn(f"{result.num_missing} of {result.num_images} images have no prediction file "
+                  "(counted as no detections, as the official code counts them)")
+    _report(args, widerface.format_table(result), result, plot_wider_pr)
     return 0
 
 
 def _eval_fddb(args: argparse.Namespace) -> int:
     from srn.evaluation import fddb
+    from srn.evaluation.plots import plot_fddb_roc
 
     if not args.annotations:
         raise UserError("fddb needs --annotations (FDDB-fold-XX-ellipseList.txt files or the corrected list)")
+    if not args.detections and not args.images:
+        raise UserError("fddb needs --images DIR (to detect) or --detections FILE (to evaluate)")
+    root = None if args.detections else check_input_dir(args.images, what="image folder")
     annotations = fddb.read_fddb_ellipses(args.annotations)
     if args.detections:
         detections = fddb.read_fddb_detections(args.detections)
+        _check_outputs(args, inputs=[*args.annotations, *args.detections])
     else:
-        if not args.images:
-            raise UserError("fddb needs --images DIR (to detect) or --detections FILE (to evaluate)")
-        root = Path(args.images)
+        out = _check_outputs(args, inputs=[*args.annotations, root], written=("detections.txt",))
         paths = {name: root / f"{name}.jpg" for name in annotations}
         results = _eval_detections(args, list(paths.values()))
         by_path = {path: name for name, path in paths.items()}
         records = {by_path[p]: (b.numpy(), s.numpy()) for p, (b, s) in results.items()}
-        det_file = Path(args.out) / "detections.txt"
+        det_file = out / "detections.txt"
         fddb.write_fddb_detections(det_file, records)
         detections = fddb.read_fddb_detections(det_file)
     result = fddb.evaluate_fddb(detections, annotations, height_scale=args.height_scale)
-    table = (f"FDDB ({result.num_images} images, {result.num_faces} faces): TPR at 1000 FP "
-             f"{result.tpr_at(1000):.4f} discrete, {result.tpr_at(1000, continuous=True):.4f} continuous")
-    _report(args, table, result, fddb.plot_roc)
+
+    source = ", ".join(args.detections) if args.detections else str(Path(args.out) / "detections.txt")
+    if result.num_missing == result.num_images:
+        if not detections:
+            raise PredictionFormatError(source, None, "holds no detection entry")
+        raise PredictionFormatError(
+            source, None, f"no detection entry is for an annotated image (e.g. {result.extra[0]} is not in the "
+            "annotations: detections of another fold?)"
+        )
+    if result.extra:
+        _warn(f"{source}: {_count(result.num_extra, 'detection entry', 'detection entries')} for images that are "
+              f"not annotated (ignored), e.g. {result.extra[0]}")
+    if result.num_missing and args.detections:  # a detection run has already named the missing images
+        _warn(f"{result.num_missing} of {result.num_images} annotated images have no detection entry "
+              "(counted as no detections)")
+    _report(args, fddb.format_table(result), result, plot_fddb_roc)
     return 0
 
 
 def _eval_facebox(args: argparse.Namespace) -> int:
-    import json as json_module
-
-    import numpy as np
+    import json
 
     from srn.evaluation import facebox
+    from srn.evaluation.plots import plot_facebox_pr
 
     if not args.annotations or len(args.annotations) != 1:
         raise UserError(f"{args.benchmark} needs one --annotations .mat file (the face-eval re-annotations)")
+    if args.detections and len(args.detections) != 1:
+        raise UserError(f"{args.benchmark} takes one --detections file (a detections.json)")
+    if not args.detections and not args.images:
+        raise UserError(f"{args.benchmark} needs --images DIR (to detect) or --detections FILE (to evaluate)")
+    root = None if args.detections else check_input_dir(args.images, what="image folder")
     annotations = facebox.load_facebox_annotations(args.annotations[0])
     if args.detections:
-        raw = json_module.loads(Path(args.detections[0]).read_text())
-        detections = {facebox.image_key(k): (np.asarray(v["boxes"]).reshape(-1, 4), np.asarray(v["scores"])) for k, v in raw.items()}
+        detections = facebox.read_facebox_detections(args.detections[0])
+        _check_outputs(args, inputs=[args.annotations[0], args.detections[0]])
     else:
-        if not args.images:
-            raise UserError(f"{args.benchmark} needs --images DIR (to detect) or --detections FILE (to evaluate)")
-        root = Path(args.images)
+        out = _check_outputs(args, inputs=[args.annotations[0], root], written=("detections.json",))
         paths = {key: root / image.name for key, image in annotations.items()}
         results = _eval_detections(args, list(paths.values()))
         by_path = {path: key for key, path in paths.items()}
         detections = {by_path[p]: (b.numpy(), s.numpy()) for p, (b, s) in results.items()}
         dump = {k: {"boxes": b.tolist(), "scores": s.tolist()} for k, (b, s) in detections.items()}
-        atomic_write_text(Path(args.out) / "detections.json", json_module.dumps(dump) + "\n")
+        atomic_write_text(out / "detections.json", json.dumps(dump) + "\n")
     result = facebox.evaluate_facebox(detections, annotations)
-    table = f"{args.benchmark.upper()} ({result.num_images} images, {result.num_faces} faces): AP {result.ap:.4f}"
 
-    _report(args, table, result, facebox.plot_pr)
+    source = args.detections[0] if args.detections else str(Path(args.out) / "detections.json")
+    if result.num_missing == result.num_images:
+        if not detections:
+            raise PredictionFormatError(source, None, "holds no image")
+        raise PredictionFormatError(
+            source, None, f"no image of it is in {args.annotations[0]} (e.g. {result.extra[0]!r})"
+        )
+    if result.extra:
+        _warn(f"{source}: {result.num_extra} of {len(detections)} images are not in {args.annotations[0]} "
+              f"(their detections count as false positives), e.g. {result.extra[0]!r}")
+    if result.num_missing and args.detections:  # a detection run has already named the missing images
+        _warn(f"{result.num_missing} of {result.num_images} annotated images have no entry in {source} "
+              "(counted as no detections)")
+    _report(args, facebox.format_table(result, args.benchmark.upper()), result, plot_facebox_pr)
     return 0

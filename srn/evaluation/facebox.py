@@ -1,4 +1,4 @@
-"""AFW and PASCAL Face: VOC-style AP at IoU 0.5 against the face-eval re-annotations (docs/design.md, Evaluation protocols).
+"""AFW and PASCAL Face: VOC-style AP at IoU 0.5 against the face-eval re-annotations.
 
 The ground truth is the re-annotation of Mathias et al. ("Face detection without bells and
 whistles", ECCV 2014), shipped as MATLAB structs with ``imgname``, ``imgsize`` and ``objects``
@@ -16,6 +16,9 @@ The toolbox's ``plot_AP.py`` adds two steps, available here as options and off b
 sides are both at most ``int(sqrt(0.5 * 30 * 30)) = 21`` px are dropped) and
 ``calibrate_iters=5`` (a global shift and scale of all detections fitted to the matched faces,
 re-fitted 5 times, because annotation styles differ between datasets).
+
+See docs/design.md, "Evaluation protocols". This module only computes; :mod:`srn.evaluation.plots`
+draws the PR curve and ``srn eval`` writes the report.
 """
 
 from __future__ import annotations
@@ -29,18 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
-from srn.atomic import atomic_save_figure, atomic_write_text
-from srn.evaluation.widerface import as_numpy
+from srn.errors import AnnotationError, PredictionFormatError
+from srn.evaluation.common import JsonResult, as_numpy, jsonable, load_mat, read_text, require_variables, voc_ap
+from srn.paths import check_input_file
 
 __all__ = [
     "FaceboxImage",
     "FaceboxResult",
     "load_facebox_annotations",
+    "read_facebox_detections",
     "evaluate_facebox",
+    "format_table",
     "image_key",
-    "plot_pr",
 ]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -76,19 +80,103 @@ def load_facebox_annotations(path: str | os.PathLike[str]) -> dict[str, FaceboxI
 
     Returns:
         ``{image_key(imgname): FaceboxImage}`` in file order.
+
+    Raises:
+        InputPathError: the file is missing or unreadable.
+        AnnotationError: naming the file: not a readable ``.mat``, or not a face-eval
+            re-annotation (``anno2.mat``, say, or a WIDER FACE ground-truth file).
     """
-    mat = scipy.io.loadmat(path)
-    records = mat["Annotations"].reshape(-1)
+    kind = "face-eval re-annotation .mat"
+    path = Path(path)
+    mat = load_mat(path, what="annotation file")
+    require_variables(path, mat, ("Annotations",), kind)
     images: dict[str, FaceboxImage] = {}
-    for rec in records:
-        name = str(np.asarray(rec["imgname"]).reshape(-1)[0])
-        size = tuple(int(v) for v in np.asarray(rec["imgsize"]).reshape(-1))
-        objects = np.asarray(rec["objects"], dtype=np.float64)
-        objects = objects.reshape(-1, objects.shape[-1]) if objects.size else np.zeros((0, 6))
-        boxes = objects[:, :4].copy()
-        ignore = objects[:, 5] == 1 if objects.shape[1] >= 6 else np.zeros(len(objects), dtype=bool)
-        images[image_key(name)] = FaceboxImage(name, size, boxes, ignore)
+    try:
+        records = np.asarray(mat["Annotations"]).reshape(-1)
+        missing = [f for f in ("imgname", "imgsize", "objects") if f not in (records.dtype.names or ())]
+        if missing:
+            raise AnnotationError(path, None, f"not a {kind} (its Annotations have no field {missing[0]!r})")
+        for rec in records:
+            name = np.asarray(rec["imgname"]).reshape(-1)[0]
+            if not isinstance(name, str):
+                raise TypeError(f"imgname is {type(name).__name__}, not a name")
+            size = tuple(int(v) for v in np.asarray(rec["imgsize"], dtype=np.float64).reshape(-1))
+            objects = np.asarray(rec["objects"], dtype=np.float64)
+            objects = objects.reshape(-1, objects.shape[-1]) if objects.size else np.zeros((0, 6))
+            if objects.shape[1] < 4:
+                raise ValueError(f"the faces of {name} have {objects.shape[1]} columns, not x1 y1 x2 y2 ...")
+            boxes = objects[:, :4].copy()
+            ignore = objects[:, 5] == 1 if objects.shape[1] >= 6 else np.zeros(len(objects), dtype=bool)
+            images[image_key(name)] = FaceboxImage(name, size, boxes, ignore)
+    except AnnotationError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        raise AnnotationError(path, None, f"not laid out as a {kind} ({exc})") from None
+    if not images:
+        raise AnnotationError(path, None, "holds no annotated images")
     return images
+
+
+def read_facebox_detections(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a ``detections.json``: ``{image: {"boxes": [[x1, y1, x2, y2], ...], "scores": [...]}}``.
+
+    This is the file ``srn eval afw`` and ``srn eval pascal`` write next to their report.
+
+    Returns:
+        ``{image_key(image): (float64[K, 4] boxes, float64[K] scores)}`` in file order.
+
+    Raises:
+        InputPathError: the file is missing or unreadable.
+        PredictionFormatError: naming the file (and the line, for a JSON syntax error) and the image.
+    """
+    path = check_input_file(path, what="detections file")
+    try:
+        raw = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise PredictionFormatError(path, exc.lineno, f"not JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise PredictionFormatError(path, None, "not JSON this reader can take (nested too deeply)") from None
+    entry_layout = '{"boxes": [[x1, y1, x2, y2], ...], "scores": [...]}'
+    if not isinstance(raw, dict):
+        raise PredictionFormatError(
+            path, None, f"expected a JSON object {{image: {entry_layout}}}, got a JSON {_json_kind(raw)}"
+        )
+    detections: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or "boxes" not in entry or "scores" not in entry:
+            raise PredictionFormatError(path, None, f"image {name!r}: expected {entry_layout}, got a JSON {_json_kind(entry)}")
+        boxes = _number_array(path, name, "boxes", entry["boxes"])
+        scores = _number_array(path, name, "scores", entry["scores"])
+        if boxes.size == 0 and boxes.ndim == 1:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            got = f"{boxes.shape[-1]} numbers" if boxes.ndim == 2 else f"an array of {boxes.ndim} dimensions"
+            raise PredictionFormatError(path, None, f"image {name!r}: each box must be 4 numbers [x1, y1, x2, y2], got {got}")
+        if scores.ndim != 1:
+            raise PredictionFormatError(path, None, f"image {name!r}: scores must be a flat list of numbers")
+        if scores.shape[0] != boxes.shape[0]:
+            raise PredictionFormatError(path, None, f"image {name!r}: {boxes.shape[0]} boxes but {scores.shape[0]} scores")
+        detections[image_key(name)] = (boxes, scores)
+    return detections
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _number_array(path: Path, name: str, key: str, value: Any) -> np.ndarray:
+    """``value`` (a JSON list of numbers) as float64, or an error naming the file and the image."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        array = None  # ragged lists
+    if array is None or (array.dtype.kind not in "iuf" and array.size > 0):
+        raise PredictionFormatError(path, None, f"image {name!r}: {key} must be a list of numbers")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise PredictionFormatError(path, None, f"image {name!r}: {key} hold a non-finite number")
+    return array
 
 
 def _iou_plus_one(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -102,7 +190,7 @@ def _iou_plus_one(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 @dataclass(eq=False)
-class FaceboxResult:
+class FaceboxResult(JsonResult):
     """VOC AP and the PR curve.
 
     Attributes:
@@ -114,6 +202,8 @@ class FaceboxResult:
         num_images: annotated images.
         num_detections: detections evaluated (after ``min_size`` filtering).
         num_missing: annotated images with no detection entry.
+        extra: keys of the detection entries for images that are not annotated, in input order
+            (their detections are false positives, as in the toolbox).
         calibration: ``(tx, ty, sx, sy)`` applied to the detections (identity if not calibrated).
     """
 
@@ -126,6 +216,12 @@ class FaceboxResult:
     num_detections: int
     num_missing: int
     calibration: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    extra: tuple[str, ...] = ()
+
+    @property
+    def num_extra(self) -> int:
+        """Detection entries for images that are not annotated."""
+        return len(self.extra)
 
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -139,22 +235,7 @@ class FaceboxResult:
         if curves:
             out["precision"] = self.precision.tolist()
             out["recall"] = self.recall.tolist()
-        return out
-
-    def to_json(self, path: str | os.PathLike[str] | None = None, curves: bool = True) -> str:
-        text = json.dumps(self.to_dict(curves=curves), indent=2)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
-
-
-def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
-
+        return jsonable(out)
 
 
 def _match(
@@ -265,7 +346,7 @@ def evaluate_facebox(
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = tp / num_faces if num_faces else np.full(tp.shape, np.nan)
         precision = tp / np.maximum(tp + fp, 1)
-    ap = _voc_ap(recall, precision) if num_faces else float("nan")
+    ap = voc_ap(recall, precision) if num_faces else float("nan")
     return FaceboxResult(
         ap=ap,
         precision=precision,
@@ -276,26 +357,13 @@ def evaluate_facebox(
         num_detections=int(all_scores.shape[0]),
         num_missing=num_missing,
         calibration=calibration,
+        extra=tuple(key for key in keys if key not in annotations),
     )
 
 
-def plot_pr(result: FaceboxResult, path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Plot the PR curve to a PNG (matplotlib's Agg canvas; no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(result.recall, result.precision, label=f"AP {result.ap:.4f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    ax.set_title(title or f"{result.num_images} images, {result.num_faces} faces")
-    return atomic_save_figure(fig, path)
+def format_table(result: FaceboxResult, name: str) -> str:
+    """One line: the benchmark ``name`` ("AFW", "PASCAL"), its size and the AP."""
+    return f"{name} ({result.num_images} images, {result.num_faces} faces): AP {result.ap:.4f}"
 
 
 def _transform(boxes: np.ndarray, step: tuple[float, float, float, float]) -> np.ndarray:

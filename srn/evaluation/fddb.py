@@ -1,4 +1,4 @@
-"""FDDB evaluation (docs/design.md, Evaluation protocols): ellipse annotations, rectangle detections, discrete and continuous ROC.
+"""FDDB evaluation: ellipse annotations, rectangle detections, discrete and continuous ROC.
 
 This follows Vidit Jain's official ``evaluate`` program:
 
@@ -27,23 +27,27 @@ two exact shortcuts (detections touching no annotation, and connected components
 Detection rectangles may be stretched toward the ellipse shape first (``height_scale``). WIDER
 FACE-style boxes are shorter than FDDB's ellipses, which reach over the forehead, so evaluations
 often scale the height (e.g. by 1.2). The default is 1.0 (off), the official protocol.
+
+See docs/design.md, "Evaluation protocols". This module only computes; :mod:`srn.evaluation.plots`
+draws the ROC and ``srn eval`` writes the report.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from srn.atomic import atomic_save_figure, atomic_write_text
-from srn.evaluation.widerface import PredictionFormatError, as_numpy, xywh_line
+from srn.atomic import atomic_write_text
+from srn.errors import AnnotationError, InputPathError, PredictionFormatError
+from srn.evaluation.common import FileError, JsonResult, as_numpy, jsonable, parse_number, read_text, xywh_line
+from srn.paths import check_input_dir, check_input_file
 
 __all__ = [
     "read_fddb_ellipses",
@@ -55,7 +59,7 @@ __all__ = [
     "image_statistics",
     "FddbResult",
     "evaluate_fddb",
-    "plot_roc",
+    "format_table",
 ]
 
 
@@ -63,10 +67,13 @@ __all__ = [
 
 
 def _read_blocks(
-    path: Path, num_fields: tuple[int, ...], what: str
-) -> Iterable[tuple[str, np.ndarray]]:
-    """Parse ``name / count / rows`` blocks; rows keep their first 5 or 6 fields as float64."""
-    lines = path.read_text().splitlines()
+    path: Path, num_fields: tuple[int, ...], what: str, error: FileError
+) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Parse ``name / count / rows`` blocks: ``(name, rows, line number of the name)``.
+
+    Rows keep their first 5 or 6 fields as float64. Errors are ``error(path, line, reason)``.
+    """
+    lines = read_text(path, error).splitlines()
     i = 0
     while i < len(lines):
         name = lines[i].strip()
@@ -74,31 +81,23 @@ def _read_blocks(
             i += 1
             continue
         if i + 1 >= len(lines):
-            raise PredictionFormatError(path, i + 2, f"missing the {what} count after {name!r}")
-        try:
-            count = int(lines[i + 1].split()[0])
-        except (ValueError, IndexError):
-            raise PredictionFormatError(path, i + 2, f"expected a count, got {lines[i + 1]!r}") from None
-        if count < 0:
-            raise PredictionFormatError(path, i + 2, f"negative count {count}")
+            raise error(path, i + 2, f"missing the {what} count after {name!r}")
+        count_token = (lines[i + 1].split() or [""])[0]
+        # ASCII digits only, and few enough that int() takes them (it refuses over 4300 digits)
+        if not (count_token.isascii() and count_token.isdigit() and len(count_token) < 10):
+            raise error(path, i + 2, f"expected the {what} count of {name!r}, got {lines[i + 1]!r}")
+        count = int(count_token)
+        if i + 2 + count > len(lines):
+            raise error(path, len(lines) + 1, f"{name}: the count says {count} {what} lines, the file ends after {len(lines) - i - 2}")
         rows = np.zeros((count, max(num_fields)), dtype=np.float64)
         for r in range(count):
             line_no = i + 3 + r
-            if line_no > len(lines):
-                raise PredictionFormatError(path, line_no, f"{name}: expected {count} {what} lines")
             tokens = lines[line_no - 1].split()
             if len(tokens) not in num_fields:
-                raise PredictionFormatError(
-                    path, line_no, f"expected {' or '.join(map(str, num_fields))} fields, got {len(tokens)}"
-                )
-            try:
-                values = [float(t) for t in tokens]
-            except ValueError:
-                raise PredictionFormatError(path, line_no, f"not a number in {lines[line_no - 1]!r}") from None
-            if not all(math.isfinite(v) for v in values):
-                raise PredictionFormatError(path, line_no, "non-finite value")
-            rows[r, : len(values)] = values
-        yield name, rows
+                fields = " or ".join(map(str, num_fields))
+                raise error(path, line_no, f"expected {fields} numbers per {what} line, got {len(tokens)}")
+            rows[r, : len(tokens)] = [parse_number(t, path, line_no, error) for t in tokens]
+        yield name, rows, i + 1
         i += 2 + count
 
 
@@ -113,23 +112,38 @@ def read_fddb_ellipses(
     Returns:
         ``{image name: float64[G, 5]}`` with rows ``(major_radius, minor_radius, angle_rad, cx, cy)``,
         in file order.
+
+    Raises:
+        InputPathError: a file is missing or unreadable, or the same file is listed twice.
+        AnnotationError: ``"<file>:<line>: ..."``, a malformed line or an image annotated twice.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     annotations: dict[str, np.ndarray] = {}
+    first_seen: dict[str, str] = {}
+    files: list[Path] = []
     for path in paths:
-        for name, rows in _read_blocks(Path(path), (5, 6), "ellipse"):
+        path = check_input_file(path, what="FDDB ellipse list")
+        if any(os.path.samefile(path, earlier) for earlier in files):
+            raise InputPathError(path, "appears twice in the list of ellipse files")
+        files.append(path)
+        before = len(annotations)
+        for name, rows, line_no in _read_blocks(path, (5, 6), "ellipse", AnnotationError):
             if name in annotations:
-                raise ValueError(f"{path}: image {name} is annotated twice")
+                raise AnnotationError(path, line_no, f"image {name} is annotated twice (also in {first_seen[name]})")
             annotations[name] = rows[:, :5]
+            first_seen[name] = str(path)
+        if len(annotations) == before:
+            raise AnnotationError(path, None, "holds no annotated image")
     return annotations
 
 
 def load_fddb_folds(folds_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """All ten ``FDDB-fold-XX-ellipseList.txt`` files of ``folds_dir``, in fold order."""
-    paths = sorted(Path(folds_dir).glob("FDDB-fold-*-ellipseList.txt"))
+    folds_dir = check_input_dir(folds_dir, what="FDDB folds folder")
+    paths = sorted(folds_dir.glob("FDDB-fold-*-ellipseList.txt"))
     if not paths:
-        raise FileNotFoundError(f"no FDDB-fold-*-ellipseList.txt in {folds_dir}")
+        raise InputPathError(folds_dir, "holds no FDDB-fold-*-ellipseList.txt")
     return read_fddb_ellipses(paths)
 
 
@@ -141,18 +155,33 @@ def read_fddb_detections(
     ``paths`` may be one file, several (e.g. one per fold), or a folder (all its ``*.txt``).
 
     Returns:
-        ``{image name: float64[K, 5]}`` ``(x, y, w, h, score)``.
+        ``{image name: float64[K, 5]}`` ``(x, y, w, h, score)``, in file order.
+
+    Raises:
+        InputPathError: a file or folder is missing or unreadable, a folder holds no ``*.txt``.
+        PredictionFormatError: naming the file and the line of a malformed block.
     """
     if isinstance(paths, (str, os.PathLike)):
-        p = Path(paths)
-        paths = sorted(p.glob("*.txt")) if p.is_dir() else [p]
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in check_input_dir(p, what="detection folder").glob("*.txt") if q.is_file())
+            if not found:
+                raise InputPathError(p, "holds no *.txt detection file")
+            files += found
+        else:
+            files.append(check_input_file(p, what="FDDB detection file"))
+    for k, path in enumerate(files):
+        # the same file twice would count every detection twice
+        if any(os.path.samefile(path, earlier) for earlier in files[:k]):
+            raise InputPathError(path, "appears twice in the list of detection files")
     detections: dict[str, np.ndarray] = {}
-    for path in paths:
-        for name, rows in _read_blocks(Path(path), (5,), "detection"):
+    for path in files:
+        for name, rows, _ in _read_blocks(path, (5,), "detection", PredictionFormatError):
             # the same image in two files (or twice) accumulates, as in a concatenated file
             detections[name] = np.concatenate([detections[name], rows]) if name in detections else rows
     return detections
-
 
 
 def write_fddb_detections(
@@ -174,7 +203,6 @@ def write_fddb_detections(
         out += [name, str(boxes_np.shape[0])]
         out += [format_line(b, float(s)) for b, s in zip(boxes_np, scores_np, strict=True)]
     return atomic_write_text(path, "\n".join(out) + "\n")
-
 
 
 # --------------------------------------------------------------------------- geometry
@@ -410,7 +438,7 @@ def image_statistics(
 
 
 @dataclass(eq=False)
-class FddbResult:
+class FddbResult(JsonResult):
     """The FDDB ROC over all evaluated images.
 
     Attributes:
@@ -419,7 +447,8 @@ class FddbResult:
         tpr_discrete / tpr_continuous: ``float64[T]`` true-positive rates at each threshold.
         num_faces / num_images: annotations and images evaluated.
         num_missing: annotated images with no detection entry (no detections).
-        num_extra: detection entries for images not in the annotations (ignored).
+        extra: names of the detection entries for images not in the annotations (ignored), in
+            input order.
     """
 
     thresholds: np.ndarray
@@ -429,7 +458,12 @@ class FddbResult:
     num_faces: int
     num_images: int
     num_missing: int
-    num_extra: int
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def num_extra(self) -> int:
+        """Detection entries for images that are not annotated."""
+        return len(self.extra)
 
     def tpr_at(self, max_false_positives: float = 1000, continuous: bool = False) -> float:
         """The best TPR among ROC points with at most ``max_false_positives`` FPs (0 if none)."""
@@ -453,13 +487,7 @@ class FddbResult:
                 "tpr_discrete": self.tpr_discrete.tolist(),
                 "tpr_continuous": self.tpr_continuous.tolist(),
             }
-        return out
-
-    def to_json(self, path: str | os.PathLike[str] | None = None, curves: bool = True) -> str:
-        text = json.dumps(self.to_dict(curves=curves), indent=2)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
+        return jsonable(out)
 
 
 def evaluate_fddb(
@@ -478,7 +506,7 @@ def evaluate_fddb(
         height_scale, anchor: optional stretching of the rectangles, see :func:`stretch_rects`.
         image_sizes: optional ``{image name: (height, width)}`` to clip masks to the image.
     """
-    num_extra = sum(1 for name in detections if name not in annotations)
+    extra = tuple(name for name in detections if name not in annotations)
     num_missing = 0
     num_faces = 0
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -511,7 +539,8 @@ def evaluate_fddb(
     disc = np.cumsum(d_disc[order])
     cont = np.cumsum(d_cont[order])
     fp = np.cumsum(d_fp[order])
-    last = np.flatnonzero(np.r_[thr[1:] != thr[:-1], True])  # the end of each equal-score run
+    # the end of each equal-score run (none when no annotated image has a detection)
+    last = np.flatnonzero(np.r_[thr[1:] != thr[:-1], True]) if thr.size else np.zeros(0, dtype=np.int64)
     denom = max(num_faces, 1)
     return FddbResult(
         thresholds=thr[last],
@@ -521,32 +550,13 @@ def evaluate_fddb(
         num_faces=num_faces,
         num_images=len(annotations),
         num_missing=num_missing,
-        num_extra=num_extra,
+        extra=extra,
     )
 
 
-def plot_roc(
-    result: FddbResult, path: str | os.PathLike[str], max_false_positives: float = 2000, title: str | None = None
-) -> Path:
-    """Plot the discrete and continuous ROC (TPR against FP count) to a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for tpr, label, cont in (
-        (result.tpr_discrete, "discrete", False),
-        (result.tpr_continuous, "continuous", True),
-    ):
-        at = result.tpr_at(1000, continuous=cont)
-        ax.plot(result.false_positives, tpr, label=f"{label}: {at:.4f} at 1000 FP")
-    ax.axvline(1000, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlim(0, max_false_positives)
-    ax.set_ylim(0, 1.0)
-    ax.set_xlabel("False positives")
-    ax.set_ylabel("True positive rate")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(title or f"FDDB ({result.num_images} images, {result.num_faces} faces)")
-    return atomic_save_figure(fig, path)
+def format_table(result: FddbResult) -> str:
+    """One line: the TPR at 1000 false positives, discrete and continuous."""
+    return (
+        f"FDDB ({result.num_images} images, {result.num_faces} faces): TPR at 1000 FP "
+        f"{result.tpr_at(1000):.4f} discrete, {result.tpr_at(1000, continuous=True):.4f} continuous"
+    )

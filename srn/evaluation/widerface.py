@@ -1,4 +1,4 @@
-"""WIDER FACE evaluation with the official MATLAB semantics (SPEC §8).
+"""WIDER FACE evaluation with the official MATLAB semantics (docs/design.md, Evaluation protocols).
 
 The official toolbox (``wider_eval.m``) differs from the popular Python port in ways that move
 AP by a few 1e-4, so this module reproduces the MATLAB code path exactly:
@@ -21,16 +21,16 @@ predictions, so the whole val set evaluates in about a second.
 
 Typical use::
 
-    gt = load_wider_gt("../shared/data/widerface/eval_gt")
+    gt = load_wider_gt("eval_tools/ground_truth")
     result = evaluate(read_predictions("runs/wider_val"), gt)
     print(format_table(result))
-    plot_pr(result, "runs/wider_val_pr.png")
+
+This module only computes; :mod:`srn.evaluation.plots` draws the PR curves and ``srn eval`` writes
+the report.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -39,14 +39,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
-from srn.atomic import atomic_save_figure, atomic_write_text
-from srn.errors import PredictionFormatError
+from srn.atomic import atomic_write_text
+from srn.errors import AnnotationError, PredictionFormatError
+from srn.evaluation.common import (
+    JsonResult,
+    as_numpy,
+    jsonable,
+    load_mat,
+    parse_number,
+    read_text,
+    require_variables,
+    voc_ap,
+    xywh_line,
+)
+from srn.paths import check_input_dir
 
 __all__ = [
     "SETTINGS",
-    "PredictionFormatError",
     "WiderGroundTruth",
     "WiderResult",
     "load_wider_gt",
@@ -54,8 +64,6 @@ __all__ = [
     "read_predictions",
     "write_predictions",
     "evaluate",
-    "voc_ap",
-    "plot_pr",
     "format_table",
 ]
 
@@ -107,7 +115,78 @@ class WiderGroundTruth:
 
 def _mat_str(cell: Any) -> str:
     # scipy gives MATLAB char arrays as a 1-element array of str
-    return str(np.asarray(cell).reshape(-1)[0])
+    value = np.asarray(cell).reshape(-1)[0]
+    if not isinstance(value, str):
+        raise TypeError(f"expected a name, got {type(value).__name__}")
+    return value
+
+
+def _boxes(cell: Any) -> np.ndarray:
+    # int64 holds every int32 intermediate of boxoverlap exactly; saturation is emulated.
+    array = np.asarray(cell)
+    if array.dtype.kind not in "iuf" or array.size % 4:
+        raise ValueError(f"face boxes must be an N x 4 number array, got {array.dtype} {array.shape}")
+    return array.astype(np.int64).reshape(-1, 4)
+
+
+_GT_KIND = "WIDER FACE ground-truth .mat"
+# The interpretation of a .mat's cells fails with these when the file is of another layout.
+_LAYOUT_ERRORS = (ValueError, TypeError, IndexError, AttributeError)
+
+
+def _read_main(path: Path) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+    mat = load_mat(path, what="WIDER FACE ground-truth file")
+    require_variables(path, mat, ("event_list", "file_list", "face_bbx_list"), _GT_KIND)
+    image_keys: list[tuple[str, str]] = []
+    boxes: list[np.ndarray] = []
+    try:
+        events = [_mat_str(e) for e in mat["event_list"].reshape(-1)]
+        for ev, files, bbx in zip(
+            events, mat["file_list"].reshape(-1), mat["face_bbx_list"].reshape(-1), strict=True
+        ):
+            for f, b in zip(files.reshape(-1), bbx.reshape(-1), strict=True):
+                image_keys.append((ev, _mat_str(f)))
+                boxes.append(_boxes(b))
+    except _LAYOUT_ERRORS as exc:
+        raise AnnotationError(path, None, f"not laid out as a {_GT_KIND} ({exc})") from None
+    if not image_keys:
+        raise AnnotationError(path, None, "holds no images")
+    return image_keys, boxes
+
+
+def _read_setting(
+    path: Path, main_name: str, image_keys: list[tuple[str, str]], boxes: list[np.ndarray]
+) -> tuple[np.ndarray, ...]:
+    """The ``gt_list`` masks of one setting file, checked against the main file."""
+    mat = load_mat(path, what="WIDER FACE ground-truth file")
+    require_variables(path, mat, ("file_list", "face_bbx_list", "gt_list"), _GT_KIND)
+    masks: list[np.ndarray] = []
+    try:
+        for files, bbx, lists in zip(
+            mat["file_list"].reshape(-1),
+            mat["face_bbx_list"].reshape(-1),
+            mat["gt_list"].reshape(-1),
+            strict=True,
+        ):
+            for f, b, g in zip(files.reshape(-1), bbx.reshape(-1), lists.reshape(-1), strict=True):
+                i = len(masks)
+                if i >= len(image_keys) or _mat_str(f) != image_keys[i][1]:
+                    raise AnnotationError(path, None, f"image list differs from {main_name}")
+                if not np.array_equal(_boxes(b), boxes[i]):
+                    raise AnnotationError(path, None, f"boxes of {'/'.join(image_keys[i])} differ from {main_name}")
+                kept = np.asarray(g).reshape(-1)
+                if kept.dtype.kind not in "iuf" or not np.all((kept >= 1) & (kept <= boxes[i].shape[0])):
+                    raise AnnotationError(path, None, f"gt_list of {'/'.join(image_keys[i])} is not a list of face numbers")
+                mask = np.zeros(boxes[i].shape[0], dtype=bool)
+                mask[kept.astype(np.int64) - 1] = True  # gt_list is 1-based
+                masks.append(mask)
+    except AnnotationError:
+        raise
+    except _LAYOUT_ERRORS as exc:
+        raise AnnotationError(path, None, f"not laid out as a {_GT_KIND} ({exc})") from None
+    if len(masks) != len(image_keys):
+        raise AnnotationError(path, None, f"{len(masks)} images, {main_name} has {len(image_keys)}")
+    return tuple(masks)
 
 
 def load_wider_gt(
@@ -118,61 +197,22 @@ def load_wider_gt(
     """Read ``wider_face_<split>.mat`` and ``wider_<setting>_<split>.mat`` from ``gt_dir``.
 
     Raises:
-        FileNotFoundError: a ``.mat`` file is missing.
-        ValueError: the setting files disagree with the main file on images or boxes (the official
+        InputPathError: the folder or a ``.mat`` file is missing or unreadable.
+        AnnotationError: naming the file: it is not a readable ``.mat``, not the WIDER FACE ground
+            truth, or a setting file disagrees with the main file on images or boxes (the official
             code reads the boxes from the setting file, so they must be the same).
     """
-    gt_dir = Path(gt_dir)
-    main = scipy.io.loadmat(gt_dir / f"wider_face_{split}.mat")
-    events = [_mat_str(e) for e in main["event_list"].reshape(-1)]
-    image_keys: list[tuple[str, str]] = []
-    boxes: list[np.ndarray] = []
-    for ev, files, bbx in zip(
-        events, main["file_list"].reshape(-1), main["face_bbx_list"].reshape(-1), strict=True
-    ):
-        for f, b in zip(files.reshape(-1), bbx.reshape(-1), strict=True):
-            image_keys.append((ev, _mat_str(f)))
-            # int64 holds every int32 intermediate of boxoverlap exactly; saturation is emulated.
-            boxes.append(np.asarray(b, dtype=np.int64).reshape(-1, 4))
-
-    keep: dict[str, tuple[np.ndarray, ...]] = {}
-    for setting in settings:
-        path = gt_dir / f"wider_{setting}_{split}.mat"
-        mat = scipy.io.loadmat(path)
-        masks: list[np.ndarray] = []
-        i = 0
-        for files, bbx, lists in zip(
-            mat["file_list"].reshape(-1),
-            mat["face_bbx_list"].reshape(-1),
-            mat["gt_list"].reshape(-1),
-            strict=True,
-        ):
-            for f, b, g in zip(files.reshape(-1), bbx.reshape(-1), lists.reshape(-1), strict=True):
-                if i >= len(image_keys) or _mat_str(f) != image_keys[i][1]:
-                    raise ValueError(f"{path}: image list differs from wider_face_{split}.mat")
-                if not np.array_equal(np.asarray(b, dtype=np.int64).reshape(-1, 4), boxes[i]):
-                    raise ValueError(f"{path}: boxes of {image_keys[i]} differ from the main file")
-                mask = np.zeros(boxes[i].shape[0], dtype=bool)
-                mask[np.asarray(g, dtype=np.int64).reshape(-1) - 1] = True  # gt_list is 1-based
-                masks.append(mask)
-                i += 1
-        if i != len(image_keys):
-            raise ValueError(f"{path}: {i} images, expected {len(image_keys)}")
-        keep[setting] = tuple(masks)
+    gt_dir = check_input_dir(gt_dir, what="ground-truth folder")
+    main_name = f"wider_face_{split}.mat"
+    image_keys, boxes = _read_main(gt_dir / main_name)
+    keep = {
+        setting: _read_setting(gt_dir / f"wider_{setting}_{split}.mat", main_name, image_keys, boxes)
+        for setting in settings
+    }
     return WiderGroundTruth(tuple(image_keys), tuple(boxes), keep)
 
 
 # --------------------------------------------------------------------------- prediction files
-
-
-def _parse_number(token: str, path: Path, line_no: int) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise PredictionFormatError(path, line_no, f"not a number: {token!r}") from None
-    if not math.isfinite(value):
-        raise PredictionFormatError(path, line_no, f"non-finite value {token!r}")
-    return value
 
 
 def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
@@ -185,17 +225,13 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
         PredictionFormatError: naming the file and the 1-based line number.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as err:
-        raise PredictionFormatError(path, None, f"not a text file ({err})") from None
-    lines = text.splitlines()
+    lines = read_text(path).splitlines()
     if len(lines) < 2:
         raise PredictionFormatError(path, len(lines) + 1, "missing the box count line")
     count_tokens = lines[1].split()
     if len(count_tokens) != 1:
         raise PredictionFormatError(path, 2, f"expected one box count, got {lines[1]!r}")
-    count_value = _parse_number(count_tokens[0], path, 2)
+    count_value = parse_number(count_tokens[0], path, 2)
     if count_value < 0 or count_value != int(count_value):
         raise PredictionFormatError(path, 2, f"box count must be a non-negative integer: {lines[1]!r}")
     count = int(count_value)
@@ -225,7 +261,7 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
         # Slow path only to name the offending line.
         for i, row in enumerate(rows):
             for token in row:
-                _parse_number(token, path, 3 + i)
+                parse_number(token, path, 3 + i)
         raise PredictionFormatError(path, None, "unparsable box lines")  # pragma: no cover
     return boxes
 
@@ -233,12 +269,16 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
 def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], np.ndarray]:
     """Read a submission folder laid out as ``<event>/<image>.txt``.
 
+    Files elsewhere (not ``.txt``, or not one folder deep) are not predictions and are skipped.
+
     Returns:
         ``{(event, image): float64[K, 5]}`` with ``x y w h score`` rows in file order.
+
+    Raises:
+        InputPathError: the folder is missing or cannot be listed.
+        PredictionFormatError: a file does not follow the format (naming it and the line).
     """
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
+    pred_dir = check_input_dir(pred_dir, what="prediction folder")
     predictions: dict[tuple[str, str], np.ndarray] = {}
     for event in sorted(os.scandir(pred_dir), key=lambda e: e.name):
         if not event.is_dir():
@@ -249,19 +289,6 @@ def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], 
                     entry.path
                 )
     return predictions
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    """A float64 numpy copy of an array or a (possibly accelerator) tensor."""
-    if hasattr(x, "detach"):  # a torch tensor, possibly on an accelerator
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def xywh_line(box_xyxy: np.ndarray, score: float) -> str:
-    """``x y w h score``, the line of WIDER and FDDB detection files."""
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    return f"{x1:.3f} {y1:.3f} {x2 - x1:.3f} {y2 - y1:.3f} {score:.6f}"
 
 
 def write_predictions(
@@ -414,21 +441,8 @@ def _first_match(
 # --------------------------------------------------------------------------- evaluation
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC AP: sentinels, monotone envelope, sum of recall steps times precision.
-
-    NaN precisions (0/0 at thresholds with no proposals) are skipped the way MATLAB's ``max``
-    skips NaN.
-    """
-    mrec = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64), [1.0]))
-    mpre = np.concatenate(([0.0], np.asarray(precision, dtype=np.float64), [0.0]))
-    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
-
-
 @dataclass(eq=False)
-class WiderResult:
+class WiderResult(JsonResult):
     """AP and PR curves per setting.
 
     Attributes:
@@ -440,7 +454,8 @@ class WiderResult:
         num_missing: evaluated ground-truth images without a prediction file (no detections).
         num_faces: ``{setting: faces that count}`` over the evaluated images.
         num_predictions: prediction boxes over the evaluated images.
-        num_extra: prediction files for images that are not in the ground truth (not evaluated).
+        extra: ``(event, image)`` of the predictions for images that are not in the ground truth
+            (not evaluated), in input order.
         official: True only for the full set at the official IoU 0.5 with int32 overlap;
             ``subset=True`` or another IoU threshold gives False.
         iou_threshold: the IoU threshold used.
@@ -453,13 +468,18 @@ class WiderResult:
     num_missing: int
     num_faces: dict[str, int]
     num_predictions: int
-    num_extra: int = 0
+    extra: tuple[tuple[str, str], ...] = ()
     official: bool = True
     iou_threshold: float = 0.5
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def num_extra(self) -> int:
+        """Predictions for images that are not in the ground truth."""
+        return len(self.extra)
+
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``curves=False`` leaves out the PR arrays."""
+        """A JSON-serialisable dict (NaN is None); ``curves=False`` leaves out the PR arrays."""
         out: dict[str, Any] = {
             "ap": dict(self.ap),
             "official": self.official,
@@ -473,22 +493,9 @@ class WiderResult:
         }
         if curves:
             out["thresholds"] = self.thresholds.tolist()
-            out["pr"] = {
-                s: {
-                    # NaN is not JSON; no proposals at that threshold -> null
-                    "precision": [None if math.isnan(v) else v for v in p.tolist()],
-                    "recall": r.tolist(),
-                }
-                for s, (p, r) in self.pr.items()
-            }
-        return out
-
-    def to_json(self, path: str | os.PathLike[str] | None = None, curves: bool = True) -> str:
-        """The :meth:`to_dict` form as JSON text, also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(curves=curves), indent=2)
-        if path is not None:
-            atomic_write_text(path, text + "\n")
-        return text
+            # no proposals at a threshold: precision NaN -> null
+            out["pr"] = {s: {"precision": p, "recall": r} for s, (p, r) in self.pr.items()}
+        return jsonable(out)
 
 
 def _normalise_key(key: Any) -> tuple[str, str]:
@@ -527,7 +534,7 @@ def evaluate(
         int32_overlap = iou_threshold == 0.5
     preds = {_normalise_key(k): v for k, v in predictions.items()}
     gt_index = {k: i for i, k in enumerate(gt.image_keys)}
-    num_extra = sum(1 for k in preds if k not in gt_index)
+    extra = tuple(k for k in preds if k not in gt_index)
     missing = [i for i, k in enumerate(gt.image_keys) if k not in preds]
     selected = [i for i, k in enumerate(gt.image_keys) if k in preds] if subset else list(
         range(gt.num_images)
@@ -619,7 +626,7 @@ def evaluate(
         num_missing=0 if subset else len(missing),
         num_faces=num_faces,
         num_predictions=num_predictions,
-        num_extra=num_extra,
+        extra=extra,
         official=official,
         iou_threshold=iou_threshold,
         notes=notes,
@@ -627,28 +634,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def plot_pr(result: WiderResult, path: str | os.PathLike[str], title: str | None = None) -> Path:
-    """Plot the three PR curves to a PNG (matplotlib's Agg canvas; no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for setting, (precision, recall) in result.pr.items():
-        ok = ~np.isnan(precision)
-        ax.plot(recall[ok], precision[ok], label=f"{setting}: AP {result.ap[setting]:.4f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
-    kind = "official" if result.official else "NOT official"
-    ax.set_title(title or f"WIDER FACE val ({kind}, IoU {result.iou_threshold:g})")
-    return atomic_save_figure(fig, path)
 
 
 def format_table(result: WiderResult) -> str:
