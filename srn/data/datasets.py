@@ -287,6 +287,8 @@ def parse_coco_json(
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise AnnotationError(path, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise AnnotationError(path, None, "not a JSON text file (it is not UTF-8)") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise AnnotationError(path, None, "not a COCO detection file: no 'images' list")
 
@@ -525,8 +527,15 @@ def source_sampling_weights(datasets: Sequence[Sized], weights: Sequence[float])
 
 def _significant_lines(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     """(1-based line number, text) of the lines that are not blank and not ``#`` comments."""
+    lines = []
     with open(path, encoding="utf-8") as f:
-        return [(n, line) for n, line in enumerate(f, start=1) if line.strip() and not line.lstrip().startswith("#")]
+        try:
+            for n, line in enumerate(f, start=1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    lines.append((n, line))
+        except UnicodeDecodeError:
+            raise AnnotationError(path, None, "not a text file (it is not UTF-8)") from None
+    return lines
 
 
 def _parse_numbers(text: str) -> list[float] | None:
