@@ -29,6 +29,7 @@ from srn.paths import check_input_file
 
 __all__ = [
     "AnnotationError",
+    "FileError",
     "JsonResult",
     "PredictionFormatError",
     "as_numpy",

@@ -283,7 +283,7 @@ def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], 
     for event in sorted(os.scandir(pred_dir), key=lambda e: e.name):
         if not event.is_dir():
             continue
-        for entry in os.scandir(event.path):
+        for entry in os.scandir(check_input_dir(event.path, what="prediction folder")):
             if entry.is_file() and entry.name.endswith(".txt"):
                 predictions[(event.name, entry.name[: -len(".txt")])] = read_prediction_file(
                     entry.path
@@ -520,7 +520,8 @@ def evaluate(
             (keys may also be ``"event/image"`` strings). Order within an image does not matter.
         gt: from :func:`load_wider_gt`.
         subset: evaluate only the images that have predictions (an empty array counts as
-            having predictions). The result is flagged ``official=False``.
+            having predictions). The result is flagged ``official=False``; when no prediction is
+            for an image of ``gt``, no image is evaluated and every AP is NaN.
         iou_threshold: 0.5 is the official protocol.
         int32_overlap: emulate MATLAB's int32 ``boxoverlap`` (the official behaviour). Default:
             True at IoU 0.5; False otherwise, because int32 rounding turns every overlap into 0 or
