@@ -15,8 +15,8 @@ import PIL.Image
 import pytest
 
 from srn.cli import main
-from srn.cli.detect import crop_boxes
 from srn.inference import Detector
+from srn.inference.results import expand_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "docs" / "astronaut.png"
@@ -171,16 +171,7 @@ def test_vis_and_crops_mirror_the_inputs_without_collisions(tmp_path, capsys, on
     for record in records:
         assert len(record["faces"]) == 1
         faces = detector.detect(record["image"])
-        ((x1, y1, x2, y2),) = crop_boxes(faces.boxes, 256, 256, 0.25)
+        ((x1, y1, x2, y2),) = expand_boxes(faces.boxes, 0.25, 256, 256).tolist()
         crop = PIL.Image.open(Path("crops") / record["image"] / "face_000.jpg")
         assert crop.size == (x2 - x1, y2 - y1)
         assert PIL.Image.open(Path("vis") / f"{record['image']}.png").size == (256, 256)
-
-
-def test_crop_boxes_grow_by_the_margin_and_stay_inside():
-    import torch
-
-    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [-5.0, 90.0, 4.0, 100.0], [99.5, 99.5, 100.0, 100.0]])
-    # 20x40 box, margin 0.5: 10 and 20 pixels each side; the second reaches past the left and bottom.
-    assert crop_boxes(boxes, 100, 100, 0.5) == [(0, 0, 40, 80), (0, 85, 9, 100), (99, 99, 100, 100)]
-    assert crop_boxes(boxes, 100, 100, 0.0)[0] == (10, 20, 30, 60)

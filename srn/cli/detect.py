@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from srn.atomic import atomic_output, atomic_write_text
+from srn.atomic import atomic_write_text
 from srn.cli.common import (
     VIDEO_SUFFIXES,
     UserError,
@@ -154,7 +154,6 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
     if fmt == "wider":
         if not args.out:
             raise UserError("--format wider needs --out DIR")
-        plan.out = check_output_dir(args.out, inputs=files)
         first: dict[str, Path] = {}
         for path in files:
             event = Path(os.path.abspath(path)).parent.name
@@ -163,10 +162,11 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
             key = f"{event}/{path.name}"
             target = _wider_target(key)
             if target in first:
-                raise UserError(f"{first[target]} and {path} would both be written to {plan.out / target} (the WIDER format names "
-                                "files by event folder and image name); run them separately")
+                raise UserError(f"{first[target]} and {path} would both be written to {Path(args.out) / target} (the WIDER format "
+                                "names files by event folder and image name); run them separately")
             first[target] = path
             plan.wider_keys.append(key)
+        plan.out = check_output_dir(args.out, inputs=files)
     elif args.out:
         plan.out = check_output_file(args.out, inputs=files)
         if shard.distributed:
@@ -176,12 +176,12 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
 
     root = _common_root(args.inputs, files)
     plan.relative = [Path(os.path.relpath(os.path.abspath(f), root)) for f in files]
+    if args.save_vis and args.save_crops and Path(args.save_vis).resolve() == Path(args.save_crops).resolve():
+        raise UserError("--save-vis and --save-crops need two different folders")
     if args.save_vis:
         plan.vis_dir = check_output_dir(args.save_vis, inputs=files)
     if args.save_crops:
         plan.crops_dir = check_output_dir(args.save_crops, inputs=files)
-        if plan.vis_dir is not None and plan.vis_dir.resolve() == plan.crops_dir.resolve():
-            raise UserError("--save-vis and --save-crops need two different folders")
     if plan.vis_dir is not None:
         sources = {os.path.abspath(f) for f in files}
         for index in range(len(files)):
@@ -313,49 +313,13 @@ class RecordWriter:
 # -- drawings and crops -------------------------------------------------------------------------------
 
 
-def _save_png(array: Any, target: Path) -> None:
-    import PIL.Image
+def save_crops(folder: Path, faces: Any, margin: float) -> None:
+    """Each face as ``folder/face_000.jpg``, ``face_001.jpg`` ... by descending score
+    (:meth:`srn.inference.Faces.crops`)."""
+    from srn.inference.results import write_image
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(target) as tmp:
-        PIL.Image.fromarray(array).save(tmp, format="PNG")
-
-
-def save_visualisation(target: Path, image: Any, faces: Any) -> None:
-    """``image`` (uint8 Tensor[3, H, W]) with ``faces``' boxes drawn, as a PNG at ``target``."""
-    from torchvision.utils import draw_bounding_boxes
-
-    width = max(2, round(max(image.shape[-2:]) / 400))
-    drawn = draw_bounding_boxes(image, faces.boxes.cpu().float(), colors="lime", width=width)
-    _save_png(drawn.permute(1, 2, 0).numpy(), target)
-
-
-def crop_boxes(boxes: Any, width: int, height: int, margin: float) -> list[tuple[int, int, int, int]]:
-    """Integer crop windows (x1, y1, x2, y2) of ``boxes`` (Tensor[D, 4]) grown by ``margin`` times
-    their width and height on each side, clipped to the image, at least one pixel each way."""
-    import math
-
-    windows = []
-    for x1, y1, x2, y2 in boxes.detach().cpu().double().tolist():
-        dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-        left = min(max(0, math.floor(x1 - dx)), width - 1)
-        top = min(max(0, math.floor(y1 - dy)), height - 1)
-        right = max(min(width, math.ceil(x2 + dx)), left + 1)
-        bottom = max(min(height, math.ceil(y2 + dy)), top + 1)
-        windows.append((left, top, right, bottom))
-    return windows
-
-
-def save_crops(folder: Path, image: Any, faces: Any, margin: float) -> None:
-    """Each face of ``image`` as ``folder/face_000.jpg``, ``face_001.jpg`` ... by descending score."""
-    import PIL.Image
-
-    hwc = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    if len(faces):
-        folder.mkdir(parents=True, exist_ok=True)
-    for number, (x1, y1, x2, y2) in enumerate(crop_boxes(faces.boxes, faces.width, faces.height, margin)):
-        with atomic_output(folder / f"face_{number:03d}.jpg") as tmp:
-            PIL.Image.fromarray(hwc[y1:y2, x1:x2].copy()).save(tmp, format="JPEG", quality=95)
+    for number, crop in enumerate(faces.crops(margin)):
+        write_image(folder / f"face_{number:03d}.jpg", crop)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -456,9 +420,9 @@ def run(args: argparse.Namespace) -> int:
                     assert plan.out is not None
                     write_predictions(plan.out, {plan.wider_keys[index]: (faces.boxes.cpu().numpy(), faces.scores.cpu().numpy())})
                 if plan.vis_dir is not None:
-                    save_visualisation(plan.vis_path(index), item.image, faces)
+                    faces.save(plan.vis_path(index))
                 if plan.crops_dir is not None:
-                    save_crops(plan.crops_folder(index), item.image, faces, args.crop_margin)
+                    save_crops(plan.crops_folder(index), faces, args.crop_margin)
             if writer is not None:
                 writer.write_batch(records)
             progress.update(len(batch))
@@ -498,9 +462,9 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
     """``srn detect`` when the inputs are videos."""
     import torch
 
-    from srn.video import detect_video, plan_outputs as plan_video_outputs, require_cv2
+    from srn.video import detect_video, plan_outputs as plan_video_outputs, require_av
 
-    require_cv2()
+    require_av()
     paths = [Path(p) for p in args.inputs]
     images = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
     if images:

@@ -13,12 +13,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from srn.data.image_folder import ImageFiles, collate_decoded
 from srn.errors import ConfigError
-from srn.inference.detector import Detector, Faces
+from srn.inference.detector import Detector
+from srn.inference.results import Faces
 
 __all__ = ["ImageResult", "default_workers", "detect_files"]
 
@@ -30,15 +30,13 @@ class ImageResult:
     Attributes:
         index: its position in the list given to :func:`detect_files`.
         path: the file.
-        image (Tensor[3, H, W] | None): the decoded ``uint8`` RGB image (for drawing or cropping),
-            None when it could not be read.
-        faces: its detections, None when it could not be read.
+        faces: its detections, holding the decoded image for drawing and cropping
+            (:meth:`Faces.plot`, :meth:`Faces.crops`); None when it could not be read.
         error: ``"<path>: <reason>"`` when it could not be read.
     """
 
     index: int
     path: Path
-    image: Tensor | None
     faces: Faces | None
     error: str | None = None
 
@@ -85,5 +83,5 @@ def detect_files(
             faces = faces_of.get(item.index)
             if faces is not None:
                 faces.source = str(item.path)
-            results.append(ImageResult(item.index, item.path, item.image, faces, item.error))
+            results.append(ImageResult(item.index, item.path, faces, item.error))
         yield results
