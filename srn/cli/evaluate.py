@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError, add_detector_args
+from srn.cli.common import UserError, add_detector_args, build_detector
 from srn.errors import PredictionFormatError
 from srn.paths import check_input_dir, check_output_dir, check_output_file
 
@@ -45,13 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_detections(args: argparse.Namespace, paths: list[Path]):
-    from srn.evaluation.run import detect_images, eval_detector
+    from srn.evaluation.run import detect_images
 
     missing = [p for p in paths if not p.is_file()]
     present = [p for p in paths if p.is_file()]
     if not present:
         raise UserError(f"{args.images}: none of the {len(paths)} annotated images is there")
-    detector = eval_detector(args.weights, args.device, args.batch_size, args.max_size)
+    # Every detection the release keeps (no final score threshold): the benchmarks' protocol.
+    detector = build_detector(args, score_thresh=0.0)
     results, failures = detect_images(detector, present, tta=args.tta, tta_max_size=args.tta_max_size,
                                       keep_singletons=args.keep_singletons)
     for line in failures:
