@@ -1,9 +1,19 @@
+import ast
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from srn.anchors import feature_sizes_for_image
+from srn.config import ModelConfig, TrainingConfig, from_dict, load_yaml
+from srn.engine.trainer import init_from
 from srn.model import SRN, build_model
+from srn.model.head import SRNHead
+from srn.model.rfe import RFE
+from srn.weights import load_model, read_weights
 
 VARIANTS = {
     "srn_r50": dict(),
@@ -99,3 +109,136 @@ def test_bad_level_sets_are_rejected():
         build_model(backbone="resnet18", stc_levels=(6,))
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model(backbone="vgg16")
+
+
+# --- SRN-Lite (srn/configs/srn_lite.yaml): the light design, selected by configuration -----------
+
+LITE_PRESET = Path(__file__).resolve().parents[1] / "srn" / "configs" / "srn_lite.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "srn" / "assets" / "srn_mobilenet_v2.pt"
+
+
+def lite_config() -> ModelConfig:
+    return replace(load_yaml(TrainingConfig, LITE_PRESET).model, pretrained=None)
+
+
+def all_outputs(outputs) -> list[torch.Tensor]:
+    fields = outputs if isinstance(outputs, dict) else outputs._asdict()
+    keys = ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas")
+    return [t for k in keys for t in fields[k] if t is not None]
+
+
+def test_lite_preset_parameter_count_and_flops():
+    config = lite_config()
+    assert (config.backbone, config.width, config.tower_convs) == ("mobilenet_v2", 32, 2)
+    assert config.separable_head and config.separable_fpn and config.rfe
+    with torch.device("meta"):
+        model = SRN.from_config(config).eval()
+        shipped = SRN.from_config(ModelConfig(backbone="mobilenet_v2", width=48)).eval()
+    assert sum(p.numel() for p in model.parameters()) == 2_374_666
+    assert sum(p.numel() for p in shipped.parameters()) == 2_621_306
+    flops = {}
+    for name, net in (("lite", model), ("shipped", shipped)):
+        with FlopCounterMode(display=False) as counter:
+            net(torch.empty(1, 3, 480, 640, device="meta"))
+        flops[name] = counter.get_total_flops()
+    # The backbone's 3.42 GFLOP are common to both; the head falls from 10.08 to 1.36 GFLOP.
+    assert flops == {"lite": 5_033_948_160, "shipped": 14_795_688_960}
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(tower_convs=0), dict(tower_convs=3, rfe=False)])
+def test_lite_every_parameter_gets_a_gradient(overrides):
+    model = SRN.from_config(replace(lite_config(), **overrides)).train()
+    loss = sum(t.square().mean() for t in all_outputs(model(torch.rand(2, 3, 64, 96))))
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_lite_output_shapes():
+    model = SRN.from_config(lite_config()).eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(2, 3, 97, 131))
+    check_shapes(model, outputs, (97, 131))
+
+
+def test_separable_layers_have_no_dense_spatial_kernel():
+    model = SRN.from_config(lite_config())
+    spatial = [m for m in (*model.head.modules(), *model.fpn.outputs.modules())
+               if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert spatial and all(m.groups == m.in_channels == m.out_channels for m in spatial)
+
+
+@pytest.mark.parametrize(
+    "tower_convs, expected",
+    [
+        (0, ["RFE"]),
+        (1, ["Conv2d", "ReLU", "RFE"]),
+        (2, ["Conv2d", "ReLU", "RFE", "Conv2d", "ReLU"]),  # the release's index layout
+        (3, ["Conv2d", "ReLU", "RFE", "Conv2d", "ReLU", "Conv2d", "ReLU"]),
+    ],
+)
+def test_tower_layout(tower_convs, expected):
+    head = SRNHead(32, 2, tower_convs=tower_convs)
+    assert [type(m).__name__ for m in head.cls_tower] == expected
+    assert [type(m).__name__ for m in head.box_tower] == expected
+
+
+def test_separable_rfe_runs_its_branches_fused_with_the_same_result():
+    torch.manual_seed(0)
+    rfe = RFE(48, separable=True)
+    for conv in rfe.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.normal_(conv.weight, std=0.3)
+            nn.init.normal_(conv.bias, std=0.1)
+    assert [tuple(b[2].weight.shape) for b in (rfe.branch0, rfe.branch1, rfe.branch2, rfe.branch3)] == [
+        (12, 1, 1, 5), (12, 1, 5, 1), (12, 1, 1, 3), (12, 1, 3, 1),
+    ]
+    x = torch.randn(2, 48, 11, 13)
+    fused = rfe(x)
+    rfe.separable = False  # the same parameters, branch by branch as the paper draws them
+    torch.testing.assert_close(fused, rfe(x))
+
+
+def test_paper_network_is_unchanged_by_the_light_fields():
+    """The defaults build the release's layers: no grouped convolution, the release's names."""
+    model = build_model(backbone="resnet18")
+    assert not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+    state = model.state_dict()
+    assert state["head.cls_tower.0.weight"].shape == (256, 256, 3, 3)
+    assert state["head.cls_tower.2.branch0.2.weight"].shape == (64, 64, 1, 5)
+    assert state["head.box_tower.3.weight"].shape == (256, 256, 3, 3)
+    assert state["fpn.outputs.4.weight"].shape == (256, 256, 3, 3)
+
+
+def test_checkpoint_config_without_the_light_fields_loads():
+    """Checkpoints saved before the light fields existed rebuild the same dense network."""
+    config = from_dict(ModelConfig, {"backbone": "mobilenet_v2", "width": 48, "init": "scaled"})
+    assert (config.tower_convs, config.separable_head, config.separable_fpn) == (2, False, False)
+    model, _ = load_model(SHIPPED)
+    assert set(model.state_dict()) == set(SRN.from_config(config).state_dict())
+
+
+def test_lite_model_starts_from_the_shipped_backbone():
+    """train.init_from loads the tensors that match in name and shape: the whole MobileNetV2, C6 and
+    the predictors' biases; the 32-wide separable FPN and head keep their initialisation."""
+    model = SRN.from_config(lite_config())
+    _, shipped = read_weights(SHIPPED)
+    own = model.state_dict()
+    matching = {k for k, v in shipped.items() if k in own and own[k].shape == v.shape}
+    backbone = {k for k in own if k.startswith("backbone.")}
+    assert matching == backbone | {"extra.c6.weight", "extra.c6.bias", "head.cls_pred.bias", "head.box_pred.bias"}
+    init_from(model, SHIPPED)
+    own = model.state_dict()
+    for key in sorted(matching):
+        torch.testing.assert_close(own[key], shipped[key])
+
+
+def test_head_does_not_import_the_model():
+    """init_conv lives in srn/model/init.py, so head.py no longer imports srn.model.srn (a cycle)."""
+    import srn.model.head
+
+    tree = ast.parse(Path(srn.model.head.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "srn.model.srn" not in imported and "srn.model.init" in imported

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from srn.model.layers import conv3x3
+
 
 class ExtraLayers(nn.Module):
     """C6 and C7: 3x3 stride-2 convolutions with bias and no activation (C6 on C5, C7 on C6)."""
@@ -42,14 +44,17 @@ class FPN(nn.Module):
 
     Upsampling is bilinear with ``align_corners=True`` to the lateral's exact size, so any input
     size works without padding.
+
+    Args:
+        separable: depthwise-separable 3x3 output convolutions (see :func:`srn.model.layers.conv3x3`).
     """
 
-    def __init__(self, in_channels: Sequence[int], width: int) -> None:
+    def __init__(self, in_channels: Sequence[int], width: int, separable: bool = False) -> None:
         super().__init__()
         self.laterals = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)  # on C2..C5
         self.outputs = nn.ModuleList(
-            [nn.Conv2d(width, width, 3, padding=1) for _ in range(4)]  # P2..P5
-            + [nn.Conv2d(width, width, 3, stride=2, padding=1) for _ in range(2)]  # P6, P7
+            [conv3x3(width, width, separable=separable) for _ in range(4)]  # P2..P5
+            + [conv3x3(width, width, stride=2, separable=separable) for _ in range(2)]  # P6, P7
         )
 
     def forward(self, c_features: Sequence[Tensor]) -> list[Tensor]:

@@ -13,19 +13,11 @@ from srn.config import ModelConfig
 from srn.model.backbone import build_backbone, load_imagenet_weights
 from srn.model.fpn import FPN, ExtraLayers, FirstStepFeatures
 from srn.model.head import SRNHead
+from srn.model.init import INITS, init_conv
 
 NUM_LEVELS = 6
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def init_conv(conv: nn.Conv2d, init: str) -> None:
-    """``normal``: N(0, 0.01), the paper's and the release's. ``scaled``: N(0, 1/fan_in), which
-    keeps the signal alive through narrow heads; with width 32-64, six layers of N(0, 0.01) shrink
-    it about 10^4-fold and training barely starts."""
-    fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-    nn.init.normal_(conv.weight, std=0.01 if init == "normal" else fan_in**-0.5)
-    nn.init.zeros_(conv.bias)
 
 
 class SRN(nn.Module):
@@ -40,6 +32,12 @@ class SRN(nn.Module):
     - ``step2_logits`` (list[Tensor[N, R_l]]) and ``step2_deltas`` (list[Tensor[N, R_l, 4]]): the second
       step, from the FPN.
     - ``anchors`` (list[Tensor[R_l, 4]]): (x1, y1, x2, y2), shared by the images of the batch.
+
+    The light design (``srn/configs/srn_lite.yaml``, measured in ``benchmarks/lite_design.md``) keeps
+    STC, STR and the RFE and changes only the cost of their convolutions: ``separable_head`` makes
+    the head's 3x3 layers depthwise-separable and the RFE's k x l layers depthwise,
+    ``separable_fpn`` does the same for the FPN's output layers, and ``tower_convs`` sets the 3x3
+    layers per head tower (2 in the paper). The defaults build the paper's network.
     """
 
     def __init__(
@@ -54,10 +52,13 @@ class SRN(nn.Module):
         frozen_stem: bool = True,
         prior_prob: float = 0.01,
         init: str = "normal",
+        tower_convs: int = 2,
+        separable_head: bool = False,
+        separable_fpn: bool = False,
     ) -> None:
         super().__init__()
-        if init not in ("normal", "scaled"):
-            raise ValueError(f"init must be 'normal' or 'scaled', got {init!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels)):
             if any(l not in range(NUM_LEVELS) for l in levels):
                 raise ValueError(f"{name} must be a subset of 0..{NUM_LEVELS - 1}, got {tuple(levels)}")
@@ -75,9 +76,16 @@ class SRN(nn.Module):
         self.extra = ExtraLayers(c5_channels, c5_channels // 2, width, with_c7=max_level >= 5) if max_level >= 4 else None
         c_channels = self.backbone.out_channels + [c5_channels // 2, width]
         self.first_step = FirstStepFeatures(c_channels, width, first_step_levels)
-        self.fpn = FPN(self.backbone.out_channels, width)
+        self.fpn = FPN(self.backbone.out_channels, width, separable=separable_fpn)
         self.anchor_generator = AnchorGenerator(scales=anchor_scales, ratio=anchor_ratio)
-        self.head = SRNHead(width, self.anchor_generator.num_anchors_per_cell, rfe=rfe, prior_prob=prior_prob)
+        self.head = SRNHead(
+            width,
+            self.anchor_generator.num_anchors_per_cell,
+            rfe=rfe,
+            prior_prob=prior_prob,
+            tower_convs=tower_convs,
+            separable=separable_head,
+        )
         self._init_new_layers(init)
 
     @classmethod
@@ -93,6 +101,9 @@ class SRN(nn.Module):
             frozen_stem=config.frozen_stem,
             prior_prob=config.prior_prob,
             init=config.init,
+            tower_convs=config.tower_convs,
+            separable_head=config.separable_head,
+            separable_fpn=config.separable_fpn,
         )
         if config.pretrained:
             load_imagenet_weights(model.backbone, config.backbone, config.pretrained)
