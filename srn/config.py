@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -227,8 +228,44 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training (SPEC §6)
+# Training (docs/design.md, Training recipe)
 # ---------------------------------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raise ``ConfigError("<key>: must be <rule>, got <value>")`` unless ``ok``.
+
+    A frozen config checks its ranges when it is built, so a bad value stops a run before any work
+    (not as a ZeroDivisionError, or an empty run, much later).
+    """
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {_shown(value)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    _require(value >= low, key, f"at least {low}", value)
+
+
+def _positive(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, key, "a positive number", value)
+
+
+def _non_negative(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value >= 0, key, "a number >= 0", value)
+
+
+def _probability(key: str, value: float) -> None:
+    _require(0 <= value <= 1, key, "between 0 and 1", value)
+
+
+def _interval(key: str, value: tuple[float, ...], low: float, high: float, rule: str) -> None:
+    """``value`` is a pair ``(a, b)`` with ``low <= a <= b <= high``."""
+    ok = len(value) == 2 and low <= value[0] <= value[1] <= high
+    _require(ok, key, rule, value)
 
 
 @dataclass(frozen=True)
@@ -240,6 +277,10 @@ class DatasetSpec:
     images: str | None = None  # image root; default: the annotation file's folder
     repeat: float = 1.0  # over- (>1) or under-sampling (<1) of this source per epoch
     ignore_invalid: bool = True  # WIDER's `invalid` faces become ignore regions
+
+    def __post_init__(self) -> None:
+        _require(self.format in ("wider", "fddb", "coco"), "data.train.format", "one of wider, fddb, coco", self.format)
+        _positive("data.train.repeat", self.repeat)
 
 
 @dataclass(frozen=True)
@@ -253,6 +294,18 @@ class DataConfig:
     photometric: bool = True
     flip_prob: float = 0.5
     workers: int = 4
+
+    def __post_init__(self) -> None:
+        # Below 32 px the coarsest levels (strides 64 and 128) have no cell left.
+        _at_least("data.size", self.size, 32)
+        if self.zoom_out:
+            _interval("data.zoom_out", self.zoom_out, 1.0, math.inf, "[] or [low, high] with 1 <= low <= high")
+        _probability("data.zoom_out_prob", self.zoom_out_prob)
+        if self.crop_scale:
+            _interval("data.crop_scale", self.crop_scale, 1e-6, 1.0, "[] or [low, high] with 0 < low <= high <= 1")
+        _non_negative("data.min_face_size", self.min_face_size)
+        _probability("data.flip_prob", self.flip_prob)
+        _at_least("data.workers", self.workers, 0)
 
 
 @dataclass(frozen=True)
@@ -269,6 +322,16 @@ class LossConfig:
     step2_cls_weight: float = 1.0
     step2_reg_weight: float = 1.0
     stc_filter_positives: bool = False
+
+    def __post_init__(self) -> None:
+        _probability("loss.stc_theta", self.stc_theta)
+        for key in ("step1_thresholds", "step2_thresholds"):
+            _interval(f"loss.{key}", getattr(self, key), 0.0, 1.0, "[negative below, positive from] with 0 <= negative <= positive <= 1")
+        _require(self.focal_alpha == -1 or 0 <= self.focal_alpha <= 1, "loss.focal_alpha", "between 0 and 1, or -1 (no weighting)", self.focal_alpha)
+        _non_negative("loss.focal_gamma", self.focal_gamma)
+        _non_negative("loss.smooth_l1_beta", self.smooth_l1_beta)
+        for key in ("step1_cls_weight", "step1_reg_weight", "step2_cls_weight", "step2_reg_weight"):
+            _non_negative(f"loss.{key}", getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -297,6 +360,27 @@ class TrainConfig:
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
     init_from: str | None = None  # start from an srn checkpoint's weights (fine-tuning)
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("train.epochs", self.epochs, 1)
+        _positive("train.lr", self.lr)
+        for step in self.lr_steps:
+            _require(step >= 0, "train.lr_steps", "epochs >= 0", self.lr_steps)
+        _positive("train.lr_gamma", self.lr_gamma)
+        _at_least("train.warmup_iters", self.warmup_iters, 0)
+        _non_negative("train.warmup_factor", self.warmup_factor)
+        _non_negative("train.momentum", self.momentum)
+        _non_negative("train.weight_decay", self.weight_decay)
+        _at_least("train.batch_size", self.batch_size, 1)
+        _at_least("train.batch_per_device", self.batch_per_device, 1)
+        if self.max_iters is not None:
+            _at_least("train.max_iters", self.max_iters, 1)
+        if self.max_minutes is not None:
+            _positive("train.max_minutes", self.max_minutes)
+        if self.grad_clip is not None:
+            _non_negative("train.grad_clip", self.grad_clip)  # 0: no clipping
+        _at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        _at_least("train.log_every", self.log_every, 1)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from torch.testing import assert_close
 
 from srn.config import ConfigError, TrainingConfig, apply_overrides, from_dict, load_yaml
 from srn.engine.checkpoint import load_training_checkpoint
+from srn.engine.hooks import HookBase
 from srn.engine.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,10 @@ def tiny_config(shared_dir, output_dir, **overrides):
 
 def test_presets_load_and_unknown_keys_are_refused():
     names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-    assert names == ["ablation_stc", "ablation_stc_str", "ablation_str", "retinanet_r50_widerface", "srn_mobilenet_v2", "srn_r50_widerface"]
+    # The paper's network, its ablations and baseline, and the light models; every preset loads.
+    assert {"ablation_stc", "ablation_stc_str", "ablation_str", "retinanet_r50_widerface", "srn_mobilenet_v2", "srn_r50_widerface"} <= set(names)
+    for name in names:
+        load_yaml(TrainingConfig, PRESETS / f"{name}.yaml")
     baseline = load_yaml(TrainingConfig, PRESETS / "retinanet_r50_widerface.yaml")
     assert (baseline.model.stc_levels, baseline.model.str_levels, baseline.model.rfe) == ((), (), False)
     paper = load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml")
@@ -61,7 +65,7 @@ def test_every_parameter_gets_a_gradient(shared_dir, tmp_path):
         batch = torch.randint(0, 255, (2, 3, 256, 256), dtype=torch.uint8)
         outputs = trainer.model(batch)
         # One face exactly on an anchor of every level, so both steps have positives everywhere.
-        faces = torch.stack([anchors[len(anchors) // 2] for anchors in outputs["anchors"]])
+        faces = torch.stack([anchors[len(anchors) // 2] for anchors in outputs.anchors])
         targets = [{"boxes": faces, "ignore": torch.zeros(6, dtype=torch.bool)}] * 2
         sum(trainer.criterion(outputs, targets).values()).backward()
         missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -185,11 +189,35 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shared_dir, tmp_pat
     assert (tmp_path / "nan" / "last.pt").read_bytes() == before
 
 
+class _Recorder(HookBase):
+    def __init__(self):
+        self.calls = []
+
+    def before_train(self):
+        self.calls.append(("before_train", self.trainer.iteration))
+
+    def after_step(self):
+        self.calls.append(("after_step", self.trainer.iteration, sorted(self.trainer.step_losses), self.trainer.step_images))
+
+    def after_epoch(self):
+        self.calls.append(("after_epoch", self.trainer.iteration))
+
+    def after_train(self):
+        self.calls.append(("after_train", self.trainer.iteration, self.trainer.completed))
+
+
 def test_checkpoint_holds_everything_and_is_a_weights_file(shared_dir, tmp_path):
     from srn.weights import load_model
 
     trainer = Trainer(tiny_config(shared_dir, tmp_path / "c", **{"train.max_iters": 2}))
+    assert [type(h).__name__ for h in trainer.hooks] == ["NonFiniteGuard", "MetricsLogger", "Checkpointer"]
+    recorder = _Recorder()
+    trainer.register_hooks([recorder])
     final = trainer.fit()
+    losses = ["loss", "loss_step1_cls", "loss_step1_reg", "loss_step2_cls", "loss_step2_reg"]
+    # The run stops inside the first epoch (37 steps of 4 images), which ends the epoch too.
+    assert recorder.calls == [("before_train", 0), ("after_step", 1, losses, 4), ("after_step", 2, losses, 4),
+                              ("after_epoch", 2), ("after_train", 2, True)]
     state = load_training_checkpoint(tmp_path / "c" / "last.pt")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "rng", "config"} <= set(state)
     assert state["iteration"] == 2 and state["config"]["model"]["backbone"] == "resnet18"

@@ -1,11 +1,15 @@
 import os
 import pickle
+import random
+from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from srn.config import DetectorConfig, ModelConfig
+from srn.config import DetectorConfig, ModelConfig, to_dict
+from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint
+from srn.errors import InputPathError, SRNError
 from srn.model import build_model
 from srn.postprocess import postprocess
 from srn.weights import (
@@ -173,25 +177,85 @@ class _Exploit:
         return (os.system, (f"touch {self.sentinel}",))
 
 
-def test_malicious_pickle_is_refused(tmp_path):
+@pytest.mark.parametrize("protocol, reason", [
+    (2, "it holds a Python object (posix.system), which is never unpickled"),
+    (4, "a pickle that torch.save did not write"),
+])
+def test_malicious_pickle_is_refused(tmp_path, protocol, reason):
     sentinel = tmp_path / "pwned"
     exploit = _Exploit()
     exploit.sentinel = sentinel
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
-        pickle.dump({"model": exploit, "config": {}}, handle)
-    with pytest.raises(WeightsError, match="evil.pt: not a loadable weights file"):
+        pickle.dump({"model": exploit, "config": {}}, handle, protocol=protocol)
+    with pytest.raises(WeightsError) as info:
         read_weights(path)
+    assert str(info.value) == f"{path}: not a PyTorch weights file ({reason})"
     assert not sentinel.exists()
 
 
 def test_unreadable_weights_give_one_line(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_text("hello")
-    for name in ("empty.pt", "text.pt", "absent.pt"):
-        with pytest.raises(WeightsError) as info:
+    expected = {
+        "empty.pt": (InputPathError, "is empty (0 bytes), not a weights file"),
+        "text.pt": (WeightsError, "not a PyTorch weights file (it is a text file)"),
+        "absent.pt": (InputPathError, "no such weights file"),
+    }
+    for name, (kind, reason) in expected.items():
+        with pytest.raises(kind) as info:
             read_weights(tmp_path / name)
-        assert name in str(info.value) and "\n" not in str(info.value)
+        assert str(info.value) == f"{tmp_path / name}: {reason}"
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(WeightsError, match="neither an srn checkpoint nor the release"):
         read_weights(tmp_path / "other.pt")
+
+
+ASSET = Path(__file__).resolve().parents[1] / "srn" / "assets" / "srn_mobilenet_v2.pt"
+
+
+def _damaged_copies(data, rng, truncations, flips):
+    """Prefixes of ``data`` (from 0 bytes to all but one), and copies with a few bytes changed in
+    the first 4 KiB (the zip's first headers and the pickle), the last 2 KiB (the zip directory) or
+    anywhere (mostly tensor data)."""
+    for _ in range(truncations):
+        yield data[: rng.randrange(len(data))]
+    regions = [(0, 4096), (len(data) - 2048, len(data)), (0, len(data))]
+    for index in range(flips):
+        low, high = regions[index % 3]
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            damaged[rng.randrange(low, high)] = rng.randrange(256)
+        yield bytes(damaged)
+
+
+def test_random_and_damaged_files_succeed_or_raise_srn_errors(tmp_path):
+    rng = random.Random(20190127)
+    small = tmp_path / "small.pt"
+    save_checkpoint(build_model(ModelConfig(backbone="resnet18", width=8)), DetectorConfig(model=ModelConfig(backbone="resnet18", width=8)), small)
+    training = tmp_path / "training.pt"
+    save_training_checkpoint(training, model={"w": torch.ones(3)}, optimizer={"state": {}, "param_groups": []}, scheduler={},
+                             scaler={}, epoch=0, iteration=5, config=to_dict(DetectorConfig()))
+    assert load_training_checkpoint(training)["iteration"] == 5
+    cases = []
+    for source, readers, truncations, flips in ((ASSET, (read_weights, load_model), 6, 6),
+                                                (small, (read_weights, load_model), 8, 8),
+                                                (training, (load_training_checkpoint,), 6, 6)):
+        cases += [(data, readers) for data in _damaged_copies(source.read_bytes(), rng, truncations, flips)]
+    for prefix in (b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x89PNG\r\n\x1a\n"):
+        for _ in range(2):
+            noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096)))
+            cases.append((prefix + noise, (read_weights, load_model, load_training_checkpoint)))
+    assert len(cases) == 50
+    outcomes = {"loaded": 0, "refused": 0}
+    for index, (data, readers) in enumerate(cases):
+        path = tmp_path / f"case{index}.pt"
+        path.write_bytes(data)
+        for reader in readers:
+            try:
+                reader(path)
+                outcomes["loaded"] += 1
+            except SRNError as exc:
+                assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc) and "weights_only" not in str(exc), str(exc)
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 40, outcomes

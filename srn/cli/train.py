@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("config", help="YAML file or preset name")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.02")
     train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                       help="continue from CKPT (default: OUTPUT_DIR/last.pt)")
+                       help="continue from CKPT (default: OUTPUT_DIR/last.pt, or from scratch when there is none)")
     train.set_defaults(func=run)
 
 

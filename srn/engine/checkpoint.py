@@ -2,21 +2,29 @@
 
 A training checkpoint is also a valid weights file (``model`` + ``config``), so ``srn detect
 --weights runs/x/last.pt`` works on it. Only tensors and plain Python values are stored, so loading
-uses ``torch.load(weights_only=True)``.
+uses ``torch.load(weights_only=True)`` (through :func:`srn.weights.read_torch_file`).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from srn.weights import WeightsError, atomic_save
+from srn.atomic import atomic_save
+from srn.errors import WeightsError
+from srn.weights import read_torch_file
 
 FORMAT = "srn-train"
+# Entry -> the type it must have for a run to continue from it.
+_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "model": Mapping, "optimizer": Mapping, "scheduler": Mapping, "scaler": Mapping,
+    "epoch": int, "iteration": int, "rng": Mapping, "config": Mapping,
+}
 
 
 def rng_state() -> dict[str, Any]:
@@ -51,13 +59,19 @@ def save_training_checkpoint(path: str | Path, **parts: Any) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise WeightsError(f"{path}: not a loadable checkpoint ({str(exc).strip().splitlines()[0][:200]})") from None
+    """Read a checkpoint that :func:`save_training_checkpoint` wrote.
+
+    Raises:
+        InputPathError: ``path`` is missing, not a regular file, unreadable or empty.
+        WeightsError: one line naming ``path``: not a torch file, truncated, not an srn training
+            checkpoint (an inference ``model.pt``, say), or an entry missing or of the wrong type.
+    """
+    state = read_torch_file(path, what="training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not an srn training checkpoint")
+        raise WeightsError(f"{path}: not an srn training checkpoint (no 'format': '{FORMAT}' entry)")
+    for key, kind in _ENTRIES.items():
+        if key not in state:
+            raise WeightsError(f"{path}: damaged training checkpoint (no {key!r} entry)")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise WeightsError(f"{path}: damaged training checkpoint ({key!r} is a {type(state[key]).__name__})")
     return state

@@ -1,4 +1,8 @@
-"""The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume."""
+"""The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume.
+
+The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints and the non-finite
+guard are hooks (:mod:`srn.engine.hooks`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +21,21 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from srn.atomic import atomic_write_text
-from srn.config import DetectorConfig, TrainingConfig, to_dict
+from srn.atomic import atomic_write_text, remove_stale_partials
+from srn.config import DetectorConfig, ModelConfig, TrainingConfig, to_dict
 from srn.criterion import SRNCriterion
 from srn.data.build import build_train_dataset, count_dropped_boxes
-from srn.data.datasets import collate
+from srn.data.datasets import FaceDetectionDataset, RepeatDataset, collate
+from srn.data.image_io import ImageReadError, read_image
 from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint, set_rng_state
 from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
+from srn.engine.hooks import Checkpointer, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
+from srn.errors import InputPathError, SRNError, TrainingError, one_line
 from srn.model import SRN
-from srn.weights import read_weights, save_checkpoint
-from srn.errors import TrainingError
+from srn.paths import check_input_file
+from srn.weights import check_state_dict, read_weights, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +99,86 @@ def init_from(model: nn.Module, path: str | Path) -> None:
                 path, len(matched), len(own), len(state) - len(matched))
 
 
+def _sources(dataset: Dataset) -> Iterator[FaceDetectionDataset]:
+    """The annotation sources inside ``dataset``, in the order of ``data.train``."""
+    if isinstance(dataset, FaceDetectionDataset):
+        yield dataset
+    elif isinstance(dataset, RepeatDataset | SeededSamples):
+        yield from _sources(dataset.dataset)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from _sources(part)
+
+
+def check_training_images(dataset: Dataset, names: Sequence[str]) -> list[str]:
+    """Fail early when no training image can be used; return a warning for each source with some
+    images that cannot.
+
+    Every listed file is checked to exist and be readable (cheap); files are then decoded in order up
+    to the first one that decodes. So a wrong image folder or a set of broken files stops the run at
+    once, instead of a run that trains on nothing and writes an untrained model.
+
+    Args:
+        dataset: the training dataset (sources inside repeats and concatenations are found).
+        names: one name per source, in order (its annotation file as the config gives it).
+
+    Raises:
+        TrainingError: ``"no usable training image in <names> (...)"``.
+    """
+    messages, first_problem, total, usable = [], "", 0, False
+    for name, source in zip(names, _sources(dataset)):
+        problems, readable = [], []
+        for record in source.records:
+            path = source.image_root / record.image_path
+            try:
+                readable.append(check_input_file(path, what="training image"))
+            except InputPathError as exc:
+                problems.append(str(exc))
+        decodes = False
+        for path in readable:
+            try:
+                read_image(path)
+                decodes = True
+                break
+            except ImageReadError as exc:
+                problems.append(str(exc))
+        total += len(source.records)
+        usable |= decodes
+        first_problem = first_problem or (problems[0] if problems else "")
+        if decodes and problems:
+            messages.append(f"{name}: {len(problems)} of {len(source.records)} images are unusable and are skipped ({problems[0]})")
+        elif not decodes and source.records:
+            messages.append(f"{name}: none of its {len(source.records)} images is usable ({problems[0]}); the other sources train")
+    if not usable:
+        where = ", ".join(names)
+        raise TrainingError(f"no usable training image in {where} ({total} listed; {first_problem})" if total
+                            else f"no usable training image in {where} (it lists none)")
+    return messages
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else str(value)
+
+
 class Trainer:
-    """Trains SRN as docs/design.md, Training recipe, describes. Run one per process (``torchrun`` starts several).
+    """Trains SRN as docs/design.md, Training recipe, describes. Run one per process (``torchrun``
+    starts several).
+
+    :meth:`fit` runs the optimizer steps; the hooks of :meth:`build_hooks`, and any added with
+    :meth:`register_hooks`, log, checkpoint and guard around them (:mod:`srn.engine.hooks`).
 
     Args:
         config: the resolved training config.
         base_dir: folder that relative data paths are taken from (the config file's).
-        resume: a training checkpoint to continue from, ``"auto"`` for ``output_dir/last.pt`` if it
-            exists, or None.
+        resume: a training checkpoint to continue from, ``"auto"`` for ``output_dir/last.pt`` (when
+            there is none, a warning says so and training starts from scratch), or None.
+
+    Raises:
+        SRNError: one line: no usable training image, an unreadable or damaged checkpoint, one of
+            another model config, and so on.
     """
 
     def __init__(self, config: TrainingConfig, base_dir: Path | None = None, resume: str | None = None) -> None:
@@ -118,6 +197,10 @@ class Trainer:
         self.output_dir = Path(tc.output_dir)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            # Temporary files of writes that a kill interrupted (the finished files are intact).
+            stale = remove_stale_partials(self.output_dir)
+            if stale:
+                logger.info("removed %d temporary file(s) of interrupted writes from %s", len(stale), self.output_dir)
 
         self.model = SRN.from_config(config.model)
         if tc.init_from:
@@ -148,6 +231,9 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         self.dataset = SeededSamples(build_train_dataset(config.data, base_dir), tc.seed)
+        for warning in check_training_images(self.dataset, [spec.annotations for spec in config.data.train]):
+            if self.dist.is_main:
+                logger.warning("%s", warning)
         per_step = tc.batch_per_device * self.dist.world_size
         self.accumulation = max(1, round(tc.batch_size / per_step))
         if self.accumulation * per_step != tc.batch_size and self.dist.is_main:
@@ -172,34 +258,93 @@ class Trainer:
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         self.iteration = 0
+        self.epoch = 0
         self.total_iters = tc.epochs * self.steps_per_epoch
         if tc.max_iters is not None:
             self.total_iters = min(self.total_iters, tc.max_iters)
+        # What the hooks read (srn.engine.hooks).
+        self.step_losses: dict[str, float] = {}
+        self.step_images = 0
+        self.metrics: dict[str, Any] | None = None
+        self.completed = False
 
         resume_path = self.output_dir / "last.pt" if resume == "auto" else (Path(resume) if resume else None)
-        if resume_path is not None and (resume != "auto" or resume_path.is_file()):
+        if resume == "auto" and not (resume_path.exists() or resume_path.is_symlink()):
+            if self.dist.is_main:
+                logger.warning("no checkpoint at %s; starting from scratch", resume_path)
+            resume_path = None
+        if resume_path is not None:
             self._resume(resume_path)
         elif self.dist.is_main:
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         if self.dist.is_main:
             atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        self.hooks: list[HookBase] = []
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> list[HookBase]:
+        """The guard on every process; the metrics log, TensorBoard and checkpoints on the main one."""
+        tc = self.config.train
+        hooks: list[HookBase] = [NonFiniteGuard()]
+        if self.dist.is_main:
+            hooks.append(MetricsLogger(self.output_dir / "metrics.jsonl", tc.log_every))
+            if tc.tensorboard:
+                hooks.append(TensorBoardWriter(self.output_dir / "tb"))
+            hooks.append(Checkpointer(tc.checkpoint_every))
+        return hooks
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Append ``hooks``; they run after those already registered."""
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def _call_hooks(self, moment: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, moment)()
 
     # ------------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
         state = load_training_checkpoint(path)
-        self.model.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self._check_same_model(path, state["config"])
+        try:
+            check_state_dict(self.model, state["model"], str(path))
+            self.model.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except SRNError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise TrainingError(f"{path}: the training state cannot be restored ({one_line(exc)[:200]})") from None
         self.iteration = int(state["iteration"])
-        set_rng_state(state["rng"])
         if self.dist.is_main:
-            # Drop log lines written after the checkpoint: they are about to be redone.
+            # Drop log lines written after the checkpoint: they are about to be redone. A line that a
+            # kill cut short is dropped too.
             log = self.output_dir / "metrics.jsonl"
             if log.is_file():
-                kept = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l).get("iteration", 0) <= self.iteration]
-                atomic_write_text(log, "".join(f"{l}\n" for l in kept))
+                kept = [line for line in log.read_text().splitlines() if _logged_iteration(line) <= self.iteration]
+                atomic_write_text(log, "".join(f"{line}\n" for line in kept))
             logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _check_same_model(self, path: Path, saved_config: Mapping[str, Any]) -> None:
+        """A resumed run continues the same network: every model key but ``pretrained`` (only the
+        initialisation, which the checkpoint replaces) must be what the checkpoint was trained with."""
+        saved = saved_config.get("model")
+        if not isinstance(saved, Mapping):
+            raise TrainingError(f"{path}: damaged training checkpoint (its config has no model section)")
+        # Keys added to ModelConfig after the checkpoint was written count with their defaults.
+        saved = {**to_dict(ModelConfig()), **saved}
+        current = to_dict(self.config.model)
+        keys = [*current, *(key for key in saved if key not in current)]
+        diffs = [
+            f"model.{key}: checkpoint {_shown(saved.get(key, _ABSENT))}, config {_shown(current.get(key, _ABSENT))}"
+            for key in keys
+            if key != "pretrained" and saved.get(key, _ABSENT) != current.get(key, _ABSENT)
+        ]
+        if diffs:
+            raise TrainingError(f"{path}: the checkpoint was trained with another model ({'; '.join(diffs)})")
 
     def _save(self, name: str = "last.pt") -> None:
         if not self.dist.is_main:
@@ -214,6 +359,13 @@ class Trainer:
             iteration=self.iteration,
             config=to_dict(self.config),
         )
+
+    def save_model(self) -> Path:
+        """Write ``model.pt``: the weights and the detector config (no training state)."""
+        final = self.output_dir / "model.pt"
+        if self.dist.is_main:
+            save_checkpoint(self.model, DetectorConfig(self.config.model, self.config.postprocess), final)
+        return final
 
     def _batch(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         batch = torch.stack(images).to(self.device, non_blocking=True)  # (N, 3, S, S) uint8
@@ -262,12 +414,6 @@ class Trainer:
                     # DDP's gradient exchange so that the processes stay in step.
                     losses = {}
                     loss = sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad)
-                if not torch.isfinite(loss):
-                    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                    raise TrainingError(
-                        f"non-finite loss at iteration {self.iteration + 1} ({detail}); training stopped, "
-                        f"the last good checkpoint {self.output_dir / 'last.pt'} is intact"
-                    )
                 (loss / len(micro_batches)).backward()
             for key, value in losses.items():
                 parts[key] += value.detach() / len(micro_batches)
@@ -282,72 +428,49 @@ class Trainer:
         return result
 
     def fit(self) -> Path:
-        """Train to the end of the schedule (or ``max_iters``); returns the final model file."""
+        """Train to the end of the schedule (or ``max_iters``, ``max_minutes``); returns the final model file."""
         tc = self.config.train
         if self.dist.is_main:
             logger.info("%d images, %d steps per epoch, %d steps in all (batch %d = %d x %d devices x %d)",
                         len(self.dataset), self.steps_per_epoch, self.total_iters,
                         tc.batch_per_device * self.dist.world_size * self.accumulation,
                         tc.batch_per_device, self.dist.world_size, self.accumulation)
-        writer = self._tensorboard()
-        progress = None
-        if self.dist.is_main:
-            from tqdm import tqdm
-
-            progress = tqdm(total=self.total_iters, initial=self.iteration, unit="it", file=sys.stderr, dynamic_ncols=True)
-        log_path = self.output_dir / "metrics.jsonl"
-        window: dict[str, float] = defaultdict(float)
-        window_steps, window_images, window_start = 0, 0, time.perf_counter()
         deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
+        first_iteration, images_loaded = self.iteration, 0
+        self._call_hooks("before_train")
         try:
             while self.iteration < self.total_iters:
-                epoch, step = divmod(self.iteration, self.steps_per_epoch)
-                batches = iter(self._loader(epoch, step * self.accumulation))
+                self.epoch, step = divmod(self.iteration, self.steps_per_epoch)
+                batches = iter(self._loader(self.epoch, step * self.accumulation))
                 while step < self.steps_per_epoch and self.iteration < self.total_iters:
                     micro = [next(batches) for _ in range(self.accumulation)]
-                    parts = self.train_step(micro)
+                    loaded = sum(len(images) for images, _ in micro)
+                    images_loaded += loaded
+                    self.step_images = loaded * self.dist.world_size
+                    self.step_losses = self.train_step(micro)
                     step += 1
-                    window_steps += 1
-                    window_images += sum(len(images) for images, _ in micro) * self.dist.world_size
-                    for key, value in parts.items():
-                        window[key] += value
-                    if self.iteration % tc.log_every == 0 or self.iteration == self.total_iters:
-                        elapsed = time.perf_counter() - window_start
-                        record = {"iteration": self.iteration, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                                  **{k: v / window_steps for k, v in window.items()},
-                                  "images_per_s": window_images / max(elapsed, 1e-9)}
-                        if self.dist.is_main:
-                            with open(log_path, "a") as handle:
-                                handle.write(json.dumps(record) + "\n")
-                            if writer is not None:
-                                for key, value in record.items():
-                                    if key not in ("iteration", "epoch"):
-                                        writer.add_scalar(f"train/{key}", value, self.iteration)
-                            progress.set_postfix({k: f"{record[k]:.3f}" for k in record if k.startswith("loss")} | {"img/s": f"{record['images_per_s']:.1f}"})
-                        window.clear()
-                        window_steps, window_images, window_start = 0, 0, time.perf_counter()
-                    if progress is not None:
-                        progress.update(1)
-                    if self.iteration % tc.checkpoint_every == 0:
-                        self._save()
+                    self._call_hooks("after_step")
                     if self._out_of_time(deadline):
                         logger.info("train.max_minutes reached at iteration %d", self.iteration)
                         self.total_iters = self.iteration
-                if step >= self.steps_per_epoch or self.iteration >= self.total_iters:
-                    self._save()
+                self._call_hooks("after_epoch")
+            self._check_images_loaded(images_loaded, self.iteration - first_iteration)
+            self.completed = True
         finally:
-            if progress is not None:
-                progress.close()
-            if writer is not None:
-                writer.close()
-        final = self.output_dir / "model.pt"
+            self._call_hooks("after_train")
         if self.dist.is_main:
             dropped = count_dropped_boxes(self.dataset.dataset)
             if dropped:
                 logger.info("%d degenerate boxes were dropped from the training data", dropped)
-            save_checkpoint(self.model, DetectorConfig(self.config.model, self.config.postprocess), final)
         cleanup()
-        return final
+        return self.output_dir / "model.pt"
+
+    def _check_images_loaded(self, images: int, steps: int) -> None:
+        # Every image may still fail to load when one decoded before training (sizes that contradict
+        # the annotation, say): never write a model trained on nothing.
+        if steps and not float(all_reduce_mean(torch.tensor(float(images), device=self.device))):
+            names = ", ".join(spec.annotations for spec in self.config.data.train)
+            raise TrainingError(f"no usable training image in {names}: every image of {steps} steps failed to load")
 
     def _out_of_time(self, deadline: float) -> bool:
         # Every process must stop at the same iteration, so rank 0's clock decides for all.
@@ -356,12 +479,11 @@ class Trainer:
             torch.distributed.broadcast(late, src=0)
         return bool(late)
 
-    def _tensorboard(self):
-        if not (self.dist.is_main and self.config.train.tensorboard):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-            return None
-        return SummaryWriter(str(self.output_dir / "tb"))
+
+def _logged_iteration(line: str) -> float:
+    """The iteration of a metrics.jsonl line; infinity for a line that does not parse."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    return float(record.get("iteration", 0)) if isinstance(record, dict) else math.inf

@@ -1,0 +1,185 @@
+"""Training hooks: what happens around the steps, in the manner of detectron2's ``engine/hooks.py``.
+
+The loop in :class:`srn.engine.trainer.Trainer` only runs optimizer steps; the guard against a
+non-finite loss, the metrics log, TensorBoard and the checkpoints are hooks around it. A hook may act
+at four moments:
+
+- ``before_train()``: once, before the first step (after a resume);
+- ``after_step()``: after every optimizer step. ``trainer.iteration`` counts the steps done,
+  ``trainer.step_losses`` holds the step's loss parts (means over the micro-batches and the
+  processes, so every process sees the same numbers) and ``trainer.step_images`` the images it used;
+- ``after_epoch()``: when the loop leaves an epoch: at its end, or where the run stops inside it
+  (``train.max_iters``, ``train.max_minutes``);
+- ``after_train()``: once, also when training failed; ``trainer.completed`` tells which.
+
+Hooks run in the order they are registered. ``Trainer.build_hooks`` puts :class:`NonFiniteGuard`
+first, so the hooks after it never log or checkpoint a step whose loss is not finite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from srn.errors import TrainingError
+
+__all__ = ["Checkpointer", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """A hook does nothing at any moment unless it overrides it. ``trainer`` is set when the hook is
+    registered (:meth:`srn.engine.trainer.Trainer.register_hooks`)."""
+
+    # The srn.engine.trainer.Trainer that runs the hook (not imported: the trainer imports the hooks).
+    trainer: Any
+
+    def before_train(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class NonFiniteGuard(HookBase):
+    """Stops training at the first step whose loss is not finite, as DETR's ``engine.py`` does.
+
+    The step's weights are lost with it; the last checkpoint on disk was written before that step.
+    """
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        losses = trainer.step_losses
+        if all(math.isfinite(value) for value in losses.values()):
+            return
+        detail = ", ".join(f"{key}={value:.4g}" for key, value in losses.items() if key != "loss")
+        last = trainer.output_dir / "last.pt"
+        kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint was written"
+        raise TrainingError(f"non-finite loss at iteration {trainer.iteration} ({detail}); training stopped, {kept}")
+
+
+class MetricsLogger(HookBase):
+    """Every ``period`` steps, and at the last step: the mean loss parts since the previous record, the
+    learning rate of the next step and the images per second, as one JSON line appended to ``path``
+    and on the progress bar (stderr). The record is left in ``trainer.metrics`` for later hooks.
+
+    Args:
+        path: the JSON-lines file (``metrics.jsonl`` in the run folder).
+        period: steps between records.
+    """
+
+    def __init__(self, path: Path, period: int) -> None:
+        self.path = Path(path)
+        self.period = period
+        self.progress: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps = 0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def before_train(self) -> None:
+        from tqdm import tqdm
+
+        trainer = self.trainer
+        self.progress = tqdm(total=trainer.total_iters, initial=trainer.iteration, unit="it", file=sys.stderr, dynamic_ncols=True)
+        self._reset()
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        self.steps += 1
+        self.images += trainer.step_images
+        for key, value in trainer.step_losses.items():
+            self.sums[key] += value
+        if trainer.iteration % self.period == 0 or trainer.iteration == trainer.total_iters:
+            elapsed = time.perf_counter() - self.start
+            record = {"iteration": trainer.iteration, "epoch": trainer.epoch, "lr": trainer.optimizer.param_groups[0]["lr"],
+                      **{key: value / self.steps for key, value in self.sums.items()},
+                      "images_per_s": self.images / max(elapsed, 1e-9)}
+            # Appended, not rewritten: a kill can cut only the last line, which a resume drops.
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.progress.set_postfix({k: f"{record[k]:.3f}" for k in record if k.startswith("loss")} | {"img/s": f"{record['images_per_s']:.1f}"})
+            trainer.metrics = record
+            self._reset()
+        self.progress.update(1)
+
+    def after_train(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+class TensorBoardWriter(HookBase):
+    """Each record of :class:`MetricsLogger` (registered before this hook) as ``train/<key>`` scalars.
+
+    Without the ``tensorboard`` package it warns once and does nothing.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+
+    def before_train(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+            return
+        self.writer = SummaryWriter(str(self.log_dir))
+
+    def after_step(self) -> None:
+        record = self.trainer.metrics
+        if self.writer is None or record is None or record["iteration"] != self.trainer.iteration:
+            return
+        for key, value in record.items():
+            if key not in ("iteration", "epoch"):
+                self.writer.add_scalar(f"train/{key}", value, self.trainer.iteration)
+
+    def after_train(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Checkpointer(HookBase):
+    """``last.pt`` (everything a resume needs) every ``period`` steps and whenever the loop leaves an
+    epoch; ``model.pt`` (weights and config, for ``srn detect``) once training has completed.
+    Both are written through a temporary file and a rename (:mod:`srn.atomic`).
+
+    Args:
+        period: steps between two ``last.pt``.
+    """
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+        self.saved_at: int | None = None
+
+    def _save(self) -> None:
+        self.trainer._save()
+        self.saved_at = self.trainer.iteration
+
+    def after_step(self) -> None:
+        if self.trainer.iteration % self.period == 0:
+            self._save()
+
+    def after_epoch(self) -> None:
+        if self.saved_at != self.trainer.iteration:
+            self._save()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self.trainer.save_model()
