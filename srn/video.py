@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import queue
 import shutil
@@ -104,30 +105,35 @@ class Frame:
 class FrameReader:
     """Decode a video in a background thread into a bounded queue.
 
-    Iterating yields :class:`Frame` in order, and with ``audio=True`` also the first audio
-    stream's packets (``av.Packet``), interleaved as the file stores them. A decoding error is
-    raised in the iterating thread; leaving the loop early (or :meth:`close`) stops the thread.
+    Iterating yields :class:`Frame` in order and, with ``audio=True``, the first audio stream's
+    packets (``av.Packet``; ``av.AudioFrame`` once :attr:`decode_audio` is set) interleaved as the
+    file stores them. The thread starts at the first iteration: everything that needs the input's
+    streams from this thread (:meth:`peek`, :class:`VideoWriter` copying the audio stream's
+    parameters) happens before, because FFmpeg's demuxer updates them as it reads. A decoding
+    error is raised in the iterating thread; leaving the loop early (or :meth:`close`) stops the
+    thread.
 
     Args:
         path: the video file.
         max_queued: items decoded ahead of the consumer at most.
-        audio: also deliver the audio packets (to copy them into an output).
+        audio: also deliver the audio (to copy it into an output).
 
     Attributes:
         fps: the nominal frame rate (0 when unknown); rate: the same as a Fraction or None.
         time_base: the video stream's time base, the unit of :attr:`Frame.pts`.
         frame_count: frames the container announces (0 when unknown).
         audio_stream: the input's audio stream when ``audio`` and there is one, else None.
+        decode_audio: deliver decoded audio frames instead of packets (to re-encode them).
     """
 
     _END = object()
 
     def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False) -> None:
-        av = require_av()
+        self.av = require_av()
         self.path = check_input_file(path, what="video file")
         try:
-            self._container = av.open(str(self.path))
-        except (av.FFmpegError, UnicodeDecodeError) as exc:
+            self._container = self.av.open(str(self.path))
+        except (self.av.FFmpegError, UnicodeDecodeError) as exc:
             raise InputPathError(self.path, f"cannot open the video ({exc})") from None
         if not self._container.streams.video:
             self._container.close()
@@ -141,19 +147,12 @@ class FrameReader:
         self.start_pts = stream.start_time or 0
         self.frame_count = max(0, int(stream.frames or 0))
         self.audio_stream = self._container.streams.audio[0] if audio and self._container.streams.audio else None
+        self.decode_audio = False
+        self._items = self._demux()
+        self._peeked: list[Any] = []
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._decode, name=f"decode {self.path.name}", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self._thread: threading.Thread | None = None
 
     def _frame(self, frame: Any, index: int) -> Frame:
         image = frame.to_ndarray(format="rgb24")
@@ -166,26 +165,68 @@ class FrameReader:
             time = index / self.fps if self.fps > 0 else 0.0
         return Frame(index, time, image, frame.pts)
 
+    def _demux(self) -> Iterator[Any]:
+        """Frames and raw audio packets (the demuxer's final flush packets included), in file order."""
+        index = 0
+        streams = [self._stream] + ([self.audio_stream] if self.audio_stream is not None else [])
+        for packet in self._container.demux(*streams):
+            if packet.stream is self.audio_stream:
+                yield packet
+                continue
+            for frame in packet.decode():
+                yield self._frame(frame, index)
+                index += 1
+
+    def peek(self) -> Frame | None:
+        """The first frame (None for a video without any), decoded now, in this thread; iterating
+        still starts with it."""
+        for item in self._peeked:
+            if isinstance(item, Frame):
+                return item
+        if self._thread is not None:
+            raise RuntimeError("FrameReader.peek after iteration started")
+        try:
+            for item in self._items:
+                self._peeked.append(item)
+                if isinstance(item, Frame):
+                    return item
+        except self.av.FFmpegError as exc:
+            raise InputPathError(self.path, f"decoding failed ({exc})") from None
+        return None
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _decode(self) -> None:
         try:
-            index = 0
-            streams = [self._stream] + ([self.audio_stream] if self.audio_stream is not None else [])
-            for packet in self._container.demux(*streams):
+            peeked, self._peeked = self._peeked, []
+            for item in itertools.chain(peeked, self._items):
                 if self._stop.is_set():
                     return
-                if packet.stream is self.audio_stream:
-                    if packet.dts is not None and not self._put(packet):  # dts None: demuxer's flush
+                if isinstance(item, Frame):
+                    delivered = [item]
+                elif self.decode_audio:
+                    delivered = item.decode()  # a flush packet flushes the decoder
+                else:
+                    delivered = [item] if item.dts is not None else []  # dts None: the demuxer's flush
+                for thing in delivered:
+                    if not self._put(thing):
                         return
-                    continue
-                for frame in packet.decode():
-                    if not self._put(self._frame(frame, index)):
-                        return
-                    index += 1
             self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             self._put(exc)
 
     def __iter__(self) -> Iterator[Any]:
+        if self._thread is not None:
+            raise RuntimeError("a FrameReader is iterated once")
+        self._thread = threading.Thread(target=self._decode, name=f"decode {self.path.name}", daemon=True)
+        self._thread.start()
         try:
             while True:
                 item = self._queue.get()
@@ -199,57 +240,59 @@ class FrameReader:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                return  # stuck in FFmpeg: leave the container to the daemon thread
+        with contextlib.suppress(self.av.FFmpegError):
             self._container.close()
 
 
 class VideoWriter:
     """Encode RGB frames as H.264 into ``path`` (see the module doc), with the audio of ``reader``.
 
-    The video stream opens at the first frame, so its size is that of the (upright) frames; audio
-    packets that come before it wait.
+    Create it before iterating ``reader``: it peeks at the first frame for the video's size and
+    copies the audio stream's parameters (or sets ``reader.decode_audio`` to re-encode it).
+    A frame of another size than the first (a stream that changes resolution) is scaled to it.
 
     Args:
         path: the file to write (a temporary one, usually; its suffix picks the container).
-        reader: the source, for its frame rate, time base and audio stream.
+        reader: the source, for its first frame, frame rate, time base and audio stream.
         name: the path to name in error messages (default ``path``).
     """
 
     def __init__(self, path: str | Path, reader: FrameReader, name: str | Path | None = None) -> None:
         self.av = require_av()
         self.path, self.name, self.reader = Path(path), Path(name or path), reader
+        first = reader.peek()
+        if first is None:
+            raise InputPathError(reader.path, "has no frame to decode")
+        self.height, self.width = first.image.shape[:2]
         options = {"movflags": "+faststart"} if self.path.suffix.lower() in _FASTSTART_SUFFIXES else None
         try:
             self._container = self.av.open(str(self.path), "w", options=options)
         except (self.av.FFmpegError, ValueError) as exc:
             raise OutputPathError(self.name, f"cannot write a video here ({exc})") from None
-        self._video: Any = None
-        self._audio_out: Any = None
-        self._copy_audio = False
-        self._resampler: Any = None
-        self._pending_audio: list[Any] = []
-        self._last_pts: int | None = None
-        self._size: tuple[int, int] | None = None
-        self.frames = 0
-
-    def _open_streams(self, height: int, width: int) -> None:
-        video = self._container.add_stream("libx264", rate=self.reader.rate or Fraction(25))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.time_base = self.reader.time_base
+        video = self._container.add_stream("libx264", rate=reader.rate or Fraction(25))
+        # yuv420p stores colour at half resolution, so both sizes must be even: pad by one.
+        video.width, video.height, video.pix_fmt = self.width + self.width % 2, self.height + self.height % 2, "yuv420p"
+        video.codec_context.time_base = reader.time_base
         video.options = {"crf": str(CRF), "preset": PRESET}
         self._video = video
-        source = self.reader.audio_stream
-        if source is not None:
-            if self._container_accepts(source):
-                self._audio_out, self._copy_audio = self._container.add_stream_from_template(source), True
-            else:
-                layout = source.codec_context.layout
-                self._audio_out = self._container.add_stream("aac", rate=source.codec_context.sample_rate, layout=layout)
-                encoder = self._audio_out.codec_context
-                self._resampler = self.av.AudioResampler(
-                    format=encoder.format, layout=encoder.layout, rate=encoder.sample_rate, frame_size=encoder.frame_size or None
-                )
+        self._audio: Any = None
+        self._resampler: Any = None
+        source = reader.audio_stream
+        if source is not None and self._container_accepts(source):
+            self._audio = self._container.add_stream_from_template(source)
+        elif source is not None:
+            self._audio = self._container.add_stream("aac", rate=source.codec_context.sample_rate, layout=source.codec_context.layout)
+            encoder = self._audio.codec_context
+            self._resampler = self.av.AudioResampler(
+                format=encoder.format, layout=encoder.layout, rate=encoder.sample_rate, frame_size=encoder.frame_size or None
+            )
+            reader.decode_audio = True
+        self._last_pts: int | None = None
+        self.frames = 0
 
     def _container_accepts(self, source: Any) -> bool:
         """Whether this container can hold ``source``'s codec as it is (tried on a header in memory)."""
@@ -272,52 +315,40 @@ class VideoWriter:
             raise OutputPathError(self.name, f"cannot write the video ({exc})") from None
 
     def write(self, frame: Frame, image: np.ndarray) -> None:
-        """Encode ``image`` (RGB uint8 (H, W, 3), all frames of one size) at ``frame``'s time."""
+        """Encode ``image`` (RGB uint8 (H, W, 3)) at ``frame``'s time."""
         height, width = image.shape[:2]
-        if self._video is None:
-            self._size = (height, width)
-            self._open_streams(height + height % 2, width + width % 2)
-            pending, self._pending_audio = self._pending_audio, []
-            for packet in pending:
-                self.write_audio(packet)
-        if (height, width) != self._size:
-            raise InputPathError(self.reader.path, f"frame {frame.index} is {width}x{height}, earlier frames {self._size[1]}x{self._size[0]}")
-        if height % 2 or width % 2:
+        if (height, width) == (self.height, self.width) and (height % 2 or width % 2):
             image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
         picture = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        if frame.pts is not None:
-            pts = frame.pts
-        else:
-            pts = round(frame.time / self.reader.time_base)
+        if (picture.height, picture.width) != (self._video.height, self._video.width):
+            picture = picture.reformat(width=self._video.width, height=self._video.height)
+        pts = frame.pts if frame.pts is not None else round(frame.time / self.reader.time_base)
         if self._last_pts is not None and pts <= self._last_pts:  # x264 refuses repeated timestamps
             pts = self._last_pts + 1
         picture.pts, picture.time_base, self._last_pts = pts, self.reader.time_base, pts
         self._mux(self._video.encode(picture))
         self.frames += 1
 
-    def write_audio(self, packet: Any) -> None:
-        """Copy (or re-encode) one packet of the reader's audio stream."""
-        if self._video is None:
-            self._pending_audio.append(packet)
+    def write_audio(self, item: Any) -> None:
+        """Copy a packet of the reader's audio stream, or re-encode a decoded audio frame."""
+        if self._audio is None:
             return
-        if self._copy_audio:
-            packet.stream = self._audio_out
-            self._mux([packet])
+        if self._resampler is None:
+            item.stream = self._audio
+            self._mux([item])
             return
-        for decoded in packet.decode():
-            decoded.pts = None  # the resampler counts samples from the first frame
-            for chunk in self._resampler.resample(decoded):
-                self._mux(self._audio_out.encode(chunk))
+        item.pts = None  # the resampler counts samples from the first frame
+        for chunk in self._resampler.resample(item):
+            self._mux(self._audio.encode(chunk))
 
     def close(self) -> None:
         """Flush the encoders and finish the file."""
         try:
-            if self._video is not None:
-                self._mux(self._video.encode(None))
-                if self._resampler is not None:
-                    for chunk in self._resampler.resample(None):
-                        self._mux(self._audio_out.encode(chunk))
-                    self._mux(self._audio_out.encode(None))
+            self._mux(self._video.encode(None))
+            if self._resampler is not None:
+                for chunk in self._resampler.resample(None):
+                    self._mux(self._audio.encode(chunk))
+                self._mux(self._audio.encode(None))
         except BaseException:
             self.abort()
             raise
