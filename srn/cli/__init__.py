@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from srn import __version__
-from srn.cli import bench, convert, detect, evaluate, export, imbalance, train
+from srn.cli import anonymize, bench, convert, detect, evaluate, export, imbalance, train
 from srn.cli.common import UserError
 from srn.errors import SRNError
 
@@ -26,7 +26,7 @@ Examples:
 Run 'srn COMMAND -h' for a command's options.
 """
 
-COMMANDS = (detect, convert, train, evaluate, imbalance, export, bench)
+COMMANDS = (detect, anonymize, convert, train, evaluate, imbalance, export, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
