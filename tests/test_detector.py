@@ -8,7 +8,8 @@ from torchvision.transforms.v2.functional import resize
 from srn import Detector, Faces
 from srn.config import DetectorConfig, ModelConfig
 from srn.model import SRNOutputs, build_model
-from srn.weights import WeightsError, save_checkpoint
+from srn.errors import InputPathError
+from srn.weights import save_checkpoint
 
 # "scaled" init keeps a random narrow network's scores distinct (N(0, 0.01) makes them all tie).
 SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
@@ -95,5 +96,5 @@ def test_raw_outputs_are_reachable(detector, image):
 def test_bad_inputs_fail_clearly(detector, tmp_path):
     with pytest.raises(ValueError):
         detector.detect(np.zeros((4, 5, 7), dtype=np.uint8))
-    with pytest.raises(WeightsError, match="nope.pt: weights file not found"):
+    with pytest.raises(InputPathError, match="nope.pt: no such weights file"):
         Detector(tmp_path / "nope.pt", device="cpu")
