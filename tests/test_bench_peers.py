@@ -45,7 +45,7 @@ def test_wider_prediction_maps_back_to_original_pixels():
 
 def test_latency_summary():
     summary = bench.latency_summary([0.001, 0.002, 0.003, 0.010])
-    assert summary == {"median_ms": 2.5, "mean_ms": 4.0, "p90_ms": pytest.approx(7.9), "images": 4}
+    assert summary == {"median_ms": 2.5, "mean_ms": 4.0, "p10_ms": pytest.approx(1.3), "p90_ms": pytest.approx(7.9), "images": 4}
     assert math.isnan(bench.latency_summary([])["median_ms"])
 
 
