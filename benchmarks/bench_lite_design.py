@@ -32,6 +32,7 @@ from srn.weights import load_model
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "srn/assets/srn_mobilenet_v2.pt"
 FLOP_SIZE = (480, 640)
+NOTES_HEADING = "## Reading"
 LATENCY_SIZES = ((480, 640), (375, 500))
 
 SHIPPED_CONFIG = ModelConfig(backbone="mobilenet_v2", width=48, init="scaled")
@@ -183,7 +184,10 @@ def main() -> int:
             "model in the same run. Random weights (the latency of a convolution does not depend on "
             "its values), except the shipped model's.\n\n" + table + "\n"
         )
-        args.out.write_text(text)
+        # Keep the hand-written reading of the numbers that follows the table.
+        old = args.out.read_text() if args.out.exists() else ""
+        notes = old[old.index(NOTES_HEADING):] if NOTES_HEADING in old else ""
+        args.out.write_text(text + ("\n" + notes if notes else ""))
     return 0
 
 
