@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PostProcessConfig:
-    """The release's single-pass inference (SPEC §4)."""
+    """The release's single-pass inference (docs/design.md, Inference)."""
 
     candidate_thresh: float = 0.05  # p2 must exceed this on levels with enough cells
     stc_theta: float = 0.99  # an STC-level candidate needs step-1 negative confidence below theta

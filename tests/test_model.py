@@ -41,14 +41,14 @@ def check_shapes(model, outputs, size):
     first = set(model.stc_levels) | set(model.str_levels)
     for level, (h, w) in enumerate(sizes):
         r = h * w * 2
-        assert outputs["step2_logits"][level].shape == (2, r)
-        assert outputs["step2_deltas"][level].shape == (2, r, 4)
-        assert outputs["anchors"][level].shape == (r, 4)
+        assert outputs.step2_logits[level].shape == (2, r)
+        assert outputs.step2_deltas[level].shape == (2, r, 4)
+        assert outputs.anchors[level].shape == (r, 4)
         if level in first:
-            assert outputs["step1_logits"][level].shape == (2, r)
-            assert outputs["step1_deltas"][level].shape == (2, r, 4)
+            assert outputs.step1_logits[level].shape == (2, r)
+            assert outputs.step1_deltas[level].shape == (2, r, 4)
         else:
-            assert outputs["step1_logits"][level] is None
+            assert outputs.step1_logits[level] is None
 
 
 @pytest.mark.parametrize("depth", [101, 152])
@@ -56,7 +56,7 @@ def test_deep_resnets_build(depth):
     with torch.device("meta"):
         model = build_model(backbone=f"resnet{depth}")
     outputs = model(torch.empty(1, 3, 97, 131, device="meta"))
-    assert outputs["step2_logits"][0].shape == (1, 25 * 33 * 2)
+    assert outputs.step2_logits[0].shape == (1, 25 * 33 * 2)
 
 
 def test_srn_r50_parameter_count_and_flops():
@@ -92,7 +92,7 @@ def test_uint8_and_float_inputs_agree():
     with torch.no_grad():
         a = model(image)
         b = model(image.float() / 255)
-    torch.testing.assert_close(a["step2_logits"][0], b["step2_logits"][0])
+    torch.testing.assert_close(a.step2_logits[0], b.step2_logits[0])
 
 
 def test_mobilenet_imagenet_file_loads(shared_dir):

@@ -14,6 +14,7 @@ from srn.model.backbone import build_backbone, load_imagenet_weights
 from srn.model.fpn import FPN, ExtraLayers, FirstStepFeatures
 from srn.model.head import SRNHead
 from srn.model.init import INITS, init_conv
+from srn.model.outputs import SRNOutputs
 
 NUM_LEVELS = 6
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,7 +126,7 @@ class SRN(nn.Module):
         # for a bf16 inference copy (srn.runner).
         return ((images - self.pixel_mean) / self.pixel_std).to(self.pixel_mean.dtype)
 
-    def forward(self, images: Tensor) -> dict[str, list]:
+    def forward(self, images: Tensor) -> SRNOutputs:
         x = self.normalize(images)
         c_features = self.backbone(x)
         p_features = self.fpn(c_features)
@@ -133,25 +134,25 @@ class SRN(nn.Module):
             c_features = c_features + self.extra(c_features[-1])
         first = self.first_step(c_features)
 
-        outputs: dict[str, list] = {k: [] for k in ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas")}
+        outputs = SRNOutputs.empty()
         for level, p in enumerate(p_features):
             if level in first:
                 # The head is shared by both steps: run it once on the two branches stacked.
                 n = p.shape[0]
                 logits, deltas = self.head(torch.cat([first[level], p], dim=0))  # (2N, ...)
-                outputs["step1_logits"].append(logits[:n])
-                outputs["step1_deltas"].append(deltas[:n])
-                outputs["step2_logits"].append(logits[n:])
-                outputs["step2_deltas"].append(deltas[n:])
+                outputs.step1_logits.append(logits[:n])
+                outputs.step1_deltas.append(deltas[:n])
+                outputs.step2_logits.append(logits[n:])
+                outputs.step2_deltas.append(deltas[n:])
             else:
                 logits, deltas = self.head(p)
-                outputs["step1_logits"].append(None)
-                outputs["step1_deltas"].append(None)
-                outputs["step2_logits"].append(logits)
-                outputs["step2_deltas"].append(deltas)
-        outputs["anchors"] = self.anchor_generator.grid_anchors(
+                outputs.step1_logits.append(None)
+                outputs.step1_deltas.append(None)
+                outputs.step2_logits.append(logits)
+                outputs.step2_deltas.append(deltas)
+        outputs.anchors.extend(self.anchor_generator.grid_anchors(
             [tuple(p.shape[-2:]) for p in p_features], p_features[0].device
-        )
+        ))
         return outputs
 
 
