@@ -123,6 +123,12 @@ def test_by_hand_solid_mosaic_and_overlaps():
     assert torch.equal(anonymize(image, torch.zeros(0, 4)), image)
 
 
+def test_the_command_line_offers_every_method_and_mask():
+    from srn.cli import anonymize as command
+
+    assert (command.METHODS, command.MASKS) == (METHODS, MASKS)
+
+
 def test_bad_settings_are_config_errors():
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
     with pytest.raises(ConfigError, match=r"^unknown anonymisation method 'pixelate' \(use one of blur, mosaic, solid\)$"):

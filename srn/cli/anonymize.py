@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from srn.anonymize import MASKS, METHODS, anonymize
 from srn.cli.common import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -21,6 +20,10 @@ from srn.cli.common import (
 )
 from srn.errors import OutputPathError, SRNError
 from srn.paths import check_output_dir
+
+# srn.anonymize's METHODS and MASKS, spelled out: importing it would import torch for `srn --help`.
+METHODS = ("blur", "mosaic", "solid")
+MASKS = ("box", "ellipse")
 
 DESCRIPTION = """\
 Hide the faces in images and videos: each detected face's box, grown --mask-scale times around its
@@ -41,8 +44,6 @@ Examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from srn.inference.stream import default_workers
-
     parser = sub.add_parser(
         "anonymize", help="blur, pixelate or black out faces in images and videos",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.3,
                         help="hide faces scoring at least this, in [0, 1] (default 0.3: better a blurred elbow than a missed face)")
     parser.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=None, help="NMS IoU, in (0, 1] (default: the model's, 0.4)")
-    parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),
+    parser.add_argument("--workers", type=int_at_least(0), default=None,
                         help="processes that decode images (default: min(4, cores); 0: decode in the main process)")
     add_detector_args(parser)
     parser.set_defaults(func=run)
@@ -121,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from srn.anonymize import anonymize
     from srn.inference import write_image
-    from srn.inference.stream import detect_files
+    from srn.inference.stream import default_workers, detect_files
 
     files = find_inputs(args.inputs)
     if not files:
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if images:
             with tqdm(total=len(images), unit="img", disable=len(images) < 8 or None, file=sys.stderr) as progress:
-                for batch in detect_files(detector, [files[i] for i in images], args.batch_size, args.workers):
+                workers = default_workers() if args.workers is None else args.workers
+                for batch in detect_files(detector, [files[i] for i in images], args.batch_size, workers):
                     for item in batch:
                         if item.faces is None:
                             failures.append(str(item.error))
