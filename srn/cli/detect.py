@@ -393,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         for source in [plan.out, *stale_parts]:
             done.update(record["image"] for record in read_jsonl(source, repair=source == own))
     mine = [index for index in range(shard.rank, len(files), shard.world_size) if str(files[index]) not in done]
+    if args.resume and shard.rank == 0:
+        print(f"srn detect: {len(done)} images already in {plan.out}", file=sys.stderr)
 
     device = _process_group(shard, args.device) if shard.distributed else args.device
     args.device = device
@@ -449,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
             parts = sorted(set(stale_parts) | {shard.part(plan.out, r) for r in range(shard.world_size)})
             keep = read_jsonl(plan.out) if args.resume and fmt == "jsonl" else []
             _merge_parts(plan, [p for p in parts if p.exists()], keep)
-        count = torch.tensor([failed])
+        count = torch.tensor([failed], device=f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(count)  # every process exits 1 if any file failed anywhere
         failed = int(count.item())
         dist.destroy_process_group()
