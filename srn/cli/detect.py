@@ -51,6 +51,9 @@ Output formats (--format; by default taken from --out's suffix: .jsonl, .csv, el
          row with empty box and score fields, so that "no faces" differs from "not processed"
   wider  the WIDER FACE submission layout, OUT/<event folder>/<image name>.txt
 
+--save-vis and --save-crops mirror the inputs' tree below the folder that holds them all, so that
+no two inputs share an output: a/x.jpg -> DIR/a/x.jpg.png (drawn), DIR/a/x.jpg/face_000.jpg (crops).
+
 Examples:
   srn detect photo.jpg                                 JSON on stdout
   srn detect photos/ --out faces.jsonl --workers 4     streamed, one line per image
