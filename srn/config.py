@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from srn.errors import ConfigError
+from srn.paths import check_input_file
 
 T = TypeVar("T")
 
@@ -201,10 +202,11 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
 
 
 def _read_yaml_chain(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    check_input_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config file (it is not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def resolve_config_path(name: str) -> tuple[Path, bool]:
     """A YAML path, or the name of a packaged preset; returns (path, is_preset)."""
     path = Path(name)
-    if path.is_file():
-        return path, False
+    if path.exists() or path.is_symlink() or path.suffix in (".yaml", ".yml") or "/" in name:
+        return path, False  # a path: srn.config checks it and says what is wrong with it
     preset = PRESETS_DIR / f"{name.removesuffix('.yaml')}.yaml"
     if preset.is_file():
         return preset, True
