@@ -1,5 +1,5 @@
 """The results API: Detector.detect / stream and Faces (boxes, numpy, iteration, plot, save, crops,
-records), on real photos with the shipped model; and the examples of docs/usage_after_detection.md."""
+records), on real photos with the shipped model; and the examples of README.md."""
 
 import gc
 import math
@@ -22,7 +22,7 @@ from srn.inference.results import expand_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "docs" / "astronaut.png"  # NASA, public domain
-USAGE = ROOT / "docs" / "usage_after_detection.md"
+USAGE = ROOT / "README.md"
 MULTIFACE = "data/demo/images/timesler__data_multiface.jpg"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -210,8 +210,8 @@ def test_stream_yields_in_order_and_holds_one_batch(detector, astronaut):
     assert [len(f) for f in detector.stream(str(ASTRONAUT))] == [len(astronaut)]
 
 
-def test_usage_examples_run(tmp_path, monkeypatch, capsys):
-    """Every ``python`` block of docs/usage_after_detection.md, in order, in one namespace."""
+def test_readme_examples_run(tmp_path, monkeypatch, capsys):
+    """Every ``python`` block of README.md, in order, in one namespace."""
     (tmp_path / "docs").mkdir()
     shutil.copy(ASTRONAUT, tmp_path / "docs" / "astronaut.png")
     monkeypatch.chdir(tmp_path)
