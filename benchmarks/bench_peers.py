@@ -66,10 +66,7 @@ from PIL import Image
 from srn.data.datasets import parse_wider_file
 from srn.evaluation import facebox, widerface
 
-try:
-    from srn.inference import Detector as open_detector  # one class for .pt and .onnx weights
-except ImportError:  # the layout before srn.inference
-    from srn.detector import open_detector
+from srn.inference import Detector  # one class for .pt and .onnx weights
 # ------------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +268,7 @@ class OurDetector:
         if score_thresh not in self._detectors:
             # None: the detector's own default score threshold.
             options = {} if score_thresh is None else {"score_thresh": score_thresh}
-            self._detectors[score_thresh] = open_detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE, batch_size=1, **options)
+            self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE, batch_size=1, **options)
         return self._detectors[score_thresh]
 
     def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:
