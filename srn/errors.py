@@ -19,6 +19,7 @@ __all__ = [
     "DeviceError",
     "ExportError",
     "ImageReadError",
+    "ImageValueError",
     "InputPathError",
     "OutputPathError",
     "PredictionFormatError",
@@ -86,6 +87,11 @@ class ImageReadError(SRNError, ValueError):
         self.path = os.fsdecode(os.fspath(path))
         self.reason = one_line(reason)  # one line, whatever a library put in it
         super().__init__(f"{self.path}: {self.reason}")
+
+
+class ImageValueError(SRNError, ValueError):
+    """An in-memory image (numpy array, PIL image, tensor) of an unsupported type, shape, dtype,
+    mode, device or value range; ``str(error)`` is one line that describes the input as given."""
 
 
 class AnnotationError(SRNError, ValueError):

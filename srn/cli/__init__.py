@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from srn import __version__
 from srn.cli import anonymize, bench, convert, detect, evaluate, export, imbalance, train
-from srn.cli.common import UserError
+from srn.cli.common import OneLineParser, UserError
 from srn.errors import SRNError
 
 HELP = """\
@@ -30,7 +30,7 @@ COMMANDS = (detect, anonymize, convert, train, evaluate, imbalance, export, benc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srn", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="srn", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"srn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:

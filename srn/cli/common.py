@@ -21,7 +21,7 @@ __all__ = [
     "expand_inputs",
     "float_in",
     "int_at_least",
-    "one_line_usage_errors",
+    "OneLineParser",
 ]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -103,21 +103,18 @@ def float_in(low: float, high: float = math.inf, low_open: bool = False) -> Call
     return parse
 
 
-def one_line_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make ``parser`` report a usage error as one line, ``"<prog>: error: <message>"``, exit 2
-    (argparse prints the whole usage block first; ``-h`` still shows it)."""
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error as one line, ``"<prog>: error: <message>"``,
+    exit 2 (argparse prints the whole usage block first; ``-h`` still shows it). Subcommand parsers
+    made from it are of this class too."""
 
-    def error(message: str) -> NoReturn:
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """The options that choose and configure the detector (``srn detect``, ``srn eval``); each value
-    is range-checked when parsed, and the parser's usage errors become one line."""
-    one_line_usage_errors(parser)
+    is range-checked when parsed."""
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")

@@ -35,14 +35,9 @@ from PIL import ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
-from srn.errors import ImageReadError, SRNError
+from srn.errors import ImageReadError, ImageValueError
 
 __all__ = ["ImageReadError", "ImageValueError", "read_image", "to_rgb_tensor"]
-
-
-class ImageValueError(SRNError, ValueError):
-    """An in-memory image (numpy array, PIL image, tensor) of an unsupported type, shape, dtype,
-    mode, device or value range; ``str(error)`` is one line that describes the input as given."""
 
 
 # (magic prefix, name) used only to word the error message and to recognise truncation.
