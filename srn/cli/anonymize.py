@@ -8,16 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from srn.cli.common import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    UserError,
-    add_detector_args,
-    build_detector,
-    expand_inputs,
-    float_in,
-    int_at_least,
-)
+from srn.cli.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least
 from srn.errors import OutputPathError, SRNError
 from srn.paths import check_output_dir
 

@@ -23,15 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import (
-    VIDEO_SUFFIXES,
-    UserError,
-    add_detector_args,
-    build_detector,
-    expand_inputs,
-    float_in,
-    int_at_least,
-)
+from srn.cli.common import VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least
 from srn.errors import OutputPathError, PredictionFormatError
 from srn.paths import check_output_dir, check_output_file
 

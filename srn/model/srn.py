@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -91,21 +91,9 @@ class SRN(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> SRN:
-        model = cls(
-            backbone=config.backbone,
-            width=config.width,
-            stc_levels=config.stc_levels,
-            str_levels=config.str_levels,
-            rfe=config.rfe,
-            anchor_scales=config.anchor_scales,
-            anchor_ratio=config.anchor_ratio,
-            frozen_stem=config.frozen_stem,
-            prior_prob=config.prior_prob,
-            init=config.init,
-            tower_convs=config.tower_convs,
-            separable_head=config.separable_head,
-            separable_fpn=config.separable_fpn,
-        )
+        # Every field but the backbone's initialisation is a constructor argument of the same name.
+        arguments = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "pretrained"}
+        model = cls(**arguments)
         if config.pretrained:
             load_imagenet_weights(model.backbone, config.backbone, config.pretrained)
         return model
