@@ -28,23 +28,14 @@ the output names, so nothing is guessed from the number of outputs.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import functools
-import json
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-import srn
-from srn.anchors import AnchorGenerator
 from srn.atomic import atomic_output
 from srn.box_coder import decode
 from srn.config import PostProcessConfig
@@ -53,7 +44,6 @@ from srn.inference import Detector
 from srn.inference.onnx_format import INPUT_NAME, METADATA_KEY, OnnxMetadata, require_onnx
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
-from srn.postprocess import postprocess
 
 DEFAULT_OPSET = 17
 
