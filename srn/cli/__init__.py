@@ -12,16 +12,19 @@ from srn.cli.common import OneLineParser, UserError
 from srn.errors import SRNError
 
 HELP = """\
-SRN face detection: detect, convert, train, evaluate, export and benchmark.
+SRN face detection: detect, anonymise, convert, train, evaluate, export and benchmark.
 
 Examples:
   srn detect photo.jpg                          faces as JSON on stdout
   srn detect photos/ --format csv --out faces.csv
   srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0.01
   srn detect group.jpg --save-vis vis/ --weights SRN.pth --device cuda
+  srn detect photos/ --out faces.jsonl --workers 4 [--resume]   streamed, one line per image
+  srn anonymize photos/ clip.mp4 --out anonymized/            blur every face
   srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
-  srn train configs/srn_r50_widerface.yaml train.epochs=2
-  srn eval wider --pred-dir preds/ --gt-dir wider_face_split/
+  srn train srn_r50_widerface train.epochs=2
+  srn eval wider --pred-dir preds/ --gt-dir eval_gt/
+  srn export onnx --out srn.onnx
 
 Run 'srn COMMAND -h' for a command's options.
 """
