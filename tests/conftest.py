@@ -18,6 +18,21 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def small_weights(tmp_path_factory) -> str:
+    """A tiny random ResNet-18 SRN checkpoint ("scaled" init keeps its scores distinct: N(0, 0.01)
+    makes them all tie), for command-line tests that need a fast detector, not a good one."""
+    from srn.config import DetectorConfig, ModelConfig
+    from srn.model import build_model
+    from srn.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    config = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
+    path = tmp_path_factory.mktemp("w") / "small.pt"
+    save_checkpoint(build_model(config.model).eval(), config, path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -5,23 +5,14 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
 from srn.cli import main
-from srn.config import DetectorConfig, ModelConfig
-from srn.model import build_model
-from srn.weights import save_checkpoint
-
-# "scaled" init keeps a random narrow network's scores distinct (N(0, 0.01) makes them all tie).
-SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "small.pt"
-    save_checkpoint(build_model(SMALL.model).eval(), SMALL, path)
-    return str(path)
+
+@pytest.fixture(scope="session")
+def weights(small_weights):
+    return small_weights
 
 
 def rgb(h, w, seed=0):

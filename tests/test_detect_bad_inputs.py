@@ -15,23 +15,16 @@ import torch
 
 import srn
 from srn.cli import main
-from srn.config import DetectorConfig, ModelConfig
 from srn.errors import SRNError
 from srn.inference import Detector
-from srn.model import build_model
-from srn.weights import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
 CPU = ["--device", "cpu", "--workers", "0", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "small.pt"
-    save_checkpoint(build_model(SMALL.model).eval(), SMALL, path)
-    return str(path)
+@pytest.fixture(scope="session")
+def weights(small_weights):
+    return small_weights
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError
+from srn.cli.common import UserError, int_at_least
 from srn.paths import check_input_file, check_output_file
 
 BENCH_HELP = """\
@@ -48,19 +48,19 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: SRN's bf16 inference copy, the peer under autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
     parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--iters", type=int, default=defaults.iters)
+    parser.add_argument("--warmup", type=int_at_least(0), default=defaults.warmup)
+    parser.add_argument("--iters", type=int_at_least(1), default=defaults.iters)
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(defaults.sizes), metavar="WxH", help="default: 640x480 1024x1024")
-    parser.add_argument("--batch", type=int, help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
+    parser.add_argument("--batch", type=int_at_least(0), help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
     parser.add_argument("--backbone", default=defaults.backbone, help="SRN backbone of the random network (ignored with --weights)")
-    parser.add_argument("--width", type=int, default=defaults.width, help="SRN head width of the random network")
+    parser.add_argument("--width", type=int_at_least(1), default=defaults.width, help="SRN head width of the random network")
     parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of a random network")
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
-    parser.add_argument("--peer-classes", type=int, default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
+    parser.add_argument("--peer-classes", type=int_at_least(1), default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
+    parser.add_argument("--threads", type=int_at_least(1), help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
-    parser.add_argument("--matmul-size", type=int, help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
+    parser.add_argument("--matmul-size", type=int_at_least(1), help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
     parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
     parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
     parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
@@ -90,13 +90,6 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(args.image, "photo")
     if args.json:
         check_output_file(args.json, inputs=[p for p in (args.weights, args.image) if p])
-    for name in ("warmup", "iters"):
-        if getattr(args, name) < 0 or (name == "iters" and args.iters < 1):
-            raise UserError(f"--{name} must be at least {0 if name == 'warmup' else 1}, got {getattr(args, name)}")
-    if args.batch is not None and args.batch < 0:
-        raise UserError(f"--batch must be 0 (no throughput run) or more, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     try:
         results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
     except torch.OutOfMemoryError:

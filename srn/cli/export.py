@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from srn.cli.common import UserError
+from srn.cli.common import float_in, int_at_least
 from srn.paths import check_output_file
 
 EXPORT_HELP = """\
@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx_parser = formats.add_parser("onnx", help="ONNX with dynamic batch, height and width", description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     onnx_parser.add_argument("--weights", help="srn checkpoint or the release's SRN.pth (default: the shipped model)")
     onnx_parser.add_argument("--out", required=True, help="the .onnx file to write")
-    onnx_parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    onnx_parser.add_argument("--opset", type=int_at_least(11), default=DEFAULT_OPSET, help=f"ONNX opset, at least 11: the graph's Resize needs it (default {DEFAULT_OPSET})")
     onnx_parser.add_argument("--postprocess", action="store_true", help="build STC/STR decoding, top-k and NMS into the graph")
-    onnx_parser.add_argument("--input-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="size of the tracing sample (the file takes any size)")
-    onnx_parser.add_argument("--min-score", type=float, default=0.0, help="with --postprocess: drop detections below this in the graph")
+    onnx_parser.add_argument("--input-size", type=int_at_least(32), nargs=2, default=(480, 640), metavar=("H", "W"), help="size of the tracing sample (the file takes any size)")
+    onnx_parser.add_argument("--min-score", type=float_in(0.0, 1.0), default=0.0, help="with --postprocess: drop detections below this in the graph")
     onnx_parser.set_defaults(func=run)
 
 
@@ -38,10 +38,6 @@ def run(args: argparse.Namespace) -> int:
     from srn.export import export_checkpoint
 
     check_output_file(args.out, inputs=[args.weights] if args.weights else [])
-    if args.opset < 11:
-        raise UserError(f"--opset must be at least 11 (the graph's Resize needs it), got {args.opset}")
-    if not 0.0 <= args.min_score <= 1.0:
-        raise UserError(f"--min-score must be in [0, 1], got {args.min_score}")
     metadata = export_checkpoint(
         args.weights,
         args.out,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError
+from srn.cli.common import int_at_least
 from srn.paths import check_input_file, check_output_file
 
 DESCRIPTION = """\
@@ -21,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     imbalance = sub.add_parser("imbalance", help="the paper's class-imbalance analysis on a WIDER boxes file (no network)",
                                description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     imbalance.add_argument("boxes_file", help="lines '<event>/<name>.jpg W H', a count, then 'x y w h' lines")
-    imbalance.add_argument("--num-images", type=int, default=None, help="random sample (default: all)")
+    imbalance.add_argument("--num-images", type=int_at_least(1), default=None, help="random sample (default: all)")
     imbalance.add_argument("--seed", type=int, default=0)
     imbalance.add_argument("--low-quality", action="store_true", help="also make each face's best anchor positive")
-    imbalance.add_argument("--batch-size", type=int, default=1, help="images matched together")
+    imbalance.add_argument("--batch-size", type=int_at_least(1), default=1, help="images matched together")
     imbalance.add_argument("--dense", action="store_true", help="match every anchor (slow; same counts)")
     imbalance.add_argument("--json", help="also write the statistics as JSON")
     imbalance.set_defaults(func=run)
@@ -34,10 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from srn.analysis import format_report, run_class_imbalance
 
     check_input_file(args.boxes_file, "boxes file")
-    if args.num_images is not None and args.num_images < 1:
-        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.json:
         check_output_file(args.json, inputs=[args.boxes_file])
     stats = run_class_imbalance(args.boxes_file, num_images=args.num_images, seed=args.seed,
