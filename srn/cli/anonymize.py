@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from srn.cli.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least
+from srn.cli.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least, relative_paths
 from srn.errors import OutputPathError, SRNError
 from srn.paths import check_output_dir
 
@@ -79,12 +79,8 @@ def output_names(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
     by theirs), with ``.mp4`` appended to videos whose container cannot hold H.264."""
     from srn.video import OUTPUT_SUFFIXES
 
-    folders = [os.path.abspath(p) for p in patterns if os.path.isdir(p)]
-    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
-    root = os.path.commonpath(folders)
     names = []
-    for path in files:
-        name = Path(os.path.relpath(os.path.abspath(path), root))
+    for path, name in zip(files, relative_paths(patterns, files)):
         if path.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() not in OUTPUT_SUFFIXES:
             name = name.with_name(f"{name.name}.mp4")
         names.append(name)

@@ -21,6 +21,7 @@ __all__ = [
     "expand_inputs",
     "float_in",
     "int_at_least",
+    "relative_paths",
     "OneLineParser",
 ]
 
@@ -61,6 +62,15 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             seen.add(key)
             unique.append(path)
     return unique
+
+
+def relative_paths(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
+    """Each file's path below the deepest folder that holds every input (named folders count as
+    themselves, files by their folder): the names that outputs mirroring the inputs' tree take."""
+    folders = [os.path.abspath(p) for p in patterns if os.path.isdir(p)]
+    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
+    root = os.path.commonpath(folders)
+    return [Path(os.path.relpath(os.path.abspath(f), root)) for f in files]
 
 
 # -- argparse types: a bad value is one usage line, exit 2, before anything runs ---------------------

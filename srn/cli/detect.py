@@ -17,13 +17,13 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least
+from srn.cli.common import VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least, relative_paths
 from srn.errors import OutputPathError, PredictionFormatError
 from srn.paths import check_output_dir, check_output_file
 
@@ -128,13 +128,6 @@ def _resolve_format(args: argparse.Namespace) -> str:
     return {".jsonl": "jsonl", ".csv": "csv"}.get(suffix, "json")
 
 
-def _common_root(inputs: Sequence[str], files: Sequence[Path]) -> str:
-    """The deepest folder holding every input: named folders count as themselves, files by theirs."""
-    folders = [os.path.abspath(p) for p in inputs if os.path.isdir(p)]
-    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
-    return os.path.commonpath(folders)
-
-
 def _wider_target(key: str) -> str:
     event, _, name = key.rpartition("/")
     stem = os.path.splitext(name)[0] if name.lower().endswith(_WIDER_SUFFIXES) else name
@@ -169,8 +162,7 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
     elif shard.distributed:
         raise UserError("under torchrun, give --out FILE: each process writes its own part, and process 0 merges them")
 
-    root = _common_root(args.inputs, files)
-    plan.relative = [Path(os.path.relpath(os.path.abspath(f), root)) for f in files]
+    plan.relative = relative_paths(args.inputs, files)
     if args.save_vis and args.save_crops and Path(args.save_vis).resolve() == Path(args.save_crops).resolve():
         raise UserError("--save-vis and --save-crops need two different folders")
     if args.save_vis:
