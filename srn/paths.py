@@ -24,7 +24,8 @@ from srn.errors import InputPathError, OutputPathError
 PathLike = str | os.PathLike[str]
 
 
-def _describe(mode: int) -> str:
+def describe_mode(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a folder", "a FIFO (named pipe)", ...)."""
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -57,7 +58,7 @@ def check_input_file(path: PathLike, what: str = "file", allow_empty: bool = Fal
     if stat.S_ISDIR(info.st_mode):
         raise InputPathError(path, f"is a folder, not a {what}")
     if not stat.S_ISREG(info.st_mode):
-        raise InputPathError(path, f"is {_describe(info.st_mode)}, not a {what}")
+        raise InputPathError(path, f"is {describe_mode(info.st_mode)}, not a {what}")
     try:
         with open(path, "rb"):
             pass
@@ -75,7 +76,7 @@ def check_input_dir(path: PathLike, what: str = "folder") -> Path:
     if info is None:
         raise InputPathError(path, f"no such {what}")
     if not stat.S_ISDIR(info.st_mode):
-        raise InputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else _describe(info.st_mode)}, not a {what}")
+        raise InputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else describe_mode(info.st_mode)}, not a {what}")
     try:
         next(os.scandir(path), None)
     except OSError as exc:
@@ -135,7 +136,7 @@ def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputPathError(path, "is a folder; give a file name")
     if info is not None and not stat.S_ISREG(info.st_mode):
-        raise OutputPathError(path, f"is {_describe(info.st_mode)}, not a regular file")
+        raise OutputPathError(path, f"is {describe_mode(info.st_mode)}, not a regular file")
     _not_an_input(path, inputs)
     _prepare_folder(path.parent if str(path.parent) else Path("."), path)
     return path
@@ -146,7 +147,7 @@ def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     path = Path(path)
     info = _stat(path, OutputPathError)
     if info is not None and not stat.S_ISDIR(info.st_mode):
-        raise OutputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else _describe(info.st_mode)}, not a folder")
+        raise OutputPathError(path, f"is {'a file' if stat.S_ISREG(info.st_mode) else describe_mode(info.st_mode)}, not a folder")
     for source in inputs:
         if _same_file(path, Path(source)):
             raise OutputPathError(path, "is also an input; refusing to write into it")
@@ -154,4 +155,4 @@ def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     return path
 
 
-__all__ = ["check_input_dir", "check_input_file", "check_output_dir", "check_output_file"]
+__all__ = ["check_input_dir", "check_input_file", "check_output_dir", "check_output_file", "describe_mode"]

@@ -36,6 +36,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
 from srn.errors import ImageReadError, ImageValueError
+from srn.paths import describe_mode
 
 __all__ = ["ImageReadError", "ImageValueError", "read_image", "to_rgb_tensor"]
 
@@ -127,19 +128,14 @@ def to_rgb_tensor(obj: Any) -> Tensor:
     raise ImageValueError(f"to_rgb_tensor: expected a numpy array, PIL image or tensor, got {type(obj).__name__}")
 
 
-# How a path that is not a regular file is named; ``open`` on a FIFO would wait forever for a writer,
-# and a device such as /dev/zero never ends.
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
-
-
 def _read_bytes(path: str | os.PathLike[str]) -> bytearray:
     try:
         mode = os.stat(path).st_mode
     except OSError:
         mode = None  # missing or unreadable: open() below says which
+    # open() on a FIFO would wait forever for a writer, and a device such as /dev/zero never ends.
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-        raise ImageReadError(path, f"is {kind}, not an image file")
+        raise ImageReadError(path, f"is {describe_mode(mode)}, not an image file")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
