@@ -1,4 +1,4 @@
-"""The inference benchmark of the "deploy and go fast" issue, through :mod:`srn.bench`.
+"""The inference benchmark of the "deploy and go fast" issue, through :mod:`srn.analysis.bench`.
 
 On CPU (the default): batch-1 latency at 640x480 of SRN-R50 against torchvision's
 RetinaNet-R50-FPN, their ratio and SRN's post-processing share; no throughput run. One thread:
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srn.bench import main  # noqa: E402
+from srn.analysis.bench import main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CPU = ["--device", "cpu", "--sizes", "640x480", "--batch", "0", "--warmup", "1", "--iters", "5", "--threads", "1",

@@ -66,7 +66,7 @@ def gflops(model: torch.nn.Module, size: tuple[int, int]) -> float:
 def ort_session(model: SRN, path: Path):
     import onnxruntime
 
-    # The TorchScript tracer with dynamic batch, height and width, as srn.export uses it.
+    # The TorchScript tracer with dynamic batch, height and width, as srn.export.onnx uses it.
     torch.onnx.export(
         _RawOutputs(model),
         (torch.rand(2, 3, *FLOP_SIZE),),

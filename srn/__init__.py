@@ -11,7 +11,7 @@ _EXPORTS = {
     "Face": "srn.inference",
     "Faces": "srn.inference",
     "draw_faces": "srn.inference",
-    "anonymize": "srn.anonymize",
+    "anonymize": "srn.media.anonymize",
     "SRN": "srn.model",
     "build_model": "srn.model",
     "DetectorConfig": "srn.config",

@@ -1,6 +1,6 @@
 import pytest
 
-from srn.analysis import run_class_imbalance
+from srn.analysis.imbalance import run_class_imbalance
 
 # Two images; boxes as x y w h. The second image's face-less quirk line (0 0 0 0) is dropped.
 BOXES = """a/one.jpg 1024 1024

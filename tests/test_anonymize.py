@@ -1,4 +1,4 @@
-"""srn.anonymize on real photos and by hand, and ``srn anonymize`` on a tree of images and on a video
+"""srn.media.anonymize on real photos and by hand, and ``srn anonymize`` on a tree of images and on a video
 with sound."""
 
 import math
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from srn import Detector
-from srn.anonymize import MASKS, METHODS, anonymize
+from srn.media.anonymize import MASKS, METHODS, anonymize
 from srn.cli import main
 from srn.data.image_io import read_image
 from srn.errors import ConfigError

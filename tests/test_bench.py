@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from srn import bench
-from srn.bench import BenchConfig, format_table, run_benchmark
+from srn.analysis import bench
+from srn.analysis.bench import BenchConfig, format_table, run_benchmark
 from srn.cli import main
 from srn.cli.bench import add_bench_args, config_from_args, parse_size
 from srn.errors import SRNError
@@ -70,7 +70,7 @@ def test_results_have_every_number(results):
 
 def test_flops_match_spec():
     # docs/design.md, Network: SRN-R50 costs 1,290 GFLOP at 1024x1024, RetinaNet-R50-FPN (one class) 415.
-    from srn.bench import _meta_srn, _build_peer, _peer_network, count_gflops
+    from srn.analysis.bench import _meta_srn, _build_peer, _peer_network, count_gflops
     from srn.config import ModelConfig
 
     size = (1024, 1024)

@@ -14,7 +14,7 @@ from srn import Detector  # noqa: E402
 from srn.cli import main  # noqa: E402
 from srn.config import DetectorConfig, ModelConfig, PostProcessConfig  # noqa: E402
 from srn.errors import ExportError  # noqa: E402
-from srn.export import export_onnx  # noqa: E402
+from srn.export.onnx import export_onnx  # noqa: E402
 from srn.inference.backends import OnnxBackend  # noqa: E402
 from srn.inference.onnx_format import OnnxMetadata, read_metadata  # noqa: E402
 from srn.model import build_model  # noqa: E402

@@ -12,7 +12,7 @@ from srn.data.image_io import read_image
 from srn.inference import DEFAULT_WEIGHTS
 from srn.model import build_model
 from srn.postprocess import postprocess
-from srn.runner import Runner, fold_batchnorm, inference_copy
+from srn.inference.runner import Runner, fold_batchnorm, inference_copy
 from srn.weights import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""``srn detect clip.mp4 --out annotated.mp4`` end to end on synthetic clips, and srn.video's reader
+"""``srn detect clip.mp4 --out annotated.mp4`` end to end on synthetic clips, and srn.media.video's reader
 and writer (H.264 out, audio kept, upright frames, odd sizes)."""
 
 import json
@@ -16,7 +16,7 @@ av = pytest.importorskip("av")
 from srn.cli import main  # noqa: E402
 from srn.config import DetectorConfig, ModelConfig  # noqa: E402
 from srn.model import build_model  # noqa: E402
-from srn.video import FrameReader, process_video  # noqa: E402
+from srn.media.video import FrameReader, process_video  # noqa: E402
 from srn.weights import save_checkpoint  # noqa: E402
 
 SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32))

@@ -17,7 +17,7 @@ class, which is the 415 GFLOP model (docs/design.md, Network) at 1024x1024 (the 
 Its internal resize is neutralised by setting ``min_size``/``max_size`` to the input's sides, and it
 is timed end to end (transform, network, its own post-processing).
 
-SRN runs through :class:`srn.runner.Runner`, as :class:`srn.inference.Detector` runs it:
+SRN runs through :class:`srn.inference.runner.Runner`, as :class:`srn.inference.Detector` runs it:
 ``--dtype bf16`` is its bf16 inference copy (BatchNorm folded, bf16 weights, channels_last; outputs
 decoded in fp32), ``--cuda-graphs`` captures its network and fixed-shape post-processing as CUDA
 graphs (the captures happen during warmup), ``--compile`` wraps its network in ``torch.compile``.
@@ -32,7 +32,7 @@ measure the post-processing share of a trained model.
 ``--backend`` chooses what runs SRN's network; the peer always runs in PyTorch.
 
 - ``torch`` (default): the :class:`srn.model.SRN` module, eagerly or through ``torch.compile``.
-- ``onnxruntime``: the network exported by :func:`srn.export.export_onnx` (raw layout, normalisation
+- ``onnxruntime``: the network exported by :func:`srn.export.onnx.export_onnx` (raw layout, normalisation
   in the graph, traced at the first size) into a temporary folder and run by onnxruntime's CPU
   provider (all graph optimisations, ``--threads`` or torch's thread count within an op, one across
   ops), as :class:`srn.inference.backends.OnnxBackend` runs it. The forward phase is ``session.run`` on the
@@ -75,7 +75,7 @@ from srn.errors import ConfigError
 from srn.inference import resolve_device
 from srn.model.outputs import SRNOutputs
 from srn.postprocess import postprocess
-from srn.runner import PRECISIONS, Runner
+from srn.inference.runner import PRECISIONS, Runner
 
 DTYPES = PRECISIONS
 BACKENDS = ("torch", "onnxruntime")
@@ -101,7 +101,7 @@ class BenchConfig:
     matmul_size: int | None = None  # default: 8192 on GPU, 2048 on CPU
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
     backend: str = "torch"  # what runs SRN's network: "torch" or "onnxruntime" (CPU, fp32)
-    cuda_graphs: bool = False  # SRN's network and post-processing as CUDA graphs (srn.runner)
+    cuda_graphs: bool = False  # SRN's network and post-processing as CUDA graphs (srn.inference.runner)
     image: str | None = None  # a photo, resized to every size, instead of noise
     throughput_size: tuple[int, int] | None = None  # (H, W) of the throughput run; None: the first size
 
@@ -267,7 +267,7 @@ def _dense_logits(outputs: SRNOutputs) -> SRNOutputs:
 
 
 class _TorchSRN:
-    """SRN in PyTorch through :class:`srn.runner.Runner`, as :class:`srn.inference.Detector` runs it."""
+    """SRN in PyTorch through :class:`srn.inference.runner.Runner`, as :class:`srn.inference.Detector` runs it."""
 
     def __init__(self, model: nn.Module, post_config: PostProcessConfig, config: BenchConfig) -> None:
         self.model, self.post_config, self.config = model, post_config, config
@@ -305,7 +305,7 @@ class _OrtNetwork:
 
     def __init__(self, model: nn.Module, path: Path, sample_size: tuple[int, int], post_config: PostProcessConfig,
                  backbone: str, threads: int) -> None:
-        from srn.export import export_onnx
+        from srn.export.onnx import export_onnx
 
         export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
         self.levels = (model.stc_levels, model.str_levels, model.head.num_anchors)

@@ -12,7 +12,7 @@ from srn.cli.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, UserError, add_detect
 from srn.errors import OutputPathError, SRNError
 from srn.paths import check_output_dir
 
-# srn.anonymize's METHODS and MASKS, spelled out: importing it would import torch for `srn --help`.
+# srn.media.anonymize's METHODS and MASKS, spelled out: importing it would import torch for `srn --help`.
 METHODS = ("blur", "mosaic", "solid")
 MASKS = ("box", "ellipse")
 
@@ -77,7 +77,7 @@ def find_inputs(patterns: Sequence[str]) -> list[Path]:
 def output_names(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
     """Each input's path below the inputs' common folder (named folders count as themselves, files
     by theirs), with ``.mp4`` appended to videos whose container cannot hold H.264."""
-    from srn.video import OUTPUT_SUFFIXES
+    from srn.media.video import OUTPUT_SUFFIXES
 
     names = []
     for path, name in zip(files, relative_paths(patterns, files)):
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from srn.anonymize import anonymize
+    from srn.media.anonymize import anonymize
     from srn.inference import write_image
     from srn.inference.stream import default_workers, detect_files
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     targets = plan_outputs(args.out, args.inputs, files)
     is_video = [f.suffix.lower() in VIDEO_SUFFIXES for f in files]
     if any(is_video):
-        from srn.video import require_av
+        from srn.media.video import require_av
 
         require_av()
     detector = build_detector(args, args.score_thresh, args.nms_iou)
@@ -175,7 +175,7 @@ def _reason(path: Path, exc: BaseException) -> str:
 def _anonymize_video(detector, path: Path, target: Path, batch_size: int, hide) -> str | None:
     """Write ``path`` anonymised to ``target``; the failure's line, or None."""
     from srn.atomic import atomic_output
-    from srn.video import process_video
+    from srn.media.video import process_video
 
     try:
         with atomic_output(target) as tmp:

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    from srn.bench import BACKENDS, DTYPES, BenchConfig
+    from srn.analysis.bench import BACKENDS, DTYPES, BenchConfig
 
     defaults = BenchConfig()
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -61,14 +61,14 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
     parser.add_argument("--matmul-size", type=int_at_least(1), help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.runner)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.inference.runner)")
     parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
     parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
 
 
 def config_from_args(args: argparse.Namespace):
-    from srn.bench import BenchConfig
+    from srn.analysis.bench import BenchConfig
 
     return BenchConfig(
         device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
@@ -82,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from srn.bench import format_table, run_benchmark
+    from srn.analysis.bench import format_table, run_benchmark
 
     if args.weights:
         check_input_file(args.weights, "weights file")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from srn.video import VIDEO_SUFFIXES
+from srn.media.video import VIDEO_SUFFIXES
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -451,7 +451,7 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
     """``srn detect`` when the inputs are videos."""
     import torch
 
-    from srn.video import detect_video, plan_outputs as plan_video_outputs, require_av
+    from srn.media.video import detect_video, plan_outputs as plan_video_outputs, require_av
 
     require_av()
     paths = [Path(p) for p in args.inputs]

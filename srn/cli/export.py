@@ -20,7 +20,7 @@ Run it with srn.Detector('srn.onnx').detect('photo.jpg'), or srn detect photo.jp
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from srn.export import DEFAULT_OPSET
+    from srn.export.onnx import DEFAULT_OPSET
 
     parser = sub.add_parser("export", help="export the detector (ONNX)", description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     formats = parser.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from srn.export import export_checkpoint
+    from srn.export.onnx import export_checkpoint
 
     check_output_file(args.out, inputs=[args.weights] if args.weights else [])
     metadata = export_checkpoint(

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from srn.analysis import format_report, run_class_imbalance
+    from srn.analysis.imbalance import format_report, run_class_imbalance
 
     check_input_file(args.boxes_file, "boxes file")
     if args.json:

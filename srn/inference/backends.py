@@ -3,7 +3,7 @@
 :class:`srn.inference.Detector` does everything around it once (reading, fitting under
 ``max_size``, size-sorted batching, mapping boxes back), whichever backend runs:
 
-- :class:`TorchBackend`: the PyTorch network through :class:`srn.runner.Runner` (fp32 or the bf16
+- :class:`TorchBackend`: the PyTorch network through :class:`srn.inference.runner.Runner` (fp32 or the bf16
   inference copy, CUDA graphs, post-processing on the device);
 - :class:`OnnxBackend`: a file from ``srn export onnx`` in an onnxruntime session; raw-layout
   files are post-processed by :func:`srn.postprocess.postprocess`, so both give the same detections.
@@ -25,7 +25,7 @@ from srn.errors import DeviceError, ExportError, one_line
 from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, postprocess_onnx_outputs, read_metadata
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
-from srn.runner import Runner
+from srn.inference.runner import Runner
 
 Detections = list[tuple[Tensor, Tensor]]  # per image: boxes (Tensor[D, 4]) and scores (Tensor[D])
 
@@ -50,7 +50,7 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The PyTorch network, run by :class:`srn.runner.Runner`.
+    """The PyTorch network, run by :class:`srn.inference.runner.Runner`.
 
     Args:
         model: the network; config: its detector config (post-processing settings included).

@@ -76,7 +76,7 @@ class Detector:
         precision: "fp32", or "bf16" to run an inference copy of the network (BatchNorm folded,
             bf16 weights, channels_last); boxes are still decoded in fp32. PyTorch only.
         cuda_graphs: on CUDA, capture the network and a fixed-shape post-processing as CUDA graphs
-            once per input shape and replay them (see :mod:`srn.runner`); worth it for repeated
+            once per input shape and replay them (see :mod:`srn.inference.runner`); worth it for repeated
             shapes: video, a camera, fixed-size batches. PyTorch only.
         threads: onnxruntime's threads within an op (PyTorch's are ``torch.set_num_threads``).
         backend: an already built backend, instead of ``weights``/``model``.

@@ -1,5 +1,5 @@
 """The one way detections are drawn: :meth:`srn.inference.Faces.plot`, ``srn detect --save-vis`` and
-annotated videos (:mod:`srn.video`) all call :func:`draw_faces`.
+annotated videos (:mod:`srn.media.video`) all call :func:`draw_faces`.
 
 Each face gets a lime rectangle and, above its top-left corner (inside the box where there is no
 room above), its score in black on a lime label. Nothing is drawn elsewhere: pixels away from every

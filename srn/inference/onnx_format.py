@@ -6,7 +6,7 @@ std, thresholds and the output names, so nothing is guessed from the number of o
 files output, per level ``l``, ``step2_logits_l`` (Tensor[N, H_l, W_l, A]) and ``step2_deltas_l``
 (Tensor[N, H_l, W_l, A, 4]), plus ``step1_*`` on the levels with a first step; anchors are rebuilt
 from the metadata, and :func:`srn.postprocess.postprocess` runs on them unchanged (docs/design.md,
-"Inference"). See :mod:`srn.export` for how the graph is built.
+"Inference"). See :mod:`srn.export.onnx` for how the graph is built.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class _Graphs:
                     runner.static_postprocess(runner.network(self.input))
             torch.cuda.current_stream().wait_stream(stream)
             self.network = torch.cuda.CUDAGraph()
-            # thread_local: a decoding thread of the caller (srn.video) may allocate meanwhile.
+            # thread_local: a decoding thread of the caller (srn.media.video) may allocate meanwhile.
             with torch.cuda.graph(self.network, capture_error_mode="thread_local"):
                 self.outputs = runner.network(self.input)
             # Replayed in capture order, the two graphs can share one memory pool.

@@ -2,7 +2,7 @@
 
 :func:`anonymize` is pure: it takes an image and boxes (from :meth:`srn.inference.Detector.detect`)
 and returns a new image; reading and writing files is the caller's job (``srn anonymize`` reads
-images and videos, :mod:`srn.video` rewrites videos frame by frame).
+images and videos, :mod:`srn.media.video` rewrites videos frame by frame).
 
 The region of a face is its box grown ``mask_scale`` times around the box's centre (detectors box
 the face from brow to chin, so hair, ears and chin need the margin), clipped to the image; ``mask``

@@ -111,7 +111,7 @@ class SRN(nn.Module):
         if images.dtype == torch.uint8:
             images = images.to(self.pixel_mean.dtype).div_(255.0)
         # In the network's dtype: float32 [0, 1] images are normalised in float32 and then cast
-        # for a bf16 inference copy (srn.runner).
+        # for a bf16 inference copy (srn.inference.runner).
         return ((images - self.pixel_mean) / self.pixel_std).to(self.pixel_mean.dtype)
 
     def forward(self, images: Tensor) -> SRNOutputs:

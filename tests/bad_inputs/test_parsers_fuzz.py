@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from srn.analysis import read_wider_boxes
+from srn.analysis.imbalance import read_wider_boxes
 from srn.data.datasets import parse_coco_json, parse_fddb_ellipses, parse_wider_file
 from srn.errors import SRNError
 

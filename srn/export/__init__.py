@@ -1,0 +1,2 @@
+"""Export of a trained model: ONNX (:mod:`~srn.export.onnx`).
+"""
