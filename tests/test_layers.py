@@ -1,43 +1,51 @@
-"""The package's floors (docs/design.md, "Layers"): a module imports only from its floor or below,
-nothing imports the command line, and no two modules import each other, even through others.
+"""The package's floors, as docs/design.md ("Layers") states them: a module imports only from its
+floor or below, two top-level modules of one floor import each other only where the design allows
+it, nothing imports the command line, and no two modules import each other, even through others.
 
-Every import counts, including those inside functions: a lazy import is still a dependency.
+Every import counts: those inside functions, and ``importlib.import_module`` loads of srn modules.
+The floors and the allowed same-floor imports are read from docs/design.md, the one place they are
+written.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "srn"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "srn"
+DESIGN = ROOT / "docs" / "design.md"
 
-# Module-name prefixes -> floor, lowest first. The longest matching prefix decides.
-FLOORS: dict[str, int] = {
-    "srn": 1,  # the package itself: __version__ and lazy re-exports only
-    "srn.errors": 1,
-    "srn.config": 1,
-    "srn.atomic": 1,
-    "srn.paths": 1,
-    "srn.anchors": 1,
-    "srn.box_coder": 1,
-    "srn.matcher": 1,
-    "srn.losses": 1,
-    "srn.model": 2,
-    "srn.data": 2,
-    "srn.criterion": 3,
-    "srn.postprocess": 3,
-    "srn.weights": 3,
-    "srn.inference": 4,
-    "srn.engine": 5,
-    "srn.export": 5,
-    "srn.evaluation": 5,
-    "srn.media": 5,
-    "srn.analysis": 5,
-    "srn.cli": 6,
-    "srn.__main__": 6,
-}
+
+def read_layers(text: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """The floor of every top-level module, and the allowed same-floor imports, from the
+    "## Layers" section of docs/design.md."""
+    section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    floors: dict[str, int] = {}
+    allowed: set[tuple[str, str]] = set()
+    current = None
+    describing = False  # module names are the backticked words before the dash of the description
+    for line in section.splitlines():
+        numbered = re.match(r"(\d+)\. ", line)
+        if numbered:
+            current, describing = int(numbered.group(1)), False
+        elif not line.startswith("   "):
+            current = None
+        if current is not None and not describing:
+            for name in re.findall(r"`(srn(?:\.\w+)*)`", line.split(" — ")[0]):
+                floors[name] = current
+            describing = " — " in line
+        arrow = re.match(r"- `(srn(?:\.\w+)*)` → (.*)", line)
+        if arrow:
+            for target in re.findall(r"`(srn(?:\.\w+)*)`", arrow.group(2)):
+                allowed.add((arrow.group(1), target))
+    return floors, allowed
+
+
+FLOORS, ALLOWED = read_layers(DESIGN.read_text())
 
 
 def module_name(path: Path) -> str:
@@ -45,9 +53,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def floor(module: str) -> int | None:
+def unit(module: str) -> str | None:
+    """The top-level module of the floor table that ``module`` belongs to (the longest prefix)."""
     prefixes = [p for p in FLOORS if module == p or module.startswith(p + ".")]
-    return FLOORS[max(prefixes, key=len)] if prefixes else None
+    return max(prefixes, key=len) if prefixes else None
+
+
+def floor(module: str) -> int | None:
+    owner = unit(module)
+    return FLOORS[owner] if owner else None
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / Path(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _calls_importlib(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name in ("import_module", "__import__")
 
 
 def imports_of(path: Path, module: str) -> set[str]:
@@ -55,6 +82,7 @@ def imports_of(path: Path, module: str) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
+    dynamic = False
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -67,11 +95,21 @@ def imports_of(path: Path, module: str) -> set[str]:
             found.add(target)
             # `from srn.cli import detect` imports the submodule srn.cli.detect.
             for alias in node.names:
-                candidate = f"{target}.{alias.name}"
-                if (PACKAGE.parent / Path(*candidate.split("."))).with_suffix(".py").is_file() or (
-                    PACKAGE.parent / Path(*candidate.split(".")) / "__init__.py"
-                ).is_file():
-                    found.add(candidate)
+                if _is_module(f"{target}.{alias.name}"):
+                    found.add(f"{target}.{alias.name}")
+        elif _calls_importlib(node):
+            argument = node.args[0] if node.args else None
+            if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                found.add(argument.value)
+            else:
+                dynamic = True
+    if dynamic:
+        # A load whose name is computed (a table of lazy exports, say): every string of the file
+        # that names an srn module may be what it loads.
+        found.update(
+            node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("srn") and _is_module(node.value)
+        )
     return {name for name in found if name == "srn" or name.startswith("srn.")}
 
 
@@ -86,6 +124,13 @@ def import_graph() -> dict[str, set[str]]:
 GRAPH = import_graph()
 
 
+def test_design_states_six_floors_and_every_name_is_a_module():
+    assert sorted(set(FLOORS.values())) == [1, 2, 3, 4, 5, 6]
+    assert [name for name in FLOORS if not _is_module(name)] == []
+    assert [pair for pair in ALLOWED if not all(name in FLOORS for name in pair)] == []
+    assert [(a, b) for a, b in ALLOWED if FLOORS[a] != FLOORS[b]] == [], "an allowed import must stay within a floor"
+
+
 def test_every_module_has_a_floor():
     assert [m for m in GRAPH if floor(m) is None] == []
 
@@ -96,8 +141,22 @@ def test_no_upward_import(module):
     assert upward == [], f"{module} (floor {floor(module)}) imports from above: {upward}"
 
 
+def same_floor_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    found = set()
+    for module, targets in graph.items():
+        for target in targets:
+            a, b = unit(module), unit(target)
+            if a and b and a != b and FLOORS[a] == FLOORS[b] and (a, b) not in ALLOWED:
+                found.add((module, target))
+    return sorted(found)
+
+
+def test_no_same_floor_import_the_design_does_not_allow():
+    assert same_floor_violations(GRAPH) == []
+
+
 def test_nothing_imports_the_command_line():
-    offenders = sorted(m for m, targets in GRAPH.items() if floor(m) < 6 and any(t.startswith("srn.cli") for t in targets))
+    offenders = sorted(m for m, targets in GRAPH.items() if unit(m) != "srn.cli" and m != "srn.__main__" and any(t.startswith("srn.cli") for t in targets))
     assert offenders == []
 
 
@@ -135,14 +194,29 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycles(graph) == [["srn.a", "srn.b", "srn.c", "srn.a"]]
 
 
-def test_the_checker_sees_a_planted_violation(tmp_path):
+def test_the_checker_sees_planted_violations(tmp_path):
     # The checks above are only worth something if they can fail: a floor-1 module importing the
-    # CLI is found as upward, and a lazy import inside a function counts.
-    planted = PACKAGE / "errors.py"
-    source = planted.read_text() + "\n\ndef _planted():\n    from srn.cli.common import UserError\n"
-    copy = tmp_path / "srn" / "errors.py"
-    copy.parent.mkdir()
-    copy.write_text(source)
-    found = imports_of(copy, "srn.errors")
-    assert "srn.cli.common" in found
+    # CLI lazily, a feature loading another feature of its floor through importlib, and a computed
+    # importlib load are all found.
+    planted = tmp_path / "srn" / "errors.py"
+    planted.parent.mkdir()
+    planted.write_text((PACKAGE / "errors.py").read_text() + "\n\ndef _planted():\n    from srn.cli.common import UserError\n")
+    assert "srn.cli.common" in imports_of(planted, "srn.errors")
     assert floor("srn.cli.common") > floor("srn.errors")
+
+    loader = tmp_path / "srn" / "media_planted.py"
+    loader.write_text("import importlib\n\ndef _load():\n    return importlib.import_module('srn.evaluation.widerface')\n")
+    found = imports_of(loader, "srn.media.planted")
+    assert found == {"srn.evaluation.widerface"}
+    assert same_floor_violations({"srn.media.planted": found}) == [("srn.media.planted", "srn.evaluation.widerface")]
+
+    computed = tmp_path / "srn" / "computed.py"
+    computed.write_text("import importlib\nTABLE = {'x': 'srn.engine.trainer'}\n\ndef f(k):\n    return importlib.import_module(TABLE[k])\n")
+    assert imports_of(computed, "srn.computed") == {"srn.engine.trainer"}
+
+
+def test_the_design_reader_reads_floors_and_arrows():
+    text = "# x\n\n## Layers\n\n1. `srn.a`, `srn.b` — words `srn.c`.\n2. `srn.d`,\n   `srn.e` — more\n   `srn.f`.\n\n- `srn.a` → `srn.b`\n\n## Next\n1. `srn.z`\n"
+    floors, allowed = read_layers(text)
+    assert floors == {"srn.a": 1, "srn.b": 1, "srn.d": 2, "srn.e": 2}
+    assert allowed == {("srn.a", "srn.b")}

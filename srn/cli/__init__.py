@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from srn import __version__
+from srn.version import __version__
 from srn.cli import anonymize, bench, convert, detect, evaluate, export, imbalance, train
 from srn.cli.common import OneLineParser, UserError
 from srn.errors import SRNError

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import srn
+from srn.version import __version__
 from srn.anchors import AnchorGenerator
 from srn.config import PostProcessConfig, from_dict, to_dict
 from srn.errors import ExportError
@@ -57,7 +57,7 @@ class OnnxMetadata:
     input_layout: str = "N,3,H,W float32 RGB in [0, 1]"
     nms_iou_convention: str = "continuous"  # torchvision's and ONNX's: no "+1 pixel" areas
     format_version: int = METADATA_VERSION
-    srn_version: str = srn.__version__
+    srn_version: str = __version__
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), sort_keys=True)
