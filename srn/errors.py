@@ -21,6 +21,8 @@ __all__ = [
     "ImageReadError",
     "ImageValueError",
     "InputPathError",
+    "MissingDependencyError",
+    "OutputCollisionError",
     "OutputPathError",
     "PredictionFormatError",
     "SRNError",
@@ -113,3 +115,29 @@ class PredictionFormatError(SRNError, ValueError):
         self.line = line
         where = f"{self.path}, line {line}" if line is not None else self.path
         super().__init__(f"{where}: {one_line(message)}")
+
+
+class MissingDependencyError(SRNError, ImportError):
+    """An optional package that a feature needs is not installed; the message says which extra
+    installs it (``video needs PyAV: pip install 'srn-face[video]'``)."""
+
+
+class OutputCollisionError(SRNError, ValueError):
+    """Two inputs would be written to one output file:
+    ``"<first> and <second> would both be written to <target> (<why>); run them separately"``.
+
+    Attributes:
+        first, second (str): the two inputs, as the caller named them.
+        target (str): the output they share.
+    """
+
+    def __init__(
+        self,
+        first: str | os.PathLike[str],
+        second: str | os.PathLike[str],
+        target: str | os.PathLike[str],
+        why: str = "",
+    ) -> None:
+        self.first, self.second, self.target = (os.fsdecode(os.fspath(p)) for p in (first, second, target))
+        because = f" ({one_line(why)})" if why else ""
+        super().__init__(f"{self.first} and {self.second} would both be written to {self.target}{because}; run them separately")

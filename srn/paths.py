@@ -1,4 +1,5 @@
-"""The one place that checks the paths a user names, before any work starts.
+"""The one place that checks the paths a user names, before any work starts, and that expands
+names, folders and globs into the image and video files they stand for (:func:`expand_inputs`).
 
 Inputs may be missing, a folder instead of a file (or the reverse), unreadable, empty, or not a
 regular file at all (a FIFO would make ``open`` wait forever, a device would never end). Outputs may
@@ -13,15 +14,20 @@ nothing to root and nothing about read-only file systems.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from srn.errors import InputPathError, OutputPathError
 
 PathLike = str | os.PathLike[str]
+
+# What a folder is searched for: the suffixes of the images Pillow decodes and of the videos PyAV does.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 
 
 def describe_mode(mode: int) -> str:
@@ -155,4 +161,75 @@ def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     return path
 
 
-__all__ = ["check_input_dir", "check_input_file", "check_output_dir", "check_output_file", "describe_mode"]
+# -- inputs: names, folders and globs -> files ---------------------------------------------------------
+
+
+def is_video(path: PathLike) -> bool:
+    """Whether ``path`` names a video, by its suffix (:data:`VIDEO_SUFFIXES`)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(patterns: Sequence[PathLike], suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files, folders (searched recursively for files with one of ``suffixes``) and globs, in a
+    stable order, each once.
+
+    What is not a folder is kept, whatever it is (a FIFO, a device, a broken link), so that reading
+    it fails with one line for that file instead of it vanishing silently. A named folder without
+    any matching file is kept as itself for the same reason.
+
+    Args:
+        patterns: file names, folder names and globs (``**`` crosses folders).
+        suffixes: lower-case suffixes, with their dot, of the files a folder is searched for
+            (default :data:`IMAGE_SUFFIXES`; add :data:`VIDEO_SUFFIXES` for videos too).
+
+    Raises:
+        InputPathError: ``"<pattern>: no such file or folder"``, or ``"<pattern>: no file matches"``
+            for a glob.
+    """
+    found: list[Path] = []
+    for pattern in map(os.fspath, patterns):
+        path = Path(pattern)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
+            found.extend(files or [path])
+        elif path.exists() or path.is_symlink():
+            found.append(path)
+        elif glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+            files = [p for p in matches if not p.is_dir()]
+            if not files:
+                raise InputPathError(pattern, "no file matches")
+            found.extend(files)
+        else:
+            raise InputPathError(pattern, "no such file or folder")
+    unique, seen = [], set()
+    for path in found:
+        key = os.path.abspath(path)  # photos/a.jpg and ./photos/../photos/a.jpg are one file
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def relative_paths(patterns: Sequence[PathLike], files: Sequence[PathLike]) -> list[Path]:
+    """Each file's path below the deepest folder that holds every input (named folders count as
+    themselves, files by their folder): the names that outputs mirroring the inputs' tree take, so
+    that ``a/x.jpg`` and ``b/x.jpg`` never share one."""
+    folders = [os.path.abspath(p) for p in patterns if os.path.isdir(p)]
+    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
+    root = os.path.commonpath(folders)
+    return [Path(os.path.relpath(os.path.abspath(f), root)) for f in files]
+
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "check_input_dir",
+    "check_input_file",
+    "check_output_dir",
+    "check_output_file",
+    "describe_mode",
+    "expand_inputs",
+    "is_video",
+    "relative_paths",
+]
