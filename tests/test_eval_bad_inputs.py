@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from srn.cli import main
 from srn.errors import SRNError
@@ -482,3 +483,45 @@ def test_facebox_readers_take_any_bytes(afw, tmp_path):
     assert succeeds_or_srn_error(facebox.load_facebox_annotations, tmp_path / "a.mat", cases) == len(cases)
     real = json.dumps(afw_detections(afw)).encode()
     assert succeeds_or_srn_error(facebox.read_facebox_detections, tmp_path / "d.json", mutations(real, rng)) > 0
+
+
+# --------------------------------------------------------------------------- detection runs
+
+
+@pytest.fixture(scope="module")
+def eval_images(tmp_path_factory) -> list[Path]:
+    """Five small photos of different sizes, with a text file and a folder among them."""
+    import PIL.Image
+
+    photo = PIL.Image.open(Path(__file__).resolve().parents[1] / "docs" / "astronaut.png").convert("RGB")
+    root = tmp_path_factory.mktemp("eval_images")
+    paths = []
+    for i in range(5):
+        path = root / f"img_{i}.png"
+        photo.crop((100, 0, 100 + 96 + 16 * i, 96 + 8 * i)).save(path)
+        paths.append(path)
+    (root / "notes.jpg").write_text("not an image\n")
+    (root / "folder.jpg").mkdir()
+    return [paths[0], root / "notes.jpg", *paths[1:3], root / "folder.jpg", *paths[3:]]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_detection_runs_decode_in_the_stream_and_unreadable_images_fail_alone(small_weights, eval_images, workers, one_thread):
+    from srn.evaluation.run import detect_images, eval_detector
+
+    detector = eval_detector(small_weights, "cpu", batch_size=2, max_size=256)
+    results, failures = detect_images(detector, eval_images, workers=workers)
+    readable = [p for p in eval_images if p.suffix == ".png"]
+    assert list(results) == readable  # in input order, keyed by the paths given
+    assert failures == [
+        f"{eval_images[1]}: not a decodable image (unrecognised format, looks like text)",
+        f"{eval_images[4]}: is a directory, not an image file",
+    ]
+    # The same numbers as full batches of the readable images: a failed file leaves no hole in a batch.
+    for start in range(0, len(readable), 2):
+        for path, faces in zip(readable[start : start + 2], detector.detect(readable[start : start + 2])):
+            assert torch.equal(results[path][0], faces.boxes) and torch.equal(results[path][1], faces.scores)
+
+    tta, tta_failures = detect_images(detector, eval_images, tta=True, tta_max_size=256, workers=workers)
+    assert list(tta) == readable and tta_failures == failures
+

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError, add_detector_args, build_detector
+from srn.cli.common import UserError, add_detector_args, build_detector, int_at_least
 from srn.errors import PredictionFormatError
 from srn.paths import check_input_dir, check_output_dir, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from srn.inference.stream import default_workers
+
     evaluate = sub.add_parser(
         "eval",
         help="evaluate on WIDER FACE, FDDB, AFW or PASCAL Face with their own protocols",
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--height-scale", type=float, default=1.0, help="fddb: stretch rectangles' height toward the ellipse (e.g. 1.2)")
     evaluate.add_argument("--out", help="folder for predictions, report.json and the plot (default eval_BENCHMARK)")
     evaluate.add_argument("--json", help="also write the summary (no curves) to this file")
+    evaluate.add_argument("--workers", type=int_at_least(0), default=default_workers(), help="processes that decode images (default: min(4, cores); 0: decode in the main process)")
     add_detector_args(evaluate)
     evaluate.set_defaults(func=run)
 
@@ -54,7 +57,7 @@ def _eval_detections(args: argparse.Namespace, paths: list[Path]):
     # Every detection the release keeps (no final score threshold): the benchmarks' protocol.
     detector = build_detector(args, score_thresh=0.0)
     results, failures = detect_images(detector, present, tta=args.tta, tta_max_size=args.tta_max_size,
-                                      keep_singletons=args.keep_singletons)
+                                      keep_singletons=args.keep_singletons, workers=args.workers)
     for line in failures:
         print(f"srn eval: {line}", file=sys.stderr)
     if missing:

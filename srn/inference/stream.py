@@ -3,42 +3,22 @@
 The main process runs the network while the workers decode the next batches, so decoding (a large
 share of the time for JPEG photos on the CPU) overlaps with inference. Results come back batch by
 batch and in input order, so a caller can write and flush each batch as it completes: a crash or a
-kill loses at most the batch in flight.
+kill loses at most the batch in flight. ``srn detect``, ``srn anonymize`` and ``srn eval``
+(:func:`srn.evaluation.run.detect_images`) all read their images through here.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from srn.data.image_folder import ImageFiles, collate_decoded
+from srn.data.image_folder import DecodedImage, ImageFiles, collate_decoded
 from srn.errors import ConfigError
 from srn.inference.detector import Detector
-from srn.inference.results import Faces
 
-__all__ = ["ImageResult", "default_workers", "detect_files"]
-
-
-@dataclass
-class ImageResult:
-    """The outcome for one input file.
-
-    Attributes:
-        index: its position in the list given to :func:`detect_files`.
-        path: the file.
-        faces: its detections, holding the decoded image for drawing and cropping
-            (:meth:`Faces.plot`, :meth:`Faces.crops`); None when it could not be read.
-        error: ``"<path>: <reason>"`` when it could not be read.
-    """
-
-    index: int
-    path: Path
-    faces: Faces | None
-    error: str | None = None
+__all__ = ["decode_files", "default_workers", "detect_files"]
 
 
 def default_workers() -> int:
@@ -47,20 +27,12 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def detect_files(
-    detector: Detector, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8, workers: int = 0
-) -> Iterator[list[ImageResult]]:
-    """Detect faces in image files, ``batch_size`` files at a time.
-
-    Args:
-        detector: the detector to run.
-        paths: image files.
-        batch_size: files per batch (the detector's own ``batch_size`` still bounds a forward pass).
-        workers: decoding processes; 0 decodes in this process.
+def decode_files(paths: Sequence[str | os.PathLike[str]], batch_size: int = 8, workers: int = 0) -> Iterator[list[DecodedImage]]:
+    """Decode image files, ``batch_size`` at a time, in ``workers`` processes (0: in this one).
 
     Yields:
-        One list of :class:`ImageResult` per batch, in the order of ``paths``; a file that could not
-        be read is in it with its ``error``.
+        One list of :class:`DecodedImage` per batch, in the order of ``paths``; a file that could
+        not be read is in it with its ``error`` instead of its ``image``.
     """
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
@@ -74,14 +46,28 @@ def detect_files(
         collate_fn=collate_decoded,
         prefetch_factor=2 if workers else None,
     )
-    for batch in loader:
+    yield from loader
+
+
+def detect_files(
+    detector: Detector, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8, workers: int = 0
+) -> Iterator[list[DecodedImage]]:
+    """Detect faces in image files, ``batch_size`` files at a time.
+
+    Args:
+        detector: the detector to run.
+        paths: image files.
+        batch_size: files per batch (the detector's own ``batch_size`` still bounds a forward pass).
+        workers: decoding processes; 0 decodes in this process.
+
+    Yields:
+        One list of :class:`DecodedImage` per batch, in the order of ``paths``, each with its
+        ``faces`` (whose ``source`` is the file), or with its ``error`` when the file could not be read.
+    """
+    for batch in decode_files(paths, batch_size, workers):
         readable = [item for item in batch if item.image is not None]
         found = detector.detect([item.image for item in readable]) if readable else []
-        faces_of = {item.index: faces for item, faces in zip(readable, found)}
-        results = []
-        for item in batch:
-            faces = faces_of.get(item.index)
-            if faces is not None:
-                faces.source = str(item.path)
-            results.append(ImageResult(item.index, item.path, faces, item.error))
-        yield results
+        for item, faces in zip(readable, found):
+            faces.source = str(item.path)
+            item.faces = faces
+        yield batch
