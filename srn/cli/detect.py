@@ -1,35 +1,38 @@
 """``srn detect``: faces in images, folders, globs and videos.
 
 Images are decoded in ``DataLoader`` workers while the network runs (:mod:`srn.inference.stream`),
-and each batch's results are written as soon as it completes: JSON Lines and CSV are appended and
-flushed per batch, WIDER files, drawings and crops per image, so that a failure or a kill late in a
-run loses at most the batch in flight. Only a JSON array is written at the end, atomically.
+and each batch's results are written as soon as it completes (:mod:`srn.inference.writers`): JSON
+Lines and CSV are appended and flushed per batch, WIDER files, drawings and crops per image, so that
+a failure or a kill late in a run loses at most the batch in flight. Only a JSON array is written at
+the end, atomically.
 
 Under ``torchrun`` the inputs are shared out by rank; each process writes its own part
-``OUT.rank<r>.jsonl`` and process 0 merges the parts in input order into ``OUT``.
+``OUT.rank<r>.jsonl`` and process 0 merges the parts in input order into ``OUT``
+(:mod:`srn.inference.sharding`).
+
+This module turns the options into paths and writers, and prints; the work is the library's.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING
 
-from srn.atomic import atomic_write_text
-from srn.cli.common import VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least, relative_paths
-from srn.errors import OutputPathError, PredictionFormatError
-from srn.paths import check_output_dir, check_output_file
+from srn.cli.common import UserError, add_detector_args, build_detector, float_in, int_at_least
+from srn.errors import InputPathError, OutputPathError
+from srn.paths import check_output_dir, check_output_file, expand_inputs, is_video, relative_paths
+
+if TYPE_CHECKING:
+    from srn.evaluation.wider_writer import WiderWriter
+    from srn.inference.sharding import Shard
+    from srn.inference.writers import RecordWriter
+    from srn.media.video import VideoTargets
 
 FORMATS = ("json", "jsonl", "csv", "wider")
-CSV_HEADER = ["image", "width", "height", "x1", "y1", "x2", "y2", "score"]
-_WIDER_SUFFIXES = (".jpg", ".jpeg", ".png")  # what srn.evaluation.widerface.write_predictions drops
 
 DESCRIPTION = """\
 Detect faces in images, folders (searched recursively) and globs, or in videos.
@@ -79,27 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 # -- where the outputs go ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of the inputs under ``torchrun`` (rank 0 of 1 otherwise)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> Shard:
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def part(self, out: Path, rank: int | None = None) -> Path:
-        """The file that process ``rank`` writes its records to."""
-        return out.with_name(f"{out.stem}.rank{self.rank if rank is None else rank}.jsonl")
-
-
 @dataclass
 class Plan:
     """Every output path, checked before the first image is read."""
@@ -110,7 +92,7 @@ class Plan:
     vis_dir: Path | None = None
     crops_dir: Path | None = None
     relative: list[Path] = field(default_factory=list)  # each input below the inputs' common folder
-    wider_keys: list[str] = field(default_factory=list)  # "<event>/<image name>" of each input
+    wider: WiderWriter | None = None  # --format wider's writer, made here to refuse two images on one file
 
     def vis_path(self, index: int) -> Path:
         assert self.vis_dir is not None
@@ -128,12 +110,6 @@ def _resolve_format(args: argparse.Namespace) -> str:
     return {".jsonl": "jsonl", ".csv": "csv"}.get(suffix, "json")
 
 
-def _wider_target(key: str) -> str:
-    event, _, name = key.rpartition("/")
-    stem = os.path.splitext(name)[0] if name.lower().endswith(_WIDER_SUFFIXES) else name
-    return f"{event}/{stem}.txt"
-
-
 def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: Shard) -> Plan:
     """Check every output before any detection: one line for the first that cannot be written."""
     plan = Plan(fmt, files)
@@ -142,18 +118,9 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
     if fmt == "wider":
         if not args.out:
             raise UserError("--format wider needs --out DIR")
-        first: dict[str, Path] = {}
-        for path in files:
-            event = Path(os.path.abspath(path)).parent.name
-            if not event:
-                raise UserError(f"{path}: the WIDER format names files by their event folder, and this image is in none")
-            key = f"{event}/{path.name}"
-            target = _wider_target(key)
-            if target in first:
-                raise UserError(f"{first[target]} and {path} would both be written to {Path(args.out) / target} (the WIDER format "
-                                "names files by event folder and image name); run them separately")
-            first[target] = path
-            plan.wider_keys.append(key)
+        from srn.evaluation.wider_writer import WiderWriter
+
+        plan.wider = WiderWriter(Path(args.out), files)  # refuses two images on one file
         plan.out = check_output_dir(args.out, inputs=files)
     elif args.out:
         plan.out = check_output_file(args.out, inputs=files)
@@ -178,196 +145,36 @@ def plan_outputs(args: argparse.Namespace, fmt: str, files: list[Path], shard: S
     return plan
 
 
-# -- JSON Lines read back (resume, merge) ----------------------------------------------------------
+def _writer(plan: Plan, shard: Shard, append: bool) -> RecordWriter:
+    """Where this process writes its records: ``--out`` in its format, or its part under torchrun."""
+    from srn.inference.writers import WRITERS, JsonLinesWriter
 
-
-def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The records of a JSON Lines file that a run may have been killed while writing.
-
-    A last line without its newline is torn: it is dropped (and cut from the file with ``repair``).
-    Any other line that is not a record is an error naming the file and line.
-    """
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data) and repair:
-        with open(path, "r+b") as handle:
-            handle.truncate(end)
-    records = []
-    for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        try:
-            record = json.loads(line.decode("utf-8", "surrogateescape"))
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-            raise PredictionFormatError(path, number, "not an srn detect record (a JSON object with an \"image\")")
-        records.append(record)
-    return records
-
-
-# -- writers ----------------------------------------------------------------------------------------
-
-
-class _TextSink:
-    """Text appended to a file or stdout and flushed on demand; file names that are not UTF-8 are
-    written back byte for byte (surrogateescape)."""
-
-    def __init__(self, path: Path | None, append: bool = False) -> None:
-        self.handle: TextIO | None = None
-        if path is not None:
-            self.handle = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
-
-    def write(self, text: str) -> None:
-        if self.handle is not None:
-            self.handle.write(text)
-            return
-        buffer = getattr(sys.stdout, "buffer", None)
-        if buffer is None:
-            sys.stdout.write(text)
-        else:
-            sys.stdout.flush()
-            buffer.write(text.encode("utf-8", "surrogateescape"))
-
-    def flush(self) -> None:
-        (self.handle or sys.stdout).flush()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
-
-def csv_rows(record: dict[str, Any]) -> list[list[Any]]:
-    """A record's CSV rows: one per face, or one with empty box and score fields for no face."""
-    head = [record["image"], record["width"], record["height"]]
-    if not record["faces"]:
-        return [head + [""] * 5]
-    return [head + [*face["box"], face["score"]] for face in record["faces"]]
-
-
-def csv_text(rows: Iterable[list[Any]], header: bool = False) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if header:
-        writer.writerow(CSV_HEADER)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def render(fmt: str, records: list[dict[str, Any]]) -> str:
-    """The whole output file of ``records`` in ``fmt`` (json, jsonl or csv)."""
-    if fmt == "json":
-        return json.dumps(records, indent=1) + "\n"
-    if fmt == "jsonl":
-        return "".join(json.dumps(record) + "\n" for record in records)
-    return csv_text((row for record in records for row in csv_rows(record)), header=True)
-
-
-class RecordWriter:
-    """Writes each image's record as it comes, in ``fmt``, to ``target`` (None: stdout).
-
-    jsonl and csv are appended and flushed per batch; json is kept and written atomically by
-    :meth:`close`.
-    """
-
-    def __init__(self, fmt: str, target: Path | None, append: bool = False) -> None:
-        self.fmt, self.target = fmt, target
-        self.records: list[dict[str, Any]] = []
-        self.sink = None if fmt == "json" else _TextSink(target, append=append)
-        if self.sink is not None and fmt == "csv":
-            self.sink.write(csv_text([], header=True))
-            self.sink.flush()
-
-    def write_batch(self, records: list[dict[str, Any]]) -> None:
-        if self.sink is None:
-            self.records.extend(records)
-            return
-        if self.fmt == "jsonl":
-            self.sink.write("".join(json.dumps(record) + "\n" for record in records))
-        else:
-            self.sink.write(csv_text(row for record in records for row in csv_rows(record)))
-        self.sink.flush()
-
-    def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-        elif self.target is not None:
-            atomic_write_text(self.target, render("json", self.records))
-        else:
-            sys.stdout.write(render("json", self.records))
-
-
-# -- drawings and crops -------------------------------------------------------------------------------
-
-
-def save_crops(folder: Path, faces: Any, margin: float) -> None:
-    """Each face as ``folder/face_000.jpg``, ``face_001.jpg`` ... by descending score
-    (:meth:`srn.inference.Faces.crops`)."""
-    from srn.inference.results import write_image
-
-    for number, crop in enumerate(faces.crops(margin)):
-        write_image(folder / f"face_{number:03d}.jpg", crop)
+    if plan.wider is not None:
+        return plan.wider
+    if shard.distributed:
+        assert plan.out is not None
+        return JsonLinesWriter(shard.part(plan.out), append=append)
+    return WRITERS[plan.fmt](plan.out, append=append)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-
-
-def _process_group(shard: Shard, device: str | None) -> str | None:
-    """Join ``torchrun``'s process group; returns the device this process runs on."""
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
-    if device is None or device == "cuda":
-        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
-    from srn.inference import resolve_device
-
-    resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        torch.cuda.set_device(resolved)
-    # A long timeout: process 0 waits at the barrier until the slowest process has done its share.
-    dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", timeout=timedelta(hours=12))
-    return str(resolved)
-
-
-def _barrier() -> None:
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
-def _merge_parts(plan: Plan, parts: list[Path], keep: list[dict[str, Any]]) -> None:
-    """Write ``keep`` and then the parts' records in input order to ``plan.out``; remove the parts."""
-    assert plan.out is not None
-    position = {str(path): index for index, path in enumerate(plan.files)}
-    seen = {record["image"] for record in keep}
-    merged = []
-    for part in parts:
-        merged.extend(record for record in read_jsonl(part) if record["image"] not in seen)
-    merged.sort(key=lambda record: position.get(record["image"], len(position)))
-    atomic_write_text(plan.out, render(plan.fmt, keep + merged))
-    for part in parts:
-        part.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from srn.inference import sharding
     from srn.inference.stream import detect_files
+    from srn.inference.writers import done_images, read_jsonl, write_crops
 
     fmt = _resolve_format(args)
-    if any(Path(p).suffix.lower() in VIDEO_SUFFIXES for p in args.inputs):
+    if any(is_video(p) for p in args.inputs):
         return run_video(args, fmt)
     files = expand_inputs(args.inputs)
     if not files:
         raise UserError("no input images found")
-    shard = Shard.from_env()
+    shard = sharding.Shard.from_env()
     plan = plan_outputs(args, fmt, files, shard)
 
     # What is already done (--resume) and where this process writes.
@@ -375,54 +182,35 @@ def run(args: argparse.Namespace) -> int:
     stale_parts: list[Path] = []
     if args.resume:
         assert plan.out is not None
-        stale_parts = sorted(plan.out.parent.glob(f"{plan.out.stem}.rank*.jsonl"))
-        own = shard.part(plan.out) if shard.distributed else plan.out
-        for source in [plan.out, *stale_parts]:
-            done.update(record["image"] for record in read_jsonl(source, repair=source == own))
-    mine = [index for index in range(shard.rank, len(files), shard.world_size) if str(files[index]) not in done]
+        stale_parts = sharding.leftover_parts(plan.out)
+        done = done_images([plan.out, *stale_parts], repair=shard.part(plan.out) if shard.distributed else plan.out)
+    mine = [index for index in shard.indices(len(files)) if str(files[index]) not in done]
     if args.resume and shard.rank == 0:
         print(f"srn detect: {len(done)} images already in {plan.out}", file=sys.stderr)
 
-    device = _process_group(shard, args.device) if shard.distributed else args.device
+    device = sharding.join_process_group(shard, args.device) if shard.distributed else args.device
     args.device = device
     detector = build_detector(args, args.score_thresh, args.nms_iou)
-    writer = None
-    if fmt != "wider":  # WIDER files are written per image below
-        target = shard.part(plan.out) if shard.distributed and plan.out is not None else plan.out
-        writer = RecordWriter("jsonl" if shard.distributed else fmt, target, append=args.resume)
 
     failures: list[str] = []
     progress = tqdm(total=len(mine), unit="img", disable=len(mine) < 8 or shard.rank != 0 or None, file=sys.stderr)
     try:
-        for batch in detect_files(detector, [files[i] for i in mine], args.batch_size, args.workers):
-            records = []
-            for item in batch:
-                index = mine[item.index]
-                if item.faces is None:
-                    failures.append(str(item.error))
-                    continue
-                faces = item.faces
-                records.append({"image": str(files[index]), "width": faces.width, "height": faces.height, "faces": faces.to_records()})
-                if fmt == "wider":
-                    from srn.evaluation.widerface import write_predictions
-
-                    assert plan.out is not None
-                    write_predictions(plan.out, {plan.wider_keys[index]: (faces.boxes.cpu().numpy(), faces.scores.cpu().numpy())})
-                if plan.vis_dir is not None:
-                    faces.save(plan.vis_path(index))
-                if plan.crops_dir is not None:
-                    save_crops(plan.crops_folder(index), faces, args.crop_margin)
-            if writer is not None:
-                writer.write_batch(records)
-            progress.update(len(batch))
+        with _writer(plan, shard, append=args.resume) as writer, progress:
+            for batch in detect_files(detector, [files[i] for i in mine], args.batch_size, args.workers):
+                for item in batch:
+                    if item.faces is None:
+                        failures.append(str(item.error))
+                        continue
+                    index = mine[item.index]
+                    writer.write(item.faces)
+                    if plan.vis_dir is not None:
+                        item.faces.save(plan.vis_path(index))
+                    if plan.crops_dir is not None:
+                        write_crops(plan.crops_folder(index), item.faces, args.crop_margin)
+                writer.flush()
+                progress.update(len(batch))
     except torch.OutOfMemoryError:
         raise UserError("out of memory; lower --max-size or --batch-size") from None
-    finally:
-        progress.close()
-        if writer is not None and writer.sink is not None:
-            writer.sink.close()  # what was streamed stays; a JSON array is written only below, whole
-    if writer is not None and writer.sink is None:
-        writer.close()
 
     failed = len(failures)
     if failures:
@@ -431,31 +219,74 @@ def run(args: argparse.Namespace) -> int:
         for line in failures:
             print(f"  {line}", file=sys.stderr)
     if shard.distributed:
-        import torch.distributed as dist
-
-        _barrier()
-        if shard.rank == 0 and writer is not None and plan.out is not None:
-            parts = sorted(set(stale_parts) | {shard.part(plan.out, r) for r in range(shard.world_size)})
+        sharding.barrier()
+        if shard.rank == 0 and plan.wider is None and plan.out is not None:
+            parts = sorted(set(stale_parts) | set(shard.parts(plan.out)))
             keep = read_jsonl(plan.out) if args.resume and fmt == "jsonl" else []
-            _merge_parts(plan, [p for p in parts if p.exists()], keep)
-        count = torch.tensor([failed], device=f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(count)  # every process exits 1 if any file failed anywhere
-        failed = int(count.item())
-        dist.destroy_process_group()
+            sharding.merge_parts(plan.out, fmt, files, [p for p in parts if p.exists()], keep)
+        failed = sharding.all_processes_sum(failed)  # every process exits 1 if any file failed anywhere
+        sharding.leave_process_group()
     elif stale_parts:  # a killed torchrun run left parts; --resume counted them as done
-        _merge_parts(plan, stale_parts, read_jsonl(plan.out))
+        assert plan.out is not None
+        sharding.merge_parts(plan.out, fmt, files, stale_parts, read_jsonl(plan.out))
     return 1 if failed else 0
+
+
+# -- videos -----------------------------------------------------------------------------------------------
+
+
+def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> list[VideoTargets]:
+    """Where each input video's results go, checked (:func:`srn.paths.check_output_file`) before
+    any frame is decoded:
+
+    - ``--out X.mp4`` (or .m4v, .mov, .mkv): the video with boxes drawn, plus per-frame JSON lines
+      in ``X.jsonl``;
+    - ``--out X.jsonl``: the JSON lines only;
+    - ``--out DIR`` with several videos: ``DIR/<name>.mp4`` and ``DIR/<name>.jsonl`` for each;
+    - no ``--out``: JSON lines on stdout;
+    - ``--save-vis DIR``: also ``DIR/<name>.mp4`` with boxes drawn.
+    """
+    from srn.media.video import OUTPUT_SUFFIXES, VideoTargets
+
+    plans = []
+    out_path = Path(out) if out else None
+    as_folder = out_path is not None and (out_path.is_dir() or len(videos) > 1 or not out_path.suffix)
+    allowed = ", ".join((*OUTPUT_SUFFIXES, ".jsonl"))
+    if out_path is not None and not as_folder and out_path.suffix.lower() not in (*OUTPUT_SUFFIXES, ".jsonl"):
+        raise OutputPathError(out_path, f"a video's results are written as {allowed}")
+    names = [v.stem for v in videos]
+    if len(set(names)) != len(names):
+        raise InputPathError(videos[0], "two input videos share a name; run them separately")
+    for video in videos:
+        targets = VideoTargets([], None)
+        if out_path is None:
+            pass
+        elif as_folder:
+            targets.videos.append(out_path / f"{video.stem}.mp4")
+            targets.jsonl = out_path / f"{video.stem}.jsonl"
+        elif out_path.suffix.lower() == ".jsonl":
+            targets.jsonl = out_path
+        else:
+            targets.videos.append(out_path)
+            targets.jsonl = out_path.with_suffix(".jsonl")
+        if save_vis:
+            targets.videos.append(Path(save_vis) / f"{video.stem}.mp4")
+        plans.append(targets)
+    for targets in plans:
+        for target in targets.videos + ([targets.jsonl] if targets.jsonl else []):
+            check_output_file(target, inputs=videos)
+    return plans
 
 
 def run_video(args: argparse.Namespace, fmt: str) -> int:
     """``srn detect`` when the inputs are videos."""
     import torch
 
-    from srn.media.video import detect_video, plan_outputs as plan_video_outputs, require_av
+    from srn.media.video import detect_video, require_av
 
     require_av()
     paths = [Path(p) for p in args.inputs]
-    images = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
+    images = [p for p in paths if not is_video(p)]
     if images:
         raise UserError(f"{images[0]}: videos and images cannot be mixed in one call")
     if fmt not in ("json", "jsonl"):
