@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from srn.cli.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, UserError, add_detector_args, build_detector, expand_inputs, float_in, int_at_least, relative_paths
-from srn.errors import OutputPathError, SRNError
-from srn.paths import check_output_dir
+from srn.cli.common import UserError, add_detector_args, build_detector, float_in, int_at_least
+from srn.errors import OutputCollisionError, OutputPathError, SRNError
+from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_dir, expand_inputs, is_video, relative_paths
 
 # srn.media.anonymize's METHODS and MASKS, spelled out: importing it would import torch for `srn --help`.
 METHODS = ("blur", "mosaic", "solid")
@@ -54,26 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def find_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files and globs as :func:`srn.cli.common.expand_inputs` finds them; folders searched
-    recursively for images and videos (a folder with neither is kept, to fail on its own line)."""
-    found: list[Path] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            files = sorted(p for p in Path(pattern).rglob("*") if p.suffix.lower() in media and not p.is_dir())
-            found.extend(files or [Path(pattern)])
-        else:
-            found.extend(expand_inputs([pattern]))
-    unique, seen = [], set()
-    for path in found:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
-
-
 def output_names(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
     """Each input's path below the inputs' common folder (named folders count as themselves, files
     by theirs), with ``.mp4`` appended to videos whose container cannot hold H.264."""
@@ -81,7 +61,7 @@ def output_names(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
 
     names = []
     for path, name in zip(files, relative_paths(patterns, files)):
-        if path.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() not in OUTPUT_SUFFIXES:
+        if is_video(path) and path.suffix.lower() not in OUTPUT_SUFFIXES:
             name = name.with_name(f"{name.name}.mp4")
         names.append(name)
     return names
@@ -96,7 +76,7 @@ def plan_outputs(out: str, patterns: Sequence[str], files: Sequence[Path]) -> li
     for source, target in zip(files, targets):
         key = os.path.realpath(target)
         if key in first:
-            raise UserError(f"{first[key]} and {source} would both be written to {target}; run them separately")
+            raise OutputCollisionError(first[key], source, target)
         first[key] = source
     sources = {os.path.realpath(f) for f in files}
     for target in targets:
@@ -113,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
     from srn.inference import write_image
     from srn.inference.stream import default_workers, detect_files
 
-    files = find_inputs(args.inputs)
+    files = expand_inputs(args.inputs, IMAGE_SUFFIXES | VIDEO_SUFFIXES)  # folders: images and videos
     if not files:
         raise UserError("no input images or videos found")
     targets = plan_outputs(args.out, args.inputs, files)
-    is_video = [f.suffix.lower() in VIDEO_SUFFIXES for f in files]
-    if any(is_video):
+    videos = [i for i, path in enumerate(files) if is_video(path)]
+    images = [i for i, path in enumerate(files) if not is_video(path)]
+    if videos:
         from srn.media.video import require_av
 
         require_av()
@@ -128,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
         return anonymize(image, faces.boxes, method=args.method, mask=args.mask, mask_scale=args.mask_scale)
 
     failures: list[str] = []
-    images = [i for i, video in enumerate(is_video) if not video]
-    videos = [i for i, video in enumerate(is_video) if video]
     try:
         if images:
             with tqdm(total=len(images), unit="img", disable=len(images) < 8 or None, file=sys.stderr) as progress:

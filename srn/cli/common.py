@@ -1,76 +1,24 @@
-"""What the subcommands share: the detector options, input expansion, and the CLI's own error."""
+"""What the subcommands share: the detector options, argparse types, and the CLI's own error."""
 
 from __future__ import annotations
 
 import argparse
-import glob
 import math
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import NoReturn
 
-from srn.media.video import VIDEO_SUFFIXES
-
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "VIDEO_SUFFIXES",
     "UserError",
     "add_detector_args",
     "build_detector",
-    "expand_inputs",
     "float_in",
     "int_at_least",
-    "relative_paths",
     "OneLineParser",
 ]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 class UserError(Exception):
     """A usage error of the command line (it may name flags); printed as one line, exit code 2."""
-
-
-def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files, folders (searched recursively for images) and globs, in a stable order, each once.
-
-    What is not a folder is kept, whatever it is (a FIFO, a device, a broken link), so that reading
-    it fails with one line for that file instead of it vanishing silently. A named folder without
-    any image is kept as itself for the same reason.
-    """
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
-            found.extend(images or [path])
-        elif path.exists() or path.is_symlink():
-            found.append(path)
-        elif glob.has_magic(pattern):
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-            files = [p for p in matches if not p.is_dir()]
-            if not files:
-                raise UserError(f"{pattern}: no file matches")
-            found.extend(files)
-        else:
-            raise UserError(f"{pattern}: no such file or folder")
-    unique, seen = [], set()
-    for path in found:
-        key = os.path.abspath(path)  # photos/a.jpg and ./photos/../photos/a.jpg are one image
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
-
-
-def relative_paths(patterns: Sequence[str], files: Sequence[Path]) -> list[Path]:
-    """Each file's path below the deepest folder that holds every input (named folders count as
-    themselves, files by their folder): the names that outputs mirroring the inputs' tree take."""
-    folders = [os.path.abspath(p) for p in patterns if os.path.isdir(p)]
-    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
-    root = os.path.commonpath(folders)
-    return [Path(os.path.relpath(os.path.abspath(f), root)) for f in files]
 
 
 # -- argparse types: a bad value is one usage line, exit 2, before anything runs ---------------------
