@@ -225,5 +225,5 @@ def test_anonymize_a_video_keeps_its_sound_in_h264(talking_head, detector, tmp_p
 def test_missing_pyav_is_one_line_before_any_work(talking_head, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["anonymize", str(talking_head["mp4"]), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err == "srn anonymize: error: video needs PyAV: install the 'video' extra\n"
+    assert capsys.readouterr().err == "srn anonymize: error: video needs PyAV: pip install 'srn-face[video]'\n"
     assert not any((tmp_path / "out").iterdir())

@@ -140,7 +140,7 @@ def test_jsonl_only_and_bad_inputs(weights, clip, tmp_path, capsys):
 def test_missing_pyav_is_one_line(weights, clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["detect", str(clip), "--weights", weights]) == 2
-    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: install the 'video' extra\n"
+    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: pip install 'srn-face[video]'\n"
 
 
 class Unchanged:

@@ -1,4 +1,5 @@
-"""Videos frame by frame: ``srn detect clip.mp4 --out annotated.mp4`` and ``srn anonymize clip.mp4``.
+"""Videos frame by frame: faces found in every frame (:func:`detect_video`), and videos rewritten
+with each frame changed (:func:`process_video`: boxes drawn, or faces hidden by :mod:`srn.media.anonymize`).
 
 PyAV (the ``video`` extra; its wheels bundle FFmpeg with libx264) decodes and encodes. A background
 thread demuxes and decodes into a bounded queue while the main thread runs the detector on batches
@@ -13,18 +14,11 @@ the container does not accept its codec (Opus in .mov, say). Frames whose displa
 "rotate" (phone videos) are turned upright before detection, and written upright. An odd width or
 height is padded by one edge row or column, because ``yuv420p`` needs even sizes.
 
-``srn detect`` writes, for each input video:
-
-- ``--out X.mp4`` (or .m4v, .mov, .mkv): the video with boxes drawn, plus per-frame JSON lines in
-  ``X.jsonl``;
-- ``--out X.jsonl``: the JSON lines only;
-- ``--out DIR`` with several videos: ``DIR/<name>.mp4`` and ``DIR/<name>.jsonl`` for each;
-- no ``--out``: JSON lines on stdout;
-- ``--save-vis DIR``: also ``DIR/<name>.mp4`` with boxes drawn.
-
-Each JSON line is ``{"video", "frame", "time", "width", "height", "faces": [{"box", "score"}]}``,
-``time`` in seconds from the stream's start by the decoder's timestamps (frame / fps where a frame
-has none).
+:func:`detect_video` writes one video's results where its :class:`VideoTargets` say: the video with
+boxes drawn to each of ``videos`` (any number), and one JSON line per frame to ``jsonl`` (a file, or
+a text stream such as stdout when there is none). Each JSON line is
+``{"video", "frame", "time", "width", "height", "faces": [{"box", "score"}]}``, ``time`` in seconds
+from the stream's start by the decoder's timestamps (frame / fps where a frame has none).
 """
 
 from __future__ import annotations
@@ -46,24 +40,21 @@ from typing import Any, TextIO
 import numpy as np
 
 from srn.atomic import atomic_output
-from srn.errors import DeviceError, InputPathError, OutputPathError
-from srn.paths import check_input_file, check_output_file
+from srn.errors import InputPathError, MissingDependencyError, OutputPathError
+from srn.paths import check_input_file
 
 __all__ = [
     "OUTPUT_SUFFIXES",
-    "VIDEO_SUFFIXES",
     "Frame",
     "FrameReader",
     "VideoTargets",
     "VideoWriter",
     "detect_video",
     "draw_render",
-    "plan_outputs",
     "process_video",
     "require_av",
 ]
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 # Containers that hold H.264; .webm holds only VP8/VP9/AV1, and browsers do not play .avi.
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 CRF = 18  # visually lossless for x264
@@ -74,15 +65,12 @@ Render = Callable[[np.ndarray, Any], np.ndarray]
 
 
 def require_av() -> Any:
-    """PyAV, or an error saying which extra installs it."""
+    """PyAV, or a :class:`srn.errors.MissingDependencyError` saying how to install it."""
     try:
         import av
     except ImportError:
-        raise DeviceError("video needs PyAV: install the 'video' extra") from None
+        raise MissingDependencyError("video needs PyAV: pip install 'srn-face[video]'") from None
     return av
-
-
-require_cv2 = require_av  # the name srn/cli/detect.py still imports
 
 
 @dataclass
@@ -439,54 +427,29 @@ def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
 
 @dataclass
 class VideoTargets:
-    """Where one video's results go: annotated videos (any number) and JSON lines (file or stdout)."""
+    """Where one video's results go.
+
+    Attributes:
+        videos: files to write the video with boxes drawn to (any number, none included).
+        jsonl: the file of the per-frame JSON lines, or None to write them to a text stream.
+    """
 
     videos: list[Path]
     jsonl: Path | None
 
 
-def plan_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> list[VideoTargets]:
-    """Output paths of each input video from ``--out`` and ``--save-vis`` (see the module doc),
-    checked (:func:`srn.paths.check_output_file`) before any frame is decoded."""
-    plans = []
-    out_path = Path(out) if out else None
-    as_folder = out_path is not None and (out_path.is_dir() or len(videos) > 1 or not out_path.suffix)
-    allowed = ", ".join((*OUTPUT_SUFFIXES, ".jsonl"))
-    if out_path is not None and not as_folder and out_path.suffix.lower() not in (*OUTPUT_SUFFIXES, ".jsonl"):
-        raise OutputPathError(out_path, f"a video's results are written as {allowed}")
-    names = [v.stem for v in videos]
-    if len(set(names)) != len(names):
-        raise InputPathError(videos[0], "two input videos share a name; run them separately")
-    for video in videos:
-        targets = VideoTargets([], None)
-        if out_path is None:
-            pass
-        elif as_folder:
-            targets.videos.append(out_path / f"{video.stem}.mp4")
-            targets.jsonl = out_path / f"{video.stem}.jsonl"
-        elif out_path.suffix.lower() == ".jsonl":
-            targets.jsonl = out_path
-        else:
-            targets.videos.append(out_path)
-            targets.jsonl = out_path.with_suffix(".jsonl")
-        if save_vis:
-            targets.videos.append(Path(save_vis) / f"{video.stem}.mp4")
-        plans.append(targets)
-    for targets in plans:
-        for target in targets.videos + ([targets.jsonl] if targets.jsonl else []):
-            check_output_file(target, inputs=videos)
-    return plans
-
-
-def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int, stdout: TextIO = sys.stdout) -> int:
+def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int, stream: TextIO | None = None) -> int:
     """Faces in every frame of ``path``: JSON lines and annotated videos as ``targets`` says.
 
-    Every output is written atomically: all of them appear complete, or none does.
+    Every output file is written atomically: all of them appear complete, or none does.
+
+    Args:
+        stream: where the JSON lines go when ``targets.jsonl`` is None (default: stdout).
 
     Returns:
         The number of frames processed.
     """
-
+    stdout = stream if stream is not None else sys.stdout
     with contextlib.ExitStack() as stack:
         video_tmp = stack.enter_context(atomic_output(targets.videos[0])) if targets.videos else None
         jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
