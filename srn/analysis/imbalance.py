@@ -33,9 +33,9 @@ from srn.anchors import AnchorGenerator, feature_sizes_for_image
 from srn.criterion import Assignment, SRNCriterion, count_samples
 from srn.errors import AnnotationError
 from srn.matcher import POSITIVE
+from srn.model.srn import NUM_LEVELS
 
 TRAIN_SIZE = 1024
-NUM_LEVELS = 6
 # Images with more faces than this are matched band by band (see _match_banded).
 CROWD_SIZE = 48
 # Anchors per band of rows in _match_banded.
