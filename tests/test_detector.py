@@ -9,6 +9,7 @@ from srn import Detector, Faces
 from srn.config import DetectorConfig, ModelConfig
 from srn.model import SRNOutputs, build_model
 from srn.errors import InputPathError
+from srn.postprocess import Detections
 from srn.weights import save_checkpoint
 
 # "scaled" init keeps a random narrow network's scores distinct (N(0, 0.01) makes them all tie).
@@ -84,6 +85,19 @@ def test_score_thresh_filters(checkpoint, image):
     cut = float(everything.scores[len(everything) // 2])
     some = Detector(checkpoint, device="cpu", score_thresh=cut).detect(image)
     assert len(some) < len(everything) and bool((some.scores >= cut).all())
+
+
+def test_detections_are_one_type_from_the_backend_up_to_faces(detector, image):
+    (found,) = detector.detect_tensors([image.float() / 255])
+    assert isinstance(found, Detections) and found.scores.numel() > 0
+    boxes, scores = found  # it unpacks as the pair that test-time augmentation takes
+    assert boxes.shape == (scores.numel(), 4)
+    faces = detector.detect(image)
+    # 100x72 is under max_size, so Faces holds the same detections, clipped to the image.
+    clipped = torch.stack([boxes[:, 0].clamp(0, 100), boxes[:, 1].clamp(0, 72), boxes[:, 2].clamp(0, 100),
+                           boxes[:, 3].clamp(0, 72)], dim=1)
+    assert_close(faces.boxes, clipped, rtol=0, atol=0)
+    assert_close(faces.scores, scores, rtol=0, atol=0)
 
 
 def test_raw_outputs_are_reachable(detector, image):

@@ -1,6 +1,9 @@
 """ONNX export: numbers from onnxruntime against PyTorch at sizes and batches unlike the sample's."""
 
+import ast
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +19,17 @@ from srn.config import DetectorConfig, ModelConfig, PostProcessConfig  # noqa: E
 from srn.errors import ExportError  # noqa: E402
 from srn.export.onnx import export_onnx  # noqa: E402
 from srn.inference.backends import OnnxBackend  # noqa: E402
+import srn.export.onnx  # noqa: E402
+from srn.data.image_io import read_image  # noqa: E402
+from srn.inference import DEFAULT_WEIGHTS  # noqa: E402
 from srn.inference.onnx_format import OnnxMetadata, read_metadata  # noqa: E402
+from srn.inference.runner import Runner  # noqa: E402
 from srn.model import build_model  # noqa: E402
 from srn.model.srn import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from srn.weights import save_checkpoint  # noqa: E402
+from srn.postprocess import PostProcessor  # noqa: E402
+from srn.weights import load_model, save_checkpoint  # noqa: E402
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "docs" / "astronaut.png"
 
 SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32))
 SAMPLE = (2, 64, 64)  # (N, H, W) of the tracing sample
@@ -188,3 +198,43 @@ def test_cli_and_eval_run_onnx_files(small, raw_onnx, tmp_path, capsys):
     assert isinstance(Detector(raw_onnx[0], "cpu", threads=1).backend, OnnxBackend)  # what srn eval uses
     assert main(["detect", str(photo), "--weights", str(raw_onnx[0]), "--precision", "bf16"]) == 2
     assert capsys.readouterr().err.endswith("an ONNX model runs as exported, in fp32 and without CUDA graphs\n")
+
+
+def test_postprocessed_graph_equals_pytorch_on_the_shipped_model(tmp_path):
+    model, config = load_model(DEFAULT_WEIGHTS, "cpu")
+    path = tmp_path / "shipped_pp.onnx"
+    # Traced on a small sample of another size: the graph must follow the photo's 512x512.
+    export_onnx(model, path, sample_size=(64, 96), postprocess=True, postprocess_config=config.postprocess)
+    image = read_image(ASTRONAUT).float().div(255).unsqueeze(0)
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    boxes, scores, counts = (torch.from_numpy(a) for a in session.run(None, {"images": image.numpy()}))
+    with torch.no_grad():
+        (expected,) = PostProcessor.from_model(model, config.postprocess)(model(image))
+    assert counts.tolist() == [96] and expected.scores.numel() == 96  # every detection, min_score 0
+    assert_close(scores[0, :96], expected.scores, rtol=0, atol=1e-4)
+    assert_close(boxes[0, :96], expected.boxes, rtol=0, atol=1e-4)
+    assert (scores[0, 96:] == -1).all() and (boxes[0, 96:] == 0).all()
+
+
+def test_export_traces_the_runners_candidate_selection(small, tmp_path, monkeypatch):
+    model, _ = small
+    config = PostProcessConfig(nms_iou=0.5)
+    traced = []
+    candidates = PostProcessor.candidates
+
+    def spy(self, outputs):
+        traced.append((self, torch.jit.is_tracing()))
+        return candidates(self, outputs)
+
+    monkeypatch.setattr(PostProcessor, "candidates", spy)
+    export_onnx(model, tmp_path / "spy.onnx", sample_size=SAMPLE[1:], sample_batch=SAMPLE[0], postprocess=True,
+                postprocess_config=config)
+    # The graph's STC gate, thresholds, top-k and STR decode are the runner's PostProcessor, traced.
+    assert traced and all(tracing for _, tracing in traced)
+    assert {post for post, _ in traced} == {Runner(model, config).postprocessor}
+    # ... and the export module's code holds no second copy of them: only the NMS op is its own.
+    tree = ast.parse(inspect.getsource(srn.export.onnx))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert not names & {"sigmoid", "decode", "stc_theta", "candidate_thresh", "min_cells_for_thresh", "pre_nms_top_k"}

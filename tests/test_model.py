@@ -242,3 +242,20 @@ def test_head_does_not_import_the_model():
     tree = ast.parse(Path(srn.model.head.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "srn.model.srn" not in imported and "srn.model.init" in imported
+
+
+def test_model_constants_are_declared_once():
+    # NUM_LEVELS and the ImageNet mean/std live in srn/model/srn.py, the precisions in the runner;
+    # everything else imports them (the mean/std travel as model buffers, docs/design.md, Network).
+    root = Path(__file__).resolve().parents[1]
+    homes = {"NUM_LEVELS": "srn/model/srn.py", "IMAGENET_MEAN": "srn/model/srn.py",
+             "IMAGENET_STD": "srn/model/srn.py", "PRECISIONS": "srn/inference/runner.py"}
+    found = []
+    for path in sorted([*root.glob("srn/**/*.py"), *root.glob("benchmarks/*.py"), *root.glob("tools/*.py")]):
+        name = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), filename=name)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            found += [(t.id, name) for t in targets if isinstance(t, ast.Name) and homes.get(t.id, name) != name]
+            if isinstance(node, ast.Constant) and node.value in (0.485, 0.456, 0.406, 0.229, 0.224, 0.225) and name != homes["IMAGENET_MEAN"]:
+                found.append((node.value, name))
+    assert found == []

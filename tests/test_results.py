@@ -19,6 +19,7 @@ from srn.errors import OutputPathError
 from srn.inference import draw_faces
 from srn.inference.draw import BOX_COLOUR
 from srn.inference.results import expand_boxes
+from srn.postprocess import Detections
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "docs" / "astronaut.png"  # NASA, public domain
@@ -60,6 +61,16 @@ def test_detect_returns_a_list_for_a_list_and_one_result_for_one(detector, astro
         assert_close(faces.boxes, astronaut.boxes)
         assert_close(faces.scores, astronaut.scores)
     assert pair[0].source == str(ASTRONAUT) and pair[1].source is None
+
+
+def test_faces_are_built_from_the_post_processors_detections():
+    detections = Detections(torch.tensor([[1.5, 2.0, 10.0, 20.25], [0.0, 0.0, 4.0, 4.0]]), torch.tensor([0.75, 0.5]))
+    image = torch.zeros(3, 24, 32, dtype=torch.uint8)
+    faces = Faces.from_detections(detections, 32, 24, "a.png", image=image)
+    assert (faces.width, faces.height, faces.source) == (32, 24, "a.png") and faces.image is image
+    assert_close(faces.boxes, detections.boxes, rtol=0, atol=0)
+    assert_close(faces.scores, detections.scores, rtol=0, atol=0)
+    assert faces.to_records() == [{"box": [1.5, 2.0, 10.0, 20.25], "score": 0.75}, {"box": [0.0, 0.0, 4.0, 4.0], "score": 0.5}]
 
 
 def test_boxes_and_scores_live_on_the_cpu_as_plain_float32(astronaut):

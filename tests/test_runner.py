@@ -11,7 +11,7 @@ from srn.cli import main
 from srn.data.image_io import read_image
 from srn.inference import DEFAULT_WEIGHTS
 from srn.model import build_model
-from srn.postprocess import postprocess
+from srn.postprocess import PostProcessor
 from srn.inference.runner import Runner, fold_batchnorm, inference_copy
 from srn.weights import load_model
 
@@ -119,13 +119,13 @@ def test_cuda_graphs_replay_the_reference_detections(precision):
         batch = image.unsqueeze(0).cuda()
         with torch.inference_mode():  # the reference: the same network run eagerly, torchvision's NMS
             outputs = graphed.network(batch)
-            (expected,) = postprocess(outputs, model.stc_levels, model.str_levels, config.postprocess, 0.3)
+            (expected,) = PostProcessor.from_model(model, config.postprocess)(outputs, 0.3)
         ((boxes, scores),) = graphed(batch)
-        assert len(scores) > 0 and scores.shape == expected["scores"].shape
-        assert_close(boxes, expected["boxes"], rtol=0, atol=1e-3)
-        assert_close(scores, expected["scores"], rtol=0, atol=1e-5)
+        assert len(scores) > 0 and scores.shape == expected.scores.shape
+        assert_close(boxes, expected.boxes, rtol=0, atol=1e-3)
+        assert_close(scores, expected.scores, rtol=0, atol=1e-5)
         graphed(torch.zeros_like(batch))  # another replay of the same graphs
-        assert_close(boxes, expected["boxes"], rtol=0, atol=1e-3)  # the results were copies
+        assert_close(boxes, expected.boxes, rtol=0, atol=1e-3)  # the results were copies
     assert len(graphed._graphs) == 2
 
 
@@ -162,8 +162,8 @@ def test_graphed_stages_have_no_data_dependent_step():
         outputs = runner.network(torch.empty(2, 3, 96, 128, device="meta"))
         static = runner.static_postprocess(outputs)
         with pytest.raises((NotImplementedError, RuntimeError), match=r"nonzero|item\(\)"):
-            postprocess(outputs, model.stc_levels, model.str_levels)
+            PostProcessor.from_model(model)(outputs)
     # K = 2 * (24*32 + 12*16 + 6*8 + 3*4 + 2*2 + 1*1) candidate slots, D = min(750, 1024, K)
-    assert static["candidate_scores"].shape == (2, 2050) and static["candidate_boxes"].shape == (2, 2050, 4)
-    assert static["boxes"].shape == (2, 750, 4) and static["scores"].shape == (2, 750)
-    assert static["counts"].shape == (2,) and static["exact"].dtype == torch.bool
+    assert static.candidate_scores.shape == (2, 2050) and static.candidate_boxes.shape == (2, 2050, 4)
+    assert static.boxes.shape == (2, 750, 4) and static.scores.shape == (2, 750)
+    assert static.counts.shape == (2,) and static.exact.dtype == torch.bool

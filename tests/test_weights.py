@@ -11,7 +11,7 @@ from srn.config import DetectorConfig, ModelConfig, to_dict
 from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint
 from srn.errors import InputPathError, SRNError
 from srn.model import build_model
-from srn.postprocess import postprocess
+from srn.postprocess import PostProcessor
 from srn.weights import (
     WeightsError,
     check_state_dict,
@@ -122,12 +122,12 @@ def test_converted_release_network_matches_reference_forward(shared_dir):
     from srn.config import PostProcessConfig
 
     config = PostProcessConfig(pre_nms_top_k=300, max_detections=100)
-    dets = postprocess(ours, model.stc_levels, model.str_levels, config)
+    dets = PostProcessor.from_model(model, config)(ours)
     expected = release_detections(raw, top_n=300, max_det=100)
     for got, want in zip(dets, expected):
         assert len(want) > 20
-        assert_close(got["scores"].double(), torch.from_numpy(want[:, 4]), rtol=1e-4, atol=1e-5)
-        assert_close(got["boxes"].double(), torch.from_numpy(want[:, :4]), rtol=1e-4, atol=1e-2)
+        assert_close(got.scores.double(), torch.from_numpy(want[:, 4]), rtol=1e-4, atol=1e-5)
+        assert_close(got.boxes.double(), torch.from_numpy(want[:, :4]), rtol=1e-4, atol=1e-2)
 
 
 def test_missing_extra_and_misshaped_keys_are_named(shared_dir):

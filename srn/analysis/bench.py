@@ -38,7 +38,7 @@ measure the post-processing share of a trained model.
   ops), as :class:`srn.inference.backends.OnnxBackend` runs it. The forward phase is ``session.run`` on the
   float32 [0, 1] images; the post-processing phase converts its outputs with
   :func:`srn.inference.onnx_format.onnx_outputs_to_torch` (which also rebuilds the anchors, as OnnxBackend does on
-  every call) and applies the same :func:`srn.postprocess.postprocess`. CPU and fp32 only, and
+  every call) and applies the same :class:`srn.postprocess.PostProcessor`. CPU and fp32 only, and
   neither ``--compile`` nor ``--channels-last``. Each memory-measured block opens a fresh session, so
   that its peak RSS includes the growth of onnxruntime's memory arena, which a session never gives
   back. FLOPs are counted on the PyTorch module and the matrix rate is PyTorch's.
@@ -74,10 +74,9 @@ from srn.config import ModelConfig, PostProcessConfig
 from srn.errors import ConfigError
 from srn.inference import resolve_device
 from srn.model.outputs import SRNOutputs
-from srn.postprocess import postprocess
 from srn.inference.runner import PRECISIONS, Runner
 
-DTYPES = PRECISIONS
+DTYPES = PRECISIONS  # --dtype names the runner's precisions
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -308,8 +307,6 @@ class _OrtNetwork:
         from srn.export.onnx import export_onnx
 
         export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
-        self.levels = (model.stc_levels, model.str_levels, model.head.num_anchors)
-        self.post_config = post_config
         self.path = path
         self.threads = threads
         self.backend: Any = None
@@ -344,7 +341,6 @@ class _OrtNetwork:
 
     def phases(self, images: Tensor, dense: bool = False) -> Callable[[Callable[[], Any]], None]:
         inputs = self.inputs(images)
-        stc, str_, anchors = self.levels
 
         def run(mark: Callable[[], Any]) -> None:
             mark()
@@ -353,7 +349,7 @@ class _OrtNetwork:
             outputs = self.to_torch(raw)
             if dense:
                 outputs = _dense_logits(outputs)
-            postprocess(outputs, stc, str_, self.post_config, min_score=0.0, num_anchors=anchors)
+            self.backend.postprocessor(outputs, min_score=0.0)  # OnnxBackend's, from the file's metadata
             mark()
 
         return run

@@ -13,10 +13,12 @@ the graph. Two output layouts:
 - raw (default): per level ``l`` (stride ``4 * 2**l``) ``step2_logits_l`` (Tensor[N, H_l, W_l, A]) and
   ``step2_deltas_l`` (Tensor[N, H_l, W_l, A, 4]), plus ``step1_logits_l`` / ``step1_deltas_l`` on the
   levels that have a first step. No anchors are output: the grid size is in each output's shape and
-  strides, scales and ratio are in the metadata, so :func:`postprocess_onnx_outputs` rebuilds them
-  and applies :func:`srn.postprocess.postprocess` unchanged.
-- ``postprocess=True``: docs/design.md's Inference inside the graph (STC gate, STR double decode, per-level thresholds
-  and top-k, one ONNX ``NonMaxSuppression`` with a native batch axis, per-image top-k):
+  strides, scales and ratio are in the metadata, so :func:`srn.inference.onnx_format.onnx_outputs_to_torch`
+  rebuilds them and :meth:`OnnxMetadata.postprocessor` applies the same
+  :class:`srn.postprocess.PostProcessor` unchanged.
+- ``postprocess=True``: docs/design.md's Inference inside the graph: the STC gate, STR double decode,
+  per-level thresholds and top-k are :meth:`srn.postprocess.PostProcessor.candidates` traced as it
+  is, followed by one ONNX ``NonMaxSuppression`` with a native batch axis and a per-image top-k:
   ``boxes`` (Tensor[N, D, 4]), ``scores`` (Tensor[N, D], by score descending; empty slots score -1 and
   have zero boxes) and ``num_detections`` (Tensor[N] int64), with D = min(max_detections, candidates).
   ONNX NMS, like torchvision's, uses continuous coordinates (no "+1 pixel" areas).
@@ -37,13 +39,13 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from srn.atomic import atomic_output
-from srn.box_coder import decode
 from srn.config import PostProcessConfig
 from srn.errors import ExportError, one_line
 from srn.inference import Detector
 from srn.inference.onnx_format import INPUT_NAME, METADATA_KEY, OnnxMetadata, require_onnx
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
+from srn.postprocess import PostProcessor, clamped_size
 
 DEFAULT_OPSET = 17
 
@@ -51,18 +53,6 @@ DEFAULT_OPSET = 17
 # ---------------------------------------------------------------------------------------------
 # The graph
 # ---------------------------------------------------------------------------------------------
-
-
-def _clamped_k(x: Tensor, k: int) -> int | Tensor:
-    """min(k, x.shape[1]) that stays a graph value when traced, so top-k follows the input size.
-
-    Eagerly a Python int; while tracing, a 0-d int64 tensor that ``topk`` accepts as its ``k``
-    (the trick torchvision's detection models use for their ONNX export).
-    """
-    if not torch.jit.is_tracing():
-        return min(k, x.shape[1])
-    size = torch._shape_as_tensor(x)[1:2]  # (1,) int64, a Shape node in the graph
-    return torch.minimum(size, torch.tensor([k], dtype=size.dtype)).squeeze(0)
 
 
 class _BatchedNMS(torch.autograd.Function):
@@ -101,7 +91,7 @@ class _BatchedNMS(torch.autograd.Function):
         )
 
 
-def _level_anchors(feature: Tensor, stride: int, cell_anchors: Tensor) -> tuple[Tensor, Tensor]:
+def _level_anchors(feature: Tensor, stride: int, cell_anchors: Tensor) -> Tensor:
     """A level's anchors, built from its feature map so that the grid size stays in the graph.
 
     :class:`srn.anchors.AnchorGenerator` keys its cache on Python ints, which a trace freezes; this
@@ -112,14 +102,14 @@ def _level_anchors(feature: Tensor, stride: int, cell_anchors: Tensor) -> tuple[
         cell_anchors (Tensor[A, 4]): the anchors of cell (0, 0).
 
     Returns:
-        anchors (Tensor[H*W*A, 4]) and the number of cells H*W (0-d float tensor).
+        anchors (Tensor[H*W*A, 4]).
     """
     ones = torch.ones_like(feature[0, 0], dtype=torch.float32)  # (H, W)
     shift_x = (ones.cumsum(1) - 1) * stride
     shift_y = (ones.cumsum(0) - 1) * stride
     # (H, W, 4) -> (H*W, 1, 4); + (1, A, 4) -> (H*W*A, 4)
     shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)
-    return (shifts + cell_anchors.reshape(1, -1, 4)).reshape(-1, 4), ones.sum()
+    return (shifts + cell_anchors.reshape(1, -1, 4)).reshape(-1, 4)
 
 
 class ExportableSRN(nn.Module):
@@ -136,7 +126,8 @@ class ExportableSRN(nn.Module):
     def __init__(self, model: SRN, postprocess: PostProcessConfig | None = None, min_score: float = 0.0) -> None:
         super().__init__()
         self.model = model
-        self.postprocess = postprocess
+        # The runner's post-processing, traced as it is; only the NMS is the graph's own (_BatchedNMS).
+        self.postprocessor = PostProcessor.from_model(model, postprocess) if postprocess is not None else None
         self.min_score = float(min_score)
         self.num_anchors = model.head.num_anchors
         self.first_step_levels = tuple(sorted(set(model.stc_levels) | set(model.str_levels)))
@@ -147,7 +138,7 @@ class ExportableSRN(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        if self.postprocess is not None:
+        if self.postprocessor is not None:
             return ("boxes", "scores", "num_detections")
         names = []
         for level in range(len(self.strides)):
@@ -166,7 +157,7 @@ class ExportableSRN(nn.Module):
         finally:
             handle.remove()
         features = captured[0]
-        if self.postprocess is None:
+        if self.postprocessor is None:
             return self._raw(outputs, features)
         return self._detections(outputs, features)
 
@@ -183,28 +174,16 @@ class ExportableSRN(nn.Module):
         return tuple(results)
 
     def _detections(self, outputs: SRNOutputs, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """:func:`srn.postprocess.postprocess` with every size-dependent choice kept in the graph."""
-        config = self.postprocess
-        assert config is not None
-        boxes_per_level, scores_per_level = [], []
-        for level, feature in enumerate(features):
-            anchors, num_cells = _level_anchors(feature, self.strides[level], getattr(self, f"cell_anchors_{level}"))
-            scores = outputs.step2_logits[level].float().sigmoid()  # (N, R)
-            # The release lowers the threshold to 0 on levels with few cells (docs/design.md, Inference, step 2).
-            thresh = torch.where(num_cells >= config.min_cells_for_thresh, torch.tensor(config.candidate_thresh), torch.tensor(0.0))
-            is_candidate = scores > thresh
-            if level in self.model.stc_levels:
-                is_candidate = is_candidate & (outputs.step1_logits[level].float().sigmoid() > 1.0 - config.stc_theta)
-            masked = torch.where(is_candidate, scores, torch.full_like(scores, -1.0))
-            top_scores, top_idxs = masked.topk(_clamped_k(masked, config.pre_nms_top_k), dim=1)  # (N, k)
-            level_anchors = anchors[top_idxs]  # (R, 4)[(N, k)] -> (N, k, 4)
-            gather_idxs = top_idxs.unsqueeze(-1).expand(-1, -1, 4)  # (N, k) -> (N, k, 4)
-            if level in self.model.str_levels:
-                level_anchors = decode(outputs.step1_deltas[level].float().gather(1, gather_idxs), level_anchors)
-            boxes_per_level.append(decode(outputs.step2_deltas[level].float().gather(1, gather_idxs), level_anchors))
-            scores_per_level.append(top_scores)
-        boxes = torch.cat(boxes_per_level, dim=1)  # 6 x (N, k_l, 4) -> (N, K, 4)
-        scores = torch.cat(scores_per_level, dim=1)  # 6 x (N, k_l) -> (N, K)
+        """:class:`srn.postprocess.PostProcessor`'s candidates, then ONNX NMS and a per-image top-k,
+        with every size-dependent choice kept in the graph."""
+        postprocessor = self.postprocessor
+        assert postprocessor is not None
+        config = postprocessor.config
+        anchors = [
+            _level_anchors(feature, self.strides[level], getattr(self, f"cell_anchors_{level}"))
+            for level, feature in enumerate(features)
+        ]
+        boxes, scores = postprocessor.candidates(outputs._replace(anchors=anchors))  # (N, K, 4), (N, K)
 
         # Empty slots score -1 and real candidates >= 0, so -0.5 separates them whatever the NMS's
         # strictness; NMS returns boxes by score, so stopping at max_detections per image is exact.
@@ -212,7 +191,7 @@ class ExportableSRN(nn.Module):
         image_idxs, box_idxs = selected[:, 0], selected[:, 2]
         kept = torch.full_like(scores, -1.0)
         kept[image_idxs, box_idxs] = scores[image_idxs, box_idxs]  # (N, K), -1 where suppressed
-        top_scores, top_idxs = kept.topk(_clamped_k(kept, config.max_detections), dim=1)  # (N, D)
+        top_scores, top_idxs = kept.topk(clamped_size(kept, 1, config.max_detections), dim=1)  # (N, D)
         top_boxes = boxes.gather(1, top_idxs.unsqueeze(-1).expand(-1, -1, 4))  # (N, D, 4)
         valid = top_scores >= max(self.min_score, 0.0)
         top_scores = torch.where(valid, top_scores, torch.full_like(top_scores, -1.0))

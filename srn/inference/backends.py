@@ -6,7 +6,10 @@
 - :class:`TorchBackend`: the PyTorch network through :class:`srn.inference.runner.Runner` (fp32 or the bf16
   inference copy, CUDA graphs, post-processing on the device);
 - :class:`OnnxBackend`: a file from ``srn export onnx`` in an onnxruntime session; raw-layout
-  files are post-processed by :func:`srn.postprocess.postprocess`, so both give the same detections.
+  files are post-processed by the same :class:`srn.postprocess.PostProcessor`, so both give the
+  same detections.
+
+Both give one :class:`srn.postprocess.Detections` per image.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ from torch import Tensor
 
 from srn.config import DetectorConfig
 from srn.errors import DeviceError, ExportError, one_line
-from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, postprocess_onnx_outputs, read_metadata
+from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, read_metadata
+from srn.inference.runner import Runner
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
-from srn.inference.runner import Runner
-
-Detections = list[tuple[Tensor, Tensor]]  # per image: boxes (Tensor[D, 4]) and scores (Tensor[D])
+from srn.postprocess import Detections
 
 
 class Backend(Protocol):
@@ -40,8 +42,8 @@ class Backend(Protocol):
         """The colour (Tensor[3, 1, 1], float [0, 1]) that padding takes: 0 after normalisation."""
         ...
 
-    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
-        """Detections of a float [0, 1] batch (Tensor[N, 3, H, W]), in the batch's pixels."""
+    def detections(self, batch: Tensor, score_thresh: float) -> list[Detections]:
+        """Detections of each image of a float [0, 1] batch (Tensor[N, 3, H, W]), in the batch's pixels."""
         ...
 
     def raw_outputs(self, batch: Tensor) -> SRNOutputs:
@@ -80,7 +82,7 @@ class TorchBackend:
     def pad_value(self) -> Tensor:
         return self.model.pixel_mean.reshape(3, 1, 1)
 
-    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
+    def detections(self, batch: Tensor, score_thresh: float) -> list[Detections]:
         return self.runner(score_thresh)(batch)
 
     def raw_outputs(self, batch: Tensor) -> SRNOutputs:
@@ -130,6 +132,8 @@ class OnnxBackend:
         self.path = path
         self.device = torch.device("cpu")  # inputs and outputs cross as numpy arrays
         self.config = DetectorConfig(postprocess=post)
+        # Raw-layout files only: the post-processing the metadata describes, built once.
+        self.postprocessor = self.metadata.postprocessor(post)
         self._pad = torch.tensor(self.metadata.pixel_mean, dtype=torch.float32).view(3, 1, 1)
 
     def pad_value(self) -> Tensor:
@@ -140,17 +144,16 @@ class OnnxBackend:
         arrays = self.session.run(None, {self.metadata.input_name: batch.float().cpu().numpy()})
         return dict(zip(self.metadata.output_names, arrays))
 
-    def detections(self, batch: Tensor, score_thresh: float) -> Detections:
+    def detections(self, batch: Tensor, score_thresh: float) -> list[Detections]:
         outputs = self.run(batch)
         if not self.metadata.postprocess_in_graph:
-            detections = postprocess_onnx_outputs(outputs, self.metadata, self.config.postprocess, score_thresh)
-            return [(d["boxes"], d["scores"]) for d in detections]
+            return self.postprocessor(onnx_outputs_to_torch(outputs, self.metadata), score_thresh)
         boxes, scores, counts = (torch.from_numpy(outputs[k]) for k in ("boxes", "scores", "num_detections"))
         results = []
         for image_boxes, image_scores, count in zip(boxes, scores, counts.tolist()):
             # Slots come by score, so the threshold keeps a prefix.
             keep = int((image_scores[:count] >= score_thresh).sum())
-            results.append((image_boxes[:keep], image_scores[:keep]))
+            results.append(Detections(image_boxes[:keep], image_scores[:keep]))
         return results
 
     def raw_outputs(self, batch: Tensor) -> SRNOutputs:

@@ -23,14 +23,15 @@ from srn.data.image_io import read_image, to_rgb_tensor
 from srn.errors import ConfigError, DeviceError, WeightsError
 from srn.inference.backends import Backend, OnnxBackend, TorchBackend
 from srn.inference.results import Faces
+from srn.inference.runner import PRECISIONS
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
+from srn.postprocess import Detections
 from srn.weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "srn_mobilenet_v2.pt"
-PRECISIONS = ("fp32", "bf16")
 
 
 def default_device() -> torch.device:
@@ -185,10 +186,11 @@ class Detector:
         return self.backend.raw_outputs(self._batch(fitted))
 
     @torch.inference_mode()
-    def detect_tensors(self, images: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def detect_tensors(self, images: Sequence[Tensor]) -> list[Detections]:
         """Single-pass detection on float [0, 1] images already on the device, without resizing.
 
-        This is the building block for test-time augmentation. Returns (boxes, scores) per image.
+        This is the building block for test-time augmentation. Returns one
+        :class:`srn.postprocess.Detections` (it unpacks as ``boxes, scores``) per image.
         """
         results = []
         for start in range(0, len(images), self.batch_size):
@@ -222,13 +224,14 @@ class Detector:
             idxs = order[start : start + self.batch_size]
             fitted = [self._fit(loaded[i][0]) for i in idxs]
             detections = self.detect_tensors([im for im, _ in fitted])
-            for i, (_, scale), (boxes, scores) in zip(idxs, fitted, detections):
+            for i, (_, scale), found in zip(idxs, fitted, detections):
                 height, width = loaded[i][0].shape[-2:]
-                boxes = boxes / scale
+                boxes = found.boxes / scale
                 # Anchors reach past the border, and so do boxes decoded from them.
                 boxes[:, 0::2] = boxes[:, 0::2].clamp(0, int(width))
                 boxes[:, 1::2] = boxes[:, 1::2].clamp(0, int(height))
-                results[i] = Faces(boxes, scores, int(width), int(height), loaded[i][1], image=loaded[i][0])
+                found = found._replace(boxes=boxes)  # in the original image's pixels
+                results[i] = Faces.from_detections(found, int(width), int(height), loaded[i][1], image=loaded[i][0])
         return results[0] if single else results  # type: ignore[return-value]
 
     def stream(self, images: Iterable[ImageInput], batch_size: int | None = None) -> Iterator[Faces]:

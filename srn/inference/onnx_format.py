@@ -5,8 +5,9 @@ An exported file stores everything a deployment needs in its ``metadata_props`` 
 std, thresholds and the output names, so nothing is guessed from the number of outputs. Raw-layout
 files output, per level ``l``, ``step2_logits_l`` (Tensor[N, H_l, W_l, A]) and ``step2_deltas_l``
 (Tensor[N, H_l, W_l, A, 4]), plus ``step1_*`` on the levels with a first step; anchors are rebuilt
-from the metadata, and :func:`srn.postprocess.postprocess` runs on them unchanged (docs/design.md,
-"Inference"). See :mod:`srn.export.onnx` for how the graph is built.
+from the metadata, and the :class:`srn.postprocess.PostProcessor` that
+:meth:`OnnxMetadata.postprocessor` builds runs on them unchanged (docs/design.md, "Inference").
+See :mod:`srn.export.onnx` for how the graph is built.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from srn.version import __version__
 from srn.anchors import AnchorGenerator
 from srn.config import PostProcessConfig, from_dict, to_dict
 from srn.errors import ExportError
 from srn.model.outputs import SRNOutputs
-from srn.postprocess import postprocess
+from srn.postprocess import PostProcessor
 
 METADATA_KEY = "srn"
 METADATA_VERSION = 1
@@ -58,6 +58,11 @@ class OnnxMetadata:
     nms_iou_convention: str = "continuous"  # torchvision's and ONNX's: no "+1 pixel" areas
     format_version: int = METADATA_VERSION
     srn_version: str = __version__
+
+    def postprocessor(self, config: PostProcessConfig | None = None) -> PostProcessor:
+        """The post-processing of the exported network's levels, with ``config`` (default: the
+        settings stored at export), for the raw layout's outputs."""
+        return PostProcessor(self.stc_levels, self.str_levels, self.num_anchors, config or self.postprocess)
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), sort_keys=True)
@@ -146,24 +151,3 @@ def onnx_outputs_to_torch(outputs: Mapping[str, np.ndarray], metadata: OnnxMetad
 def _anchor_generator(strides: tuple[int, ...], scales: tuple[float, ...], ratio: float) -> AnchorGenerator:
     """One generator per anchor layout, so that its per-size anchor cache survives between calls."""
     return AnchorGenerator(strides, scales, ratio)
-
-
-def postprocess_onnx_outputs(
-    outputs: Mapping[str, np.ndarray],
-    metadata: OnnxMetadata,
-    config: PostProcessConfig | None = None,
-    min_score: float = 0.0,
-) -> list[dict[str, Tensor]]:
-    """docs/design.md's Inference on the raw outputs of an exported model, with :func:`srn.postprocess.postprocess`.
-
-    Args:
-        outputs: name -> array from ``onnxruntime.InferenceSession.run`` on a raw-layout model.
-        config: thresholds, top-k and NMS IoU (default: those stored at export).
-        min_score: detections must score at least this (applied after NMS).
-
-    Returns:
-        One dict per image: ``boxes`` (Tensor[D, 4], x1 y1 x2 y2 in input pixels) and ``scores``
-        (Tensor[D]) by score descending, exactly as :class:`srn.inference.Detector` computes them.
-    """
-    raw = onnx_outputs_to_torch(outputs, metadata)
-    return postprocess(raw, metadata.stc_levels, metadata.str_levels, config or metadata.postprocess, min_score, metadata.num_anchors)

@@ -25,6 +25,7 @@ from torch import Tensor
 from srn.atomic import atomic_output
 from srn.errors import OutputPathError
 from srn.inference.draw import draw_faces
+from srn.postprocess import Detections
 
 __all__ = ["Face", "Faces", "expand_boxes", "write_image"]
 
@@ -105,7 +106,8 @@ class Face:
 
 @dataclass(eq=False)
 class Faces:
-    """Detections of one image, in the original image's pixel coordinates.
+    """Detections of one image, in the original image's pixel coordinates: the post-processor's
+    :class:`srn.postprocess.Detections` (:meth:`from_detections`) with the image they belong to.
 
     Attributes:
         boxes (Tensor[D, 4]): x1, y1, x2, y2, float32 on the CPU.
@@ -138,6 +140,13 @@ class Faces:
                 f"Faces: the image must be uint8 of shape (3, {self.height}, {self.width}), "
                 f"got {self.image.dtype} of shape {tuple(self.image.shape)}"
             )
+
+    @classmethod
+    def from_detections(cls, detections: Detections, width: int, height: int, source: str | None = None,
+                        image: Tensor | None = None) -> Faces:
+        """The :class:`Faces` of one image's :class:`srn.postprocess.Detections`, whose boxes are
+        already in the original image's pixels (:meth:`srn.inference.Detector.detect` maps them)."""
+        return cls(detections.boxes, detections.scores, width, height, source, image)
 
     def __len__(self) -> int:
         return int(self.scores.numel())

@@ -3,13 +3,13 @@
 :class:`Runner` turns a batch of float [0, 1] images on the device into detections per image.
 :class:`srn.inference.Detector` and ``srn bench`` both run through it.
 
-- ``Runner(model, ...)``: the model as it is, then :func:`srn.postprocess.postprocess` (torchvision's
-  ``batched_nms``). This is the reference.
+- ``Runner(model, ...)``: the model as it is, then :class:`srn.postprocess.PostProcessor`'s exact
+  path (torchvision's ``batched_nms``). This is the reference.
 - ``precision="bf16"``: an inference copy of the network with BatchNorm folded into the
   convolutions, bf16 weights and channels_last activations. Inputs are normalised in fp32 and the
   outputs decoded in fp32 (1000-pixel coordinates in bf16 would round boxes by several pixels).
 - ``cuda_graphs=True`` (CUDA only): the same inference copy (in ``precision``), the fixed-shape
-  post-processing :func:`srn.postprocess.static_detections`, and both captured as CUDA graphs,
+  post-processing :meth:`srn.postprocess.PostProcessor.static`, and both captured as CUDA graphs,
   once per input shape and replayed afterwards: two launches instead of the hundreds of small
   kernels that make batch-1 inference wait on the CPU, and one host synchronisation, when the
   detections are read. The detections are greedy NMS's either way: an image whose static NMS is not
@@ -30,8 +30,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from srn.config import PostProcessConfig
 from srn.errors import ConfigError, DeviceError
 from srn.model.outputs import SRNOutputs
-from srn.postprocess import postprocess, select_candidates, static_detections, unpack_static
+from srn.postprocess import Detections, PostProcessor, StaticDetections
 
+# The network's weight and activation dtypes by name; the one list of precisions, which
+# srn.inference.Detector and srn bench read.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -138,8 +140,7 @@ class Runner:
         if cuda_graphs and device.type != "cuda":
             raise DeviceError(f"CUDA graphs need a CUDA device, got {device}")
         self.config, self.min_score = config, min_score
-        self.stc_levels, self.str_levels = model.stc_levels, model.str_levels
-        self.num_anchors = model.head.num_anchors
+        self.postprocessor = PostProcessor.from_model(model, config)
         self.optimised = precision != "fp32" or cuda_graphs
         self.net = inference_copy(model, PRECISIONS[precision]) if self.optimised else model
         self.cuda_graphs = cuda_graphs
@@ -158,20 +159,16 @@ class Runner:
             outputs = float_outputs(outputs)
         return self.outputs_hook(outputs) if self.outputs_hook else outputs
 
-    def static_postprocess(self, outputs: SRNOutputs) -> dict[str, Tensor]:
-        """Candidates and :func:`static_detections` of raw outputs: fixed shapes, no host sync."""
-        boxes, scores = select_candidates(outputs, self.stc_levels, self.str_levels, self.config, self.num_anchors)
-        static = static_detections(
-            boxes, scores, self.config.nms_iou, self.config.max_detections, self.min_score, self.max_candidates, self.sweeps
-        )
-        return {**static, "candidate_boxes": boxes, "candidate_scores": scores}
+    def static_postprocess(self, outputs: SRNOutputs) -> StaticDetections:
+        """The fixed-shape post-processing of raw outputs (no host sync), with this runner's budget."""
+        return self.postprocessor.static(outputs, self.min_score, self.max_candidates, self.sweeps)
 
     # -- running -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def __call__(self, images: Tensor, mark: Callable[[], Any] | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Detections (boxes Tensor[D, 4], scores Tensor[D]) of each image of ``images``
-        (Tensor[N, 3, H, W], float [0, 1]). ``mark()``, when given, is called between the network and
-        the post-processing (``srn bench`` times the two stages with it)."""
+    def __call__(self, images: Tensor, mark: Callable[[], Any] | None = None) -> list[Detections]:
+        """:class:`Detections` of each image of ``images`` (Tensor[N, 3, H, W], float [0, 1]).
+        ``mark()``, when given, is called between the network and the post-processing (``srn bench``
+        times the two stages with it)."""
         mark = mark or (lambda: None)
         if self.cuda_graphs:
             graphs = self._graphs_for(images)
@@ -185,18 +182,12 @@ class Runner:
             outputs = self.network(images)
             mark()
             if not self.static:
-                detections = postprocess(
-                    outputs, self.stc_levels, self.str_levels, self.config, self.min_score, self.num_anchors
-                )
-                return [(d["boxes"], d["scores"]) for d in detections]
+                return self.postprocessor(outputs, self.min_score)
             static = self.static_postprocess(outputs)
-        detections = unpack_static(
-            static, static["candidate_boxes"], static["candidate_scores"],
-            self.config.nms_iou, self.config.max_detections, self.min_score,
-        )
+        detections = self.postprocessor.unpack(static, self.min_score)
         if self.cuda_graphs:  # the graph's buffers are overwritten by the next replay
-            return [(d["boxes"].clone(), d["scores"].clone()) for d in detections]
-        return [(d["boxes"], d["scores"]) for d in detections]
+            return [Detections(d.boxes.clone(), d.scores.clone()) for d in detections]
+        return detections
 
     def _graphs_for(self, images: Tensor) -> _Graphs:
         key = (tuple(images.shape), images.dtype, images.device)

@@ -25,8 +25,8 @@ class SRN(nn.Module):
     """SRN returning raw outputs; it applies no sigmoid and has no train/test switch.
 
     ``forward(images)`` takes RGB images (Tensor[N, 3, H, W], uint8, or float in [0, 1]), normalises
-    them with the ImageNet mean and std held as buffers, and returns a dict of per-level lists
-    (level l has stride 4 * 2**l and R_l = H_l * W_l * A anchors):
+    them with the ImageNet mean and std held as buffers, and returns :class:`srn.model.SRNOutputs`,
+    a NamedTuple of per-level lists (level l has stride 4 * 2**l and R_l = H_l * W_l * A anchors):
 
     - ``step1_logits`` (list[Tensor[N, R_l] | None]) and ``step1_deltas`` (list[Tensor[N, R_l, 4] | None]):
       the first step, from the C branch; ``None`` on levels that are neither STC nor STR levels.
