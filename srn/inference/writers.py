@@ -167,10 +167,13 @@ class _StreamedWriter(RecordWriter):
     def close(self) -> None:
         if self._pending:
             self.flush()
-        self.abort()
+        self._release()
 
     def abort(self) -> None:
-        self._pending = []
+        self._pending = []  # the batch in flight
+        self._release()
+
+    def _release(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
