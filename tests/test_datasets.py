@@ -15,19 +15,18 @@ import torch
 from torch.testing import assert_close
 from torch.utils.data import ConcatDataset, DataLoader
 
-from srn.data.datasets import (
-    AnnotationError,
-    FaceDetectionDataset,
+from srn.data.datasets import FaceDetectionDataset, clip_and_filter_boxes, collate
+from srn.data.formats import (
     FaceRecord,
-    RepeatDataset,
-    clip_and_filter_boxes,
-    collate,
     ellipses_to_boxes,
     parse_coco_json,
     parse_fddb_ellipses,
     parse_wider_file,
-    source_sampling_weights,
+    read_fddb_ellipses,
+    read_wider_boxes,
 )
+from srn.data.samplers import RepeatDataset, source_sampling_weights
+from srn.errors import AnnotationError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data"
@@ -110,7 +109,7 @@ images/two.jpg 64 48
 1
 1.5 2.25 3.5 4
 """
-    with caplog.at_level(logging.WARNING, logger="srn.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="srn.data"):
         records = parse_wider_file(_write(tmp_path / "labels.txt", text))
     first, second = records
     assert first.image_path == "images/one photo.jpg"  # a path with a space survives
@@ -153,6 +152,26 @@ def test_wider_parse_errors_name_file_and_line(tmp_path: Path, text: str, line: 
     assert isinstance(info.value, ValueError)
 
 
+def test_wider_boxes_with_sizes_keeps_the_rows_as_written(tmp_path: Path) -> None:
+    # The analysis reads the same layout through the same parser, without the clean-up.
+    path = _write(tmp_path / "boxes.txt", "a/one.jpg 100 50\n2\n-10 5 30 20\n10 10 0 5\nb/two.jpg 64 48\n0\n")
+    (name, width, height, boxes), second = read_wider_boxes(path)
+    assert (name, width, height) == ("a/one.jpg", 100, 50)
+    assert_close(boxes, torch.tensor([[-10.0, 5, 30, 20], [10, 10, 0, 5]], dtype=torch.float64), rtol=0, atol=0)
+    assert (second[:3], second[3].shape) == (("b/two.jpg", 64, 48), (0, 4))
+    (record, _) = parse_wider_file(path)
+    assert_close(record.boxes, _boxes([0, 5, 20, 25]), rtol=0, atol=0)  # clipped; the w = 0 box dropped
+
+    no_size = _write(tmp_path / "list.txt", "a/one.jpg\n1\n1 2 3 4\n")
+    with pytest.raises(AnnotationError) as info:
+        read_wider_boxes(no_size)
+    assert str(info.value) == f"{no_size}:1: expected '<event>/<name>.jpg <width> <height>', got 'a/one.jpg'"
+    empty = _write(tmp_path / "empty.txt", "\n# nothing\n")
+    with pytest.raises(AnnotationError) as info:
+        read_wider_boxes(empty)
+    assert str(info.value) == f"{empty}: no image in the file"
+
+
 # --- FDDB -----------------------------------------------------------------------------------------
 
 
@@ -183,10 +202,12 @@ def test_fddb_parser(tmp_path: Path) -> None:
 
 
 def test_fddb_parse_error(tmp_path: Path) -> None:
+    # Training and evaluation read FDDB through one parser, so they refuse a file with one message.
     path = _write(tmp_path / "fold.txt", "img_1\n1\n10 5 0 50\n")
-    with pytest.raises(AnnotationError) as info:
-        parse_fddb_ellipses(path)
-    assert str(info.value) == f"{path}:3: expected 'major minor angle cx cy 1', got '10 5 0 50'"
+    for parse in (parse_fddb_ellipses, read_fddb_ellipses):
+        with pytest.raises(AnnotationError) as info:
+            parse(path)
+        assert str(info.value) == f"{path}:3: expected 5 or 6 numbers per ellipse line, got 4"
 
 
 # --- COCO -----------------------------------------------------------------------------------------
@@ -260,7 +281,7 @@ def test_dataset_items_and_failed_images(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(dataset) == 4
     assert dataset.num_dropped_boxes == 0  # sizes unknown at parse time: nothing to drop yet
 
-    with caplog.at_level(logging.WARNING, logger="srn.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="srn.data"):
         image, target = dataset[0]
         assert (dataset[1], dataset[2], dataset[3]) == (None, None, None)
     assert image.shape == (3, 30, 40) and image.dtype == torch.uint8
@@ -275,7 +296,7 @@ def test_dataset_items_and_failed_images(tmp_path: Path, caplog: pytest.LogCaptu
 
     # A second epoch counts again but neither re-logs nor re-counts dropped boxes.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="srn.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="srn.data"):
         assert dataset[1] is None
         dataset[0]
     assert caplog.text == ""

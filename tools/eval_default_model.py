@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from srn.data.datasets import parse_wider_file
+from srn.data.formats import parse_wider_file
 from srn.evaluation import facebox, widerface
 from srn.evaluation.run import detect_images, eval_detector
 

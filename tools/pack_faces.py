@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from srn.data.datasets import parse_wider_file
+from srn.data.formats import parse_wider_file
 
 
 def encode(image: Image.Image, side: int, quality: int) -> tuple[bytes, float]:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from srn.anchors import AnchorGenerator, feature_sizes_for_image
 from srn.criterion import Assignment, SRNCriterion, count_samples
-from srn.errors import AnnotationError
+from srn.data.formats.wider import read_wider_boxes
 from srn.matcher import POSITIVE
 from srn.model.srn import NUM_LEVELS
 
@@ -40,47 +40,6 @@ TRAIN_SIZE = 1024
 CROWD_SIZE = 48
 # Anchors per band of rows in _match_banded.
 BAND_ANCHORS = 4096
-
-
-def read_wider_boxes(boxes_file: str | Path) -> list[tuple[str, int, int, Tensor]]:
-    """Read a WIDER boxes file laid out as ``<event>/<name>.jpg <width> <height>``, a count
-    line, then ``x y w h`` lines.
-
-    Returns:
-        One ``(name, width, height, boxes)`` per image, boxes (Tensor[M, 4], float64) as x y w h.
-    """
-    try:
-        with open(boxes_file, encoding="utf-8") as f:
-            lines = [(number, line.split()) for number, line in enumerate(f, 1) if line.strip()]
-    except UnicodeDecodeError:
-        raise AnnotationError(boxes_file, None, "not a text file (it is not UTF-8)") from None
-    if not lines:
-        raise AnnotationError(boxes_file, None, "no image in the file")
-    images = []
-    i = 0
-    while i < len(lines):
-        number, words = lines[i]
-        if len(words) != 3 or not words[1].isdigit() or not words[2].isdigit():
-            raise AnnotationError(boxes_file, number, f"expected '<event>/<name>.jpg <width> <height>', got {' '.join(words)[:80]!r}")
-        name, width, height = words[0], int(words[1]), int(words[2])
-        if i + 1 >= len(lines) or len(lines[i + 1][1]) != 1 or not lines[i + 1][1][0].isdigit():
-            raise AnnotationError(boxes_file, lines[i + 1][0] if i + 1 < len(lines) else number, f"image {name!r} has no face count line after it")
-        count = int(lines[i + 1][1][0])
-        face_lines = lines[i + 2:i + 2 + count]
-        if len(face_lines) < count:
-            raise AnnotationError(boxes_file, number, f"image {name!r} announces {count} faces, the file ends after {len(face_lines)}")
-        rows = []
-        for row_number, row in face_lines:
-            try:
-                rows.append([float(v) for v in row[:4]])
-            except ValueError:
-                rows.append([])
-            if len(rows[-1]) != 4:
-                raise AnnotationError(boxes_file, row_number, f"expected 'x y w h', got {' '.join(row)[:80]!r}")
-        boxes = torch.tensor(rows, dtype=torch.float64).reshape(count, 4)
-        images.append((name, width, height, boxes))
-        i += 2 + count
-    return images
 
 
 def _anchors_for_image(height: int, width: int, device: torch.device | str = "cpu") -> list[Tensor]:

@@ -1,9 +1,9 @@
 """SRN training augmentation (docs/design.md, Training recipe) on torchvision ``transforms.v2``.
 
-A sample is ``(image, target)``: ``image`` a ``uint8`` tensor ``(3, H, W)``, ``target`` a dict with
-``boxes`` (Tensor[N, 4], ``float32`` ``x1 y1 x2 y2`` pixels), ``ignore`` (Tensor[N], ``bool``) and
-any other keys (``image_id``...), which are passed through. Outputs keep that form; images stay
-``uint8`` (the model normalises).
+A sample is ``(image, target)``: ``image`` a ``uint8`` tensor ``(3, H, W)``, ``target`` a
+:class:`~srn.data.target.Target` with ``boxes`` (Tensor[N, 4], ``float32`` ``x1 y1 x2 y2`` pixels),
+``ignore`` (Tensor[N], ``bool``) and any other keys (``image_id``...), which are passed through.
+Outputs keep that form; images stay ``uint8`` (the model normalises).
 
 The training pipeline, in the SSD / S3FD order of docs/design.md, Training recipe:
 
@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from srn.data.image_io import to_rgb_tensor
+from srn.data.target import Target
 
 __all__ = [
     "DEFAULT_MIN_FACE_SIZE",
@@ -56,7 +57,6 @@ __all__ = [
     "per_box_tensors",
 ]
 
-Target = dict[str, Any]
 SampleTransform = Callable[[Tensor, Target], tuple[Tensor, Target]]
 
 # round(255 * (0.485, 0.456, 0.406)): the model's normalisation mean, so zoom-out padding normalises

@@ -28,6 +28,9 @@ Detection rectangles may be stretched toward the ellipse shape first (``height_s
 FACE-style boxes are shorter than FDDB's ellipses, which reach over the forehead, so evaluations
 often scale the height (e.g. by 1.2). The default is 1.0 (off), the official protocol.
 
+Ellipse lists and detection files are read by the one FDDB parser, :mod:`srn.data.formats.fddb`
+(:func:`read_fddb_ellipses` is re-exported here).
+
 See docs/design.md, "Evaluation protocols". This module only computes; :mod:`srn.evaluation.plots`
 draws the ROC and ``srn eval`` writes the report.
 """
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,8 +48,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from srn.atomic import atomic_write_text
-from srn.errors import AnnotationError, InputPathError, PredictionFormatError
-from srn.evaluation.common import FileError, JsonResult, as_numpy, jsonable, parse_number, read_text, xywh_line
+from srn.data.formats.fddb import read_fddb_blocks, read_fddb_ellipses
+from srn.errors import InputPathError, PredictionFormatError
+from srn.evaluation.common import JsonResult, as_numpy, jsonable, xywh_line
 from srn.paths import check_input_dir, check_input_file
 
 __all__ = [
@@ -64,78 +68,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- reading and writing
-
-
-def _read_blocks(
-    path: Path, num_fields: tuple[int, ...], what: str, error: FileError
-) -> Iterator[tuple[str, np.ndarray, int]]:
-    """Parse ``name / count / rows`` blocks: ``(name, rows, line number of the name)``.
-
-    Rows keep their first 5 or 6 fields as float64. Errors are ``error(path, line, reason)``.
-    """
-    lines = read_text(path, error).splitlines()
-    i = 0
-    while i < len(lines):
-        name = lines[i].strip()
-        if not name:  # blank separator lines between blocks are harmless
-            i += 1
-            continue
-        if i + 1 >= len(lines):
-            raise error(path, i + 2, f"missing the {what} count after {name!r}")
-        count_token = (lines[i + 1].split() or [""])[0]
-        # ASCII digits only, and few enough that int() takes them (it refuses over 4300 digits)
-        if not (count_token.isascii() and count_token.isdigit() and len(count_token) < 10):
-            raise error(path, i + 2, f"expected the {what} count of {name!r}, got {lines[i + 1]!r}")
-        count = int(count_token)
-        if i + 2 + count > len(lines):
-            raise error(path, len(lines) + 1, f"{name}: the count says {count} {what} lines, the file ends after {len(lines) - i - 2}")
-        rows = np.zeros((count, max(num_fields)), dtype=np.float64)
-        for r in range(count):
-            line_no = i + 3 + r
-            tokens = lines[line_no - 1].split()
-            if len(tokens) not in num_fields:
-                fields = " or ".join(map(str, num_fields))
-                raise error(path, line_no, f"expected {fields} numbers per {what} line, got {len(tokens)}")
-            rows[r, : len(tokens)] = [parse_number(t, path, line_no, error) for t in tokens]
-        yield name, rows, i + 1
-        i += 2 + count
-
-
-def read_fddb_ellipses(
-    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-) -> dict[str, np.ndarray]:
-    """Read ellipse annotation files (``major minor angle cx cy 1`` rows).
-
-    Works for the official ``FDDB-fold-XX-ellipseList.txt`` files and the corrected single file
-    ``FDDB_annotation_ellipseList_new_SFD.txt``.
-
-    Returns:
-        ``{image name: float64[G, 5]}`` with rows ``(major_radius, minor_radius, angle_rad, cx, cy)``,
-        in file order.
-
-    Raises:
-        InputPathError: a file is missing or unreadable, or the same file is listed twice.
-        AnnotationError: ``"<file>:<line>: ..."``, a malformed line or an image annotated twice.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    annotations: dict[str, np.ndarray] = {}
-    first_seen: dict[str, str] = {}
-    files: list[Path] = []
-    for path in paths:
-        path = check_input_file(path, what="FDDB ellipse list")
-        if any(os.path.samefile(path, earlier) for earlier in files):
-            raise InputPathError(path, "appears twice in the list of ellipse files")
-        files.append(path)
-        before = len(annotations)
-        for name, rows, line_no in _read_blocks(path, (5, 6), "ellipse", AnnotationError):
-            if name in annotations:
-                raise AnnotationError(path, line_no, f"image {name} is annotated twice (also in {first_seen[name]})")
-            annotations[name] = rows[:, :5]
-            first_seen[name] = str(path)
-        if len(annotations) == before:
-            raise AnnotationError(path, None, "holds no annotated image")
-    return annotations
 
 
 def load_fddb_folds(folds_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -178,7 +110,7 @@ def read_fddb_detections(
             raise InputPathError(path, "appears twice in the list of detection files")
     detections: dict[str, np.ndarray] = {}
     for path in files:
-        for name, rows, _ in _read_blocks(path, (5,), "detection", PredictionFormatError):
+        for name, rows, _ in read_fddb_blocks(path, (5,), "detection", PredictionFormatError):
             # the same image in two files (or twice) accumulates, as in a concatenated file
             detections[name] = np.concatenate([detections[name], rows]) if name in detections else rows
     return detections
