@@ -30,12 +30,11 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from srn.box_coder import decode, encode
+from srn.config import LossConfig, ModelConfig
+from srn.data.target import Target
 from srn.losses import DEFAULT_SMOOTH_L1_BETA, focal_loss, smooth_l1_loss
 from srn.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from srn.model.outputs import SRNOutputs
-
-# One face target: {"boxes": Tensor[M, 4] (x1, y1, x2, y2), "ignore": Tensor[M] bool (optional)}.
-Target = dict[str, Tensor]
 
 
 @dataclass
@@ -135,6 +134,26 @@ class SRNCriterion(nn.Module):
         # processes, whose gradients DDP averages, compute one process's gradient.
         self.normalizer_fn: Callable[[Tensor], Tensor] | None = None
 
+    @classmethod
+    def from_config(cls, loss: LossConfig, model: ModelConfig) -> SRNCriterion:
+        """The criterion of a training config: the loss section, and the model's STC and STR levels."""
+        return cls(
+            stc_levels=model.stc_levels,
+            str_levels=model.str_levels,
+            stc_theta=loss.stc_theta,
+            step1_thresholds=tuple(loss.step1_thresholds),
+            step2_thresholds=tuple(loss.step2_thresholds),
+            allow_low_quality_matches=loss.allow_low_quality_matches,
+            focal_alpha=loss.focal_alpha,
+            focal_gamma=loss.focal_gamma,
+            smooth_l1_beta=loss.smooth_l1_beta,
+            step1_cls_weight=loss.step1_cls_weight,
+            step1_reg_weight=loss.step1_reg_weight,
+            step2_cls_weight=loss.step2_cls_weight,
+            step2_reg_weight=loss.step2_reg_weight,
+            stc_filter_positives=loss.stc_filter_positives,
+        )
+
     def extra_repr(self) -> str:
         return (
             f"stc_levels={self.stc_levels}, str_levels={self.str_levels}, "
@@ -151,8 +170,8 @@ class SRNCriterion(nn.Module):
                 ``anchors`` (Tensor[R_l, 4], shared by the batch). A ``step1_*`` entry may be
                 None on a level where step 1 does not use it (all of them, in the RetinaNet
                 baseline).
-            targets: N dicts with ``boxes`` (Tensor[M_i, 4], x1y1x2y2) and optionally ``ignore``
-                (Tensor[M_i], bool). M_i may be 0.
+            targets: N :class:`~srn.data.target.Target` with ``boxes`` (Tensor[M_i, 4], x1y1x2y2)
+                and optionally ``ignore`` (Tensor[M_i], bool). M_i may be 0.
 
         Returns:
             ``loss_step1_cls``, ``loss_step1_reg``, ``loss_step2_cls``, ``loss_step2_reg``:

@@ -1,17 +1,23 @@
-"""SRNCriterion on fake model outputs with tiny, hand-placed anchor sets (no model needed)."""
+"""SRNCriterion on fake model outputs with tiny, hand-placed anchor sets (no model needed); and, at
+the end, built from a config and run on the paper's network, every parameter of which must get a
+gradient."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 from torchvision.ops import box_iou
 
-from srn.model import SRNOutputs
+from srn.config import TrainingConfig, load_yaml
 from srn.criterion import SRNCriterion, _batched_box_iou, count_samples
 from srn.losses import focal_loss
+from srn.model import SRN, SRNOutputs
+
+PRESETS = Path(__file__).resolve().parents[1] / "srn" / "configs"
 
 # Two levels: level 0 is an STC level, level 1 an STR level.
 LEVELS = {"stc_levels": (0,), "str_levels": (1,)}
@@ -263,3 +269,54 @@ def test_none_step1_outputs_on_unused_levels() -> None:
     outputs.step1_logits[0] = None
     with pytest.raises(ValueError, match="needs it"):
         SRNCriterion(**LEVELS)(outputs, [target([[0, 0, 10, 10]])])
+
+
+def test_from_config_passes_every_loss_setting() -> None:
+    config = load_yaml(TrainingConfig, PRESETS / "ablation_stc.yaml", [
+        "loss.stc_theta=0.95", "loss.step1_thresholds=[0.2,0.6]", "loss.step2_thresholds=[0.35,0.45]",
+        "loss.allow_low_quality_matches=true", "loss.focal_alpha=0.5", "loss.focal_gamma=1.5",
+        "loss.smooth_l1_beta=0.2", "loss.step1_cls_weight=2", "loss.step1_reg_weight=3",
+        "loss.step2_cls_weight=4", "loss.step2_reg_weight=5", "loss.stc_filter_positives=true",
+    ])
+    criterion = SRNCriterion.from_config(config.loss, config.model)
+    expected = SRNCriterion(
+        stc_levels=config.model.stc_levels, str_levels=config.model.str_levels, stc_theta=0.95,
+        step1_thresholds=(0.2, 0.6), step2_thresholds=(0.35, 0.45), allow_low_quality_matches=True,
+        focal_alpha=0.5, focal_gamma=1.5, smooth_l1_beta=0.2, step1_cls_weight=2.0, step1_reg_weight=3.0,
+        step2_cls_weight=4.0, step2_reg_weight=5.0, stc_filter_positives=True,
+    )
+    settings = ["stc_levels", "str_levels", "stc_theta", "step1_matcher", "step2_matcher", "focal_alpha", "focal_gamma",
+                "smooth_l1_beta", "step1_cls_weight", "step1_reg_weight", "step2_cls_weight", "step2_reg_weight",
+                "stc_filter_positives", "max_iou_elements"]
+    assert [repr(getattr(criterion, k)) for k in settings] == [repr(getattr(expected, k)) for k in settings]
+    assert (criterion.stc_levels, criterion.str_levels) == ((0, 1, 2), ())  # STC alone
+    assert repr(criterion.step1_matcher) == "Matcher(low_threshold=0.2, high_threshold=0.6, allow_low_quality_matches=True)"
+
+
+def test_every_parameter_of_srn_r50_gets_a_finite_gradient() -> None:
+    # The paper's network (the srn_r50_widerface preset), randomly initialised: no download.
+    # An unused parameter, such as a step-1 head built for six levels but used on three, gets no
+    # gradient; DDP fails on it too (timm's test_model_backward).
+    config = load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml", ["model.pretrained=null"])
+    assert (config.model.backbone, config.model.stc_levels, config.model.str_levels) == ("resnet50", (0, 1, 2), (3, 4, 5))
+    torch.manual_seed(0)
+    model = SRN.from_config(config.model).train()
+    criterion = SRNCriterion.from_config(config.loss, config.model)
+    threads = torch.get_num_threads()
+    # A 128 px image is too little work to share: on a busy machine more threads are 10x slower.
+    torch.set_num_threads(1)
+    try:
+        outputs = model(torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8))
+        # 128 px: levels of 32x32 ... 1x1 cells. One face exactly on an anchor of every level, so that
+        # both steps have positives on every level (a face of IoU 1 passes both steps' thresholds).
+        faces = torch.stack([anchors[len(anchors) // 2] for anchors in outputs.anchors])
+        losses = criterion(outputs, [{"boxes": faces, "ignore": torch.zeros(len(faces), dtype=torch.bool)}])
+        sum(losses.values()).backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(bool(value > 0) for value in losses.values()), losses
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert len(named) > 200
+    missing = [name for name, p in named if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert missing == []
+    assert [name for name, p in named if not bool(torch.isfinite(p.grad).all())] == []
