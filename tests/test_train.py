@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from torch.testing import assert_close
 
 from srn.config import ConfigError, TrainingConfig, apply_overrides, from_dict, load_yaml
 from srn.engine.checkpoint import load_training_checkpoint
-from srn.engine.hooks import HookBase
+from srn.engine.hooks import HookBase, MetricsLogger
 from srn.engine.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,13 +138,38 @@ def _write_config(config, path):
 
 
 def _losses(run_dir):
-    return {r["iteration"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    """{iteration: loss} of a run's metrics.jsonl, whose records must be in order, each iteration once."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r["iteration"] for r in records]
+    assert iterations == sorted(set(iterations)), iterations
+    return {r["iteration"]: r["loss"] for r in records}
+
+
+# Trains like `srn train CONFIG`, and SIGKILLs itself right after iteration K (argv[2]) is logged:
+# registered last, the hook runs after the metrics log and the checkpointer of that step.
+TRAIN_THEN_KILL = """
+import os, signal, sys
+from srn.config import TrainingConfig, load_yaml
+from srn.engine.hooks import HookBase, MetricsLogger
+from srn.engine.trainer import Trainer
+
+class KillAfter(HookBase):
+    def after_step(self):
+        if self.trainer.iteration == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+trainer = Trainer(load_yaml(TrainingConfig, sys.argv[1]))
+trainer.register_hooks([KillAfter()])
+trainer.fit()
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_losses(shared_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    overrides = {"train.max_iters": 8, "train.deterministic": "true"}
+    # A checkpoint every 2 steps and a kill after step 5: the run loses step 5, whose loss is
+    # already logged; the resume must drop that line and redo the step from the checkpoint of step 4.
+    overrides = {"train.max_iters": 8, "train.deterministic": "true", "train.checkpoint_every": 2}
     straight = _write_config(tiny_config(shared_dir, tmp_path / "straight", **overrides), tmp_path / "straight.yaml")
     subprocess.run(_train_command(straight), check=True, env=env, capture_output=True, timeout=600)
     expected = _losses(tmp_path / "straight")
@@ -153,28 +177,36 @@ def test_sigkill_then_resume_gives_the_same_losses(shared_dir, tmp_path):
 
     run_dir = tmp_path / "killed"
     killed = _write_config(tiny_config(shared_dir, run_dir, **overrides), tmp_path / "killed.yaml")
-    proc = subprocess.Popen(_train_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (run_dir / "last.pt").is_file() and len(_losses(run_dir)) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed_from = load_training_checkpoint(run_dir / "last.pt")["iteration"]
-    assert 1 <= resumed_from < 8
+    proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_KILL, str(killed), "5"], env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert sorted(_losses(run_dir)) == [1, 2, 3, 4, 5]
+    assert load_training_checkpoint(run_dir / "last.pt")["iteration"] == 4
+    assert not (run_dir / "model.pt").exists()
+
     result = subprocess.run(_train_command(killed, "--resume"), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr and "at iteration 4" in result.stderr
     got = _losses(run_dir)
-    assert sorted(got) == list(range(1, 9))
-    for iteration in range(resumed_from + 1, 9):
+    assert sorted(got) == list(range(1, 9))  # step 5 logged once, by the resumed run
+    for iteration in range(1, 9):
         assert got[iteration] == pytest.approx(expected[iteration], rel=1e-6, abs=1e-9), iteration
+
+
+def test_a_resumed_metrics_log_keeps_the_records_up_to_the_checkpoint(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    # Five records and the start of a sixth that a kill cut short.
+    log.write_text("".join(json.dumps({"iteration": i, "loss": 1.0 / i}) + "\n" for i in range(1, 6)) + '{"iteration": 6, "lo')
+    logger = MetricsLogger(log, period=1)
+    logger.keep_records_until(3)
+    assert [json.loads(line)["iteration"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    logger.keep_records_until(0)  # a run from scratch starts a new log
+    assert not log.exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shared_dir, tmp_path):
     trainer = Trainer(tiny_config(shared_dir, tmp_path / "nan", **{"train.max_iters": 3}))
     trainer.train_step([next(iter(trainer._loader(0, 0)))])
-    trainer._save()
+    trainer.save_checkpoint()
     before = (tmp_path / "nan" / "last.pt").read_bytes()
     original = trainer.criterion.forward
 

@@ -126,7 +126,7 @@ def run_with_checkpoint(shared_dir, tmp_path):
     from srn.engine.trainer import Trainer
 
     config = write_config(tmp_path, write_labels(tmp_path / "labels.txt", real_faces(shared_dir)))
-    Trainer(load_yaml(TrainingConfig, config))._save()
+    Trainer(load_yaml(TrainingConfig, config)).save_checkpoint()
     return config, tmp_path / "run" / "last.pt"
 
 

@@ -1,16 +1,20 @@
-"""Build training datasets from :class:`srn.config.DataConfig`."""
+"""Build training datasets from :class:`srn.config.DataConfig`, and check them before training."""
 
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
 
 from srn.config import ConfigError, DataConfig, DatasetSpec
-from srn.data.datasets import FaceDetectionDataset, RepeatDataset
+from srn.data.datasets import FaceDetectionDataset
+from srn.data.image_io import ImageReadError, read_image
+from srn.data.samplers import RepeatDataset, SeededSamples
 from srn.data.transforms import build_train_transforms
+from srn.errors import InputPathError, TrainingError
+from srn.paths import check_input_file
 
 
 def train_transforms(config: DataConfig) -> Callable:
@@ -63,12 +67,64 @@ def build_train_dataset(config: DataConfig, base_dir: Path | None = None) -> Dat
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
+def sources(dataset: Dataset) -> Iterator[FaceDetectionDataset]:
+    """The annotation sources inside ``dataset`` (through repeats, concatenations and
+    :class:`SeededSamples`), in the order of ``data.train``."""
+    if isinstance(dataset, FaceDetectionDataset):
+        yield dataset
+    elif isinstance(dataset, RepeatDataset | SeededSamples):
+        yield from sources(dataset.dataset)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from sources(part)
+
+
 def count_dropped_boxes(dataset: Dataset) -> int:
     """Degenerate boxes dropped by every source inside ``dataset``."""
-    if isinstance(dataset, FaceDetectionDataset):
-        return dataset.num_dropped_boxes
-    if isinstance(dataset, RepeatDataset):
-        return count_dropped_boxes(dataset.dataset)
-    if isinstance(dataset, ConcatDataset):
-        return sum(count_dropped_boxes(d) for d in dataset.datasets)
-    return 0
+    return sum(source.num_dropped_boxes for source in sources(dataset))
+
+
+def check_training_images(dataset: Dataset, names: Sequence[str]) -> list[str]:
+    """Fail early when no training image can be used; return a warning for each source with some
+    images that cannot.
+
+    Every listed file is checked to exist and be readable (cheap); files are then decoded in order up
+    to the first one that decodes. So a wrong image folder or a set of broken files stops the run at
+    once, instead of a run that trains on nothing and writes an untrained model.
+
+    Args:
+        dataset: the training dataset (sources inside repeats and concatenations are found).
+        names: one name per source, in order (its annotation file as the config gives it).
+
+    Raises:
+        TrainingError: ``"no usable training image in <names> (...)"``.
+    """
+    messages, first_problem, total, usable = [], "", 0, False
+    for name, source in zip(names, sources(dataset)):
+        problems, readable = [], []
+        for record in source.records:
+            path = source.image_root / record.image_path
+            try:
+                readable.append(check_input_file(path, what="training image"))
+            except InputPathError as exc:
+                problems.append(str(exc))
+        decodes = False
+        for path in readable:
+            try:
+                read_image(path)
+                decodes = True
+                break
+            except ImageReadError as exc:
+                problems.append(str(exc))
+        total += len(source.records)
+        usable |= decodes
+        first_problem = first_problem or (problems[0] if problems else "")
+        if decodes and problems:
+            messages.append(f"{name}: {len(problems)} of {len(source.records)} images are unusable and are skipped ({problems[0]})")
+        elif not decodes and source.records:
+            messages.append(f"{name}: none of its {len(source.records)} images is usable ({problems[0]}); the other sources train")
+    if not usable:
+        where = ", ".join(names)
+        raise TrainingError(f"no usable training image in {where} ({total} listed; {first_problem})" if total
+                            else f"no usable training image in {where} (it lists none)")
+    return messages

@@ -1,4 +1,5 @@
-"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+"""Training checkpoints: everything needed to continue a run exactly, written atomically; and
+``train.init_from``, a warm start from another run's weights.
 
 A training checkpoint is also a valid weights file (``model`` + ``config``), so ``srn detect
 --weights runs/x/last.pt`` works on it. Only tensors and plain Python values are stored, so loading
@@ -7,6 +8,7 @@ uses ``torch.load(weights_only=True)`` (through :func:`srn.weights.read_torch_fi
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from srn.atomic import atomic_save
-from srn.errors import WeightsError
-from srn.weights import read_torch_file
+from srn.config import ModelConfig, to_dict
+from srn.errors import SRNError, TrainingError, WeightsError, one_line
+from srn.weights import check_state_dict, read_torch_file, read_weights
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "srn-train"
 # Entry -> the type it must have for a run to continue from it.
@@ -75,3 +81,85 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             raise WeightsError(f"{path}: damaged training checkpoint ({key!r} is a {type(state[key]).__name__})")
     return state
+
+
+def init_from(model: nn.Module, path: str | Path) -> None:
+    """Start from an srn checkpoint's weights: every tensor whose name and shape match the model's
+    is loaded, the rest keep their initialisation. The same network loads whole (fine-tuning); a
+    new head on the same backbone loads the backbone (e.g. a light model from the shipped one).
+
+    Raises:
+        TrainingError: no tensor of the file matches the model (besides the errors of
+            :func:`srn.weights.read_weights` for an unreadable file).
+    """
+    _, state = read_weights(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise TrainingError(f"{path}: train.init_from has no tensor that matches the model in name and shape")
+    model.load_state_dict(matched, strict=False)
+    logger.info("train.init_from %s: loaded %d of the model's %d tensors (%d of the file's did not match)",
+                path, len(matched), len(own), len(state) - len(matched))
+
+
+def restore_training_state(
+    path: str | Path,
+    model_config: ModelConfig,
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    """Load a training checkpoint into the run's objects and the RNGs; return its iteration.
+
+    Raises:
+        InputPathError, WeightsError: see :func:`load_training_checkpoint`.
+        TrainingError: one line naming ``path``: the checkpoint was trained with another model
+            config (every differing key is named), or its state does not fit these objects.
+    """
+    state = load_training_checkpoint(path)
+    check_same_model(path, state["config"], model_config)
+    try:
+        check_state_dict(model, state["model"], str(path))
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except SRNError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise TrainingError(f"{path}: the training state cannot be restored ({one_line(exc)[:200]})") from None
+    return int(state["iteration"])
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else str(value)
+
+
+def check_same_model(path: str | Path, saved_config: Mapping[str, Any], model_config: ModelConfig) -> None:
+    """A resumed run continues the same network: every model key but ``pretrained`` (only the
+    initialisation, which the checkpoint replaces) must be what the checkpoint was trained with.
+
+    Raises:
+        TrainingError: ``"<path>: the checkpoint was trained with another model (model.<key>:
+            checkpoint <value>, config <value>; ...)"``.
+    """
+    saved = saved_config.get("model")
+    if not isinstance(saved, Mapping):
+        raise TrainingError(f"{path}: damaged training checkpoint (its config has no model section)")
+    # Keys added to ModelConfig after the checkpoint was written count with their defaults.
+    saved = {**to_dict(ModelConfig()), **saved}
+    current = to_dict(model_config)
+    keys = [*current, *(key for key in saved if key not in current)]
+    diffs = [
+        f"model.{key}: checkpoint {_shown(saved.get(key, _ABSENT))}, config {_shown(current.get(key, _ABSENT))}"
+        for key in keys
+        if key != "pretrained" and saved.get(key, _ABSENT) != current.get(key, _ABSENT)
+    ]
+    if diffs:
+        raise TrainingError(f"{path}: the checkpoint was trained with another model ({'; '.join(diffs)})")

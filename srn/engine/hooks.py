@@ -4,7 +4,8 @@ The loop in :class:`srn.engine.trainer.Trainer` only runs optimizer steps; the g
 non-finite loss, the metrics log, TensorBoard and the checkpoints are hooks around it. A hook may act
 at four moments:
 
-- ``before_train()``: once, before the first step (after a resume);
+- ``before_train()``: once, before the first step (after a resume: ``trainer.iteration`` is then the
+  checkpoint's);
 - ``after_step()``: after every optimizer step. ``trainer.iteration`` counts the steps done,
   ``trainer.step_losses`` holds the step's loss parts (means over the micro-batches and the
   processes, so every process sees the same numbers) and ``trainer.step_images`` the images it used;
@@ -27,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from srn.atomic import atomic_write_text
 from srn.errors import TrainingError
 
 __all__ = ["Checkpointer", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
@@ -76,6 +78,10 @@ class MetricsLogger(HookBase):
     learning rate of the next step and the images per second, as one JSON line appended to ``path``
     and on the progress bar (stderr). The record is left in ``trainer.metrics`` for later hooks.
 
+    A run that starts from scratch starts a new file; a resumed run keeps the records up to its
+    checkpoint's iteration and drops the later ones, which it is about to redo, and a last line that
+    a kill cut short. So a killed and resumed run logs every iteration once.
+
     Args:
         path: the JSON-lines file (``metrics.jsonl`` in the run folder).
         period: steps between records.
@@ -97,8 +103,17 @@ class MetricsLogger(HookBase):
         from tqdm import tqdm
 
         trainer = self.trainer
+        self.keep_records_until(trainer.iteration)
         self.progress = tqdm(total=trainer.total_iters, initial=trainer.iteration, unit="it", file=sys.stderr, dynamic_ncols=True)
         self._reset()
+
+    def keep_records_until(self, iteration: int) -> None:
+        """Drop the records after ``iteration`` (all of them for 0), and any line that does not parse."""
+        if iteration == 0:
+            self.path.unlink(missing_ok=True)
+        elif self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if _logged_iteration(line) <= iteration]
+            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -169,7 +184,7 @@ class Checkpointer(HookBase):
         self.saved_at: int | None = None
 
     def _save(self) -> None:
-        self.trainer._save()
+        self.trainer.save_checkpoint()
         self.saved_at = self.trainer.iteration
 
     def after_step(self) -> None:
@@ -183,3 +198,12 @@ class Checkpointer(HookBase):
     def after_train(self) -> None:
         if self.trainer.completed:
             self.trainer.save_model()
+
+
+def _logged_iteration(line: str) -> float:
+    """The iteration of a metrics.jsonl line; infinity for a line that does not parse."""
+    try:
+        record = json.loads(line)
+        return float(record.get("iteration", 0)) if isinstance(record, dict) else math.inf
+    except (ValueError, TypeError):
+        return math.inf

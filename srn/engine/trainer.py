@@ -1,19 +1,20 @@
 """The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume.
 
 The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints and the non-finite
-guard are hooks (:mod:`srn.engine.hooks`).
+guard are hooks (:mod:`srn.engine.hooks`). The data, its checks and the order it is drawn in come from
+:mod:`srn.data.build` and :mod:`srn.data.samplers`; the loss from :meth:`SRNCriterion.from_config`;
+checkpoints, resume and ``train.init_from`` from :mod:`srn.engine.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,58 +22,23 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from srn.atomic import atomic_write_text, remove_stale_partials
-from srn.config import DetectorConfig, ModelConfig, TrainingConfig, to_dict
+from srn.config import DetectorConfig, TrainingConfig, to_dict
 from srn.criterion import SRNCriterion
-from srn.data.build import build_train_dataset, count_dropped_boxes
-from srn.data.datasets import FaceDetectionDataset, RepeatDataset, collate
-from srn.data.image_io import ImageReadError, read_image
-from srn.engine.checkpoint import load_training_checkpoint, save_training_checkpoint, set_rng_state
+from srn.data.build import build_train_dataset, check_training_images, count_dropped_boxes
+from srn.data.datasets import collate
+from srn.data.samplers import ResumableSampler, SeededSamples
+from srn.data.target import Target
+from srn.engine.checkpoint import init_from, restore_training_state, save_training_checkpoint
 from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
 from srn.engine.hooks import Checkpointer, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
-from srn.errors import InputPathError, SRNError, TrainingError, one_line
+from srn.errors import TrainingError
 from srn.model import SRN
-from srn.paths import check_input_file
-from srn.weights import check_state_dict, read_weights, save_checkpoint
+from srn.weights import save_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-class SeededSamples(Dataset):
-    """Makes the random augmentation of item ``i`` in epoch ``e`` a function of (seed, e, i) alone.
-
-    So a resumed run, or one with another number of workers, sees exactly the same samples.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 998_244_353 + index) % (2**63))
-            return self.dataset[index]
-
-
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start part-way into an epoch (for mid-epoch resume)."""
-
-    start = 0
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start :])
-
-    def __len__(self) -> int:
-        return super().__len__() - self.start
 
 
 def lr_factor(iteration: int, steps_per_epoch: int, lr_steps: tuple[int, ...], gamma: float, warmup_iters: int, warmup_factor: float) -> float:
@@ -83,84 +49,6 @@ def lr_factor(iteration: int, steps_per_epoch: int, lr_steps: tuple[int, ...], g
         alpha = iteration / warmup_iters
         factor *= warmup_factor * (1 - alpha) + alpha
     return factor
-
-
-def init_from(model: nn.Module, path: str | Path) -> None:
-    """Start from an srn checkpoint's weights: every tensor whose name and shape match the model's
-    is loaded, the rest keep their initialisation. The same network loads whole (fine-tuning); a
-    new head on the same backbone loads the backbone (e.g. a light model from the shipped one)."""
-    _, state = read_weights(path)
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise TrainingError(f"{path}: train.init_from has no tensor that matches the model in name and shape")
-    model.load_state_dict(matched, strict=False)
-    logger.info("train.init_from %s: loaded %d of the model's %d tensors (%d of the file's did not match)",
-                path, len(matched), len(own), len(state) - len(matched))
-
-
-def _sources(dataset: Dataset) -> Iterator[FaceDetectionDataset]:
-    """The annotation sources inside ``dataset``, in the order of ``data.train``."""
-    if isinstance(dataset, FaceDetectionDataset):
-        yield dataset
-    elif isinstance(dataset, RepeatDataset | SeededSamples):
-        yield from _sources(dataset.dataset)
-    elif isinstance(dataset, ConcatDataset):
-        for part in dataset.datasets:
-            yield from _sources(part)
-
-
-def check_training_images(dataset: Dataset, names: Sequence[str]) -> list[str]:
-    """Fail early when no training image can be used; return a warning for each source with some
-    images that cannot.
-
-    Every listed file is checked to exist and be readable (cheap); files are then decoded in order up
-    to the first one that decodes. So a wrong image folder or a set of broken files stops the run at
-    once, instead of a run that trains on nothing and writes an untrained model.
-
-    Args:
-        dataset: the training dataset (sources inside repeats and concatenations are found).
-        names: one name per source, in order (its annotation file as the config gives it).
-
-    Raises:
-        TrainingError: ``"no usable training image in <names> (...)"``.
-    """
-    messages, first_problem, total, usable = [], "", 0, False
-    for name, source in zip(names, _sources(dataset)):
-        problems, readable = [], []
-        for record in source.records:
-            path = source.image_root / record.image_path
-            try:
-                readable.append(check_input_file(path, what="training image"))
-            except InputPathError as exc:
-                problems.append(str(exc))
-        decodes = False
-        for path in readable:
-            try:
-                read_image(path)
-                decodes = True
-                break
-            except ImageReadError as exc:
-                problems.append(str(exc))
-        total += len(source.records)
-        usable |= decodes
-        first_problem = first_problem or (problems[0] if problems else "")
-        if decodes and problems:
-            messages.append(f"{name}: {len(problems)} of {len(source.records)} images are unusable and are skipped ({problems[0]})")
-        elif not decodes and source.records:
-            messages.append(f"{name}: none of its {len(source.records)} images is usable ({problems[0]}); the other sources train")
-    if not usable:
-        where = ", ".join(names)
-        raise TrainingError(f"no usable training image in {where} ({total} listed; {first_problem})" if total
-                            else f"no usable training image in {where} (it lists none)")
-    return messages
-
-
-_ABSENT = object()
-
-
-def _shown(value: Any) -> str:
-    return "(absent)" if value is _ABSENT else str(value)
 
 
 class Trainer:
@@ -208,22 +96,7 @@ class Trainer:
         self.model.to(self.device)
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.criterion = SRNCriterion(
-            stc_levels=config.model.stc_levels,
-            str_levels=config.model.str_levels,
-            stc_theta=config.loss.stc_theta,
-            step1_thresholds=tuple(config.loss.step1_thresholds),
-            step2_thresholds=tuple(config.loss.step2_thresholds),
-            allow_low_quality_matches=config.loss.allow_low_quality_matches,
-            focal_alpha=config.loss.focal_alpha,
-            focal_gamma=config.loss.focal_gamma,
-            smooth_l1_beta=config.loss.smooth_l1_beta,
-            step1_cls_weight=config.loss.step1_cls_weight,
-            step1_reg_weight=config.loss.step1_reg_weight,
-            step2_cls_weight=config.loss.step2_cls_weight,
-            step2_reg_weight=config.loss.step2_reg_weight,
-            stc_filter_positives=config.loss.stc_filter_positives,
-        )
+        self.criterion = SRNCriterion.from_config(config.loss, config.model)
         # Normalise by the positives of the whole global batch.
         self.criterion.normalizer_fn = global_normalizer
         self.ddp_model: nn.Module = self.model
@@ -239,7 +112,7 @@ class Trainer:
         if self.accumulation * per_step != tc.batch_size and self.dist.is_main:
             logger.warning("effective batch is %d, not %d (%d per device x %d devices x %d accumulation)",
                            self.accumulation * per_step, tc.batch_size, tc.batch_per_device, self.dist.world_size, self.accumulation)
-        self.sampler = ResumableSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=tc.seed, drop_last=True)
+        self.sampler = ResumableSampler(self.dataset, self.dist.world_size, self.dist.rank, tc.seed)
         micro_batches = len(self.sampler) // tc.batch_per_device
         self.steps_per_epoch = micro_batches // self.accumulation
         if self.steps_per_epoch == 0:
@@ -275,8 +148,6 @@ class Trainer:
             resume_path = None
         if resume_path is not None:
             self._resume(resume_path)
-        elif self.dist.is_main:
-            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         if self.dist.is_main:
             atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
         self.hooks: list[HookBase] = []
@@ -305,48 +176,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
-        state = load_training_checkpoint(path)
-        self._check_same_model(path, state["config"])
-        try:
-            check_state_dict(self.model, state["model"], str(path))
-            self.model.load_state_dict(state["model"], strict=True)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-        except SRNError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-            raise TrainingError(f"{path}: the training state cannot be restored ({one_line(exc)[:200]})") from None
-        self.iteration = int(state["iteration"])
+        self.iteration = restore_training_state(
+            path, self.config.model, self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
         if self.dist.is_main:
-            # Drop log lines written after the checkpoint: they are about to be redone. A line that a
-            # kill cut short is dropped too.
-            log = self.output_dir / "metrics.jsonl"
-            if log.is_file():
-                kept = [line for line in log.read_text().splitlines() if _logged_iteration(line) <= self.iteration]
-                atomic_write_text(log, "".join(f"{line}\n" for line in kept))
             logger.info("resumed from %s at iteration %d", path, self.iteration)
 
-    def _check_same_model(self, path: Path, saved_config: Mapping[str, Any]) -> None:
-        """A resumed run continues the same network: every model key but ``pretrained`` (only the
-        initialisation, which the checkpoint replaces) must be what the checkpoint was trained with."""
-        saved = saved_config.get("model")
-        if not isinstance(saved, Mapping):
-            raise TrainingError(f"{path}: damaged training checkpoint (its config has no model section)")
-        # Keys added to ModelConfig after the checkpoint was written count with their defaults.
-        saved = {**to_dict(ModelConfig()), **saved}
-        current = to_dict(self.config.model)
-        keys = [*current, *(key for key in saved if key not in current)]
-        diffs = [
-            f"model.{key}: checkpoint {_shown(saved.get(key, _ABSENT))}, config {_shown(current.get(key, _ABSENT))}"
-            for key in keys
-            if key != "pretrained" and saved.get(key, _ABSENT) != current.get(key, _ABSENT)
-        ]
-        if diffs:
-            raise TrainingError(f"{path}: the checkpoint was trained with another model ({'; '.join(diffs)})")
-
-    def _save(self, name: str = "last.pt") -> None:
+    def save_checkpoint(self, name: str = "last.pt") -> None:
+        """Write the training checkpoint ``output_dir/name`` (everything a resume needs), on the main
+        process only; :class:`srn.engine.hooks.Checkpointer` calls it."""
         if not self.dist.is_main:
             return
         save_training_checkpoint(
@@ -367,7 +205,7 @@ class Trainer:
             save_checkpoint(self.model, DetectorConfig(self.config.model, self.config.postprocess), final)
         return final
 
-    def _batch(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+    def _batch(self, images: list[torch.Tensor], targets: list[Target]) -> tuple[torch.Tensor, list[Target]]:
         batch = torch.stack(images).to(self.device, non_blocking=True)  # (N, 3, S, S) uint8
         if self.config.train.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -375,9 +213,8 @@ class Trainer:
         return batch, targets
 
     def _loader(self, epoch: int, start_micro_batch: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
+        self.sampler.start_at(epoch, start_micro_batch * self.config.train.batch_per_device)
         self.dataset.set_epoch(epoch)
-        self.sampler.start = start_micro_batch * self.config.train.batch_per_device
         workers = self.config.data.workers
         return DataLoader(
             self.dataset,
@@ -391,7 +228,7 @@ class Trainer:
             prefetch_factor=4 if workers > 0 else None,
         )
 
-    def train_step(self, micro_batches: list[tuple[list[torch.Tensor], list[dict]]]) -> dict[str, float]:
+    def train_step(self, micro_batches: list[tuple[list[torch.Tensor], list[Target]]]) -> dict[str, float]:
         """One optimizer step over ``accumulation`` micro-batches; returns the mean loss parts."""
         self.ddp_model.train()
         if self.config.train.freeze_bn:
@@ -479,11 +316,3 @@ class Trainer:
             torch.distributed.broadcast(late, src=0)
         return bool(late)
 
-
-def _logged_iteration(line: str) -> float:
-    """The iteration of a metrics.jsonl line; infinity for a line that does not parse."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return math.inf
-    return float(record.get("iteration", 0)) if isinstance(record, dict) else math.inf
