@@ -1,8 +1,8 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically; and
 ``train.init_from``, a warm start from another run's weights.
 
-A training checkpoint is also a valid weights file (``model`` + ``config``), so ``srn detect
---weights runs/x/last.pt`` works on it. Only tensors and plain Python values are stored, so loading
+A training checkpoint is also a valid weights file (``model`` + ``config``), so a detector loads
+``runs/x/last.pt`` as it loads any weights. Only tensors and plain Python values are stored, so loading
 uses ``torch.load(weights_only=True)`` (through :func:`srn.weights.read_torch_file`).
 """
 
