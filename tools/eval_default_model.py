@@ -6,6 +6,12 @@
 - Other photos: the 452 held-out photos of ``faces/``, VOC AP at IoU 0.5 (face-eval protocol, no
   ignore flags) against their labels in the packed frame. These sets are partially labelled, so
   unlabelled faces count as false positives and the AP is a lower bound.
+- Operating points on those photos: precision and recall at IoU 0.5 for score thresholds 0.1 to 0.9,
+  from which the CLI's default thresholds are chosen, and the median score of the detections that
+  match labelled faces of 40 px or more (what a clear face scores).
+- Fit check: recall at IoU 0.5 on a fixed sample of *training* photos (every 25th photo and every
+  6th WIDER image of the training lists), at thresholds 0.3 and 0.5, all faces and faces under
+  20 px, so that under-fitting is visible next to the held-out numbers.
 
     python tools/eval_default_model.py --weights srn/assets/srn_mobilenet_v2.pt --data .gpu/data \
         --shared ../shared --json eval_default.json
@@ -18,11 +24,45 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from srn.data.formats import parse_wider_file
 from srn.evaluation import facebox, widerface
 from srn.evaluation.run import detect_images, eval_detector
+
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def match_counts(detections: list[tuple[torch.Tensor, torch.Tensor]], labels: list[torch.Tensor], thresh: float,
+                 min_side: float = 0.0, max_side: float = float("inf")) -> tuple[int, int, int]:
+    """(true positives, detections, labelled faces) at score ``thresh`` and IoU 0.5, greedy by score.
+
+    Only labelled faces whose shorter side lies in [min_side, max_side) count as faces to find; a
+    detection that matches a face outside that range is neither a hit nor a false positive.
+    """
+    hits = dets = faces = 0
+    for (boxes, scores), gt in zip(detections, labels):
+        keep = scores >= thresh
+        boxes = boxes[keep]
+        sides = torch.minimum(gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1])
+        counted = (sides >= min_side) & (sides < max_side)
+        faces += int(counted.sum())
+        taken = torch.zeros(len(gt), dtype=torch.bool)
+        outside = 0
+        if len(boxes) and len(gt):
+            iou = box_iou(boxes.double(), gt.double())  # (D, G), detections best first
+            for row in iou:
+                row = torch.where(taken, -1.0, row)
+                best = int(row.argmax())
+                if row[best] >= 0.5:
+                    taken[best] = True
+                    outside += int(not counted[best])
+        hits += int((taken & counted).sum())
+        dets += len(boxes) - outside
+    return hits, dets, faces
 
 
 def main() -> None:
@@ -71,6 +111,43 @@ def main() -> None:
     photos = facebox.evaluate_facebox(detections, annotations)
     print(f"held-out photos ({photos.num_images} images, {photos.num_faces} faces): AP@0.5 {photos.ap:.4f}")
     report["photos_heldout_ap50"] = photos.to_dict(curves=False)
+
+    # Operating points on the held-out photos.
+    dets = [results[data / r.image_path] for r in faces if data / r.image_path in results]
+    labels = [r.boxes.double() for r in faces if data / r.image_path in results]
+    curve = []
+    for thresh in THRESHOLDS:
+        hits, found, total = match_counts(dets, labels, thresh)
+        curve.append({"thresh": thresh, "precision": hits / max(found, 1), "recall": hits / max(total, 1)})
+        print(f"  thresh {thresh:.1f}: precision {curve[-1]['precision']:.3f} recall {curve[-1]['recall']:.3f}")
+    report["photos_heldout_operating_points"] = curve
+    clear_scores = []
+    for (boxes, scores), gt in zip(dets, labels):
+        large = gt[torch.minimum(gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]) >= 40]
+        if len(boxes) and len(large):
+            iou = box_iou(large, boxes.double())  # (G, D): the best-scoring match of each large face
+            matched = iou >= 0.5
+            if matched.any():
+                best = torch.where(matched, scores.double()[None, :], -1.0).amax(dim=1)
+                clear_scores.extend(best[best >= 0].tolist())
+    median = float(np.median(clear_scores)) if clear_scores else float("nan")
+    print(f"  labelled faces of 40 px or more: {len(clear_scores)} found, median score {median:.3f}")
+    report["photos_heldout_large_face_median_score"] = median
+
+    # Fit check on a fixed sample of training photos.
+    train = parse_wider_file(data / "train_faces.txt")[::25] + parse_wider_file(data / "train_wider.txt")[::6]
+    fit_results, more = detect_images(detector, [data / r.image_path for r in train])
+    failures += more
+    fit_dets = [fit_results[data / r.image_path] for r in train if data / r.image_path in fit_results]
+    fit_labels = [r.boxes.double() for r in train if data / r.image_path in fit_results]
+    fit = {}
+    for thresh in (0.3, 0.5):
+        for name, low, high in (("all", 0.0, float("inf")), ("under_20px", 0.0, 20.0)):
+            hits, _, total = match_counts(fit_dets, fit_labels, thresh, low, high)
+            fit[f"recall_{name}_at_{thresh}"] = hits / max(total, 1)
+            fit[f"faces_{name}"] = total
+            print(f"fit check ({len(fit_dets)} training images): recall at {thresh} ({name}) {hits}/{total} = {hits / max(total, 1):.3f}")
+    report["fit_check_train_recall"] = fit
     report["failures"] = failures
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
