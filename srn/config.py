@@ -2,6 +2,13 @@
 
 YAML files and ``key=value`` command-line overrides only change what they name. Unknown keys are an
 error with a suggestion. Module constructors never read a config; the builders translate it.
+
+Every value is validated when its dataclass is built, before any work: its type (a mapping or a
+list where a name or a path is expected is refused, as is a non-finite number), its range, and the
+rules across fields (``__post_init__`` of each class). The ``_base_`` chain of YAML files must be
+one file name per file, with no cycle. :func:`check_training_paths` checks what the file system says
+about the paths a training config names. Each failure is one :class:`srn.errors.ConfigError` line
+that names the key.
 """
 
 from __future__ import annotations
@@ -22,6 +29,48 @@ from srn.errors import ConfigError
 from srn.paths import check_input_file
 
 T = TypeVar("T")
+
+# What srn.model builds, for the checks here (this floor cannot import the model's floor; a test
+# holds these equal to srn.model.backbone's depths and srn.model.srn.NUM_LEVELS).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
+_LEVELS = 6
+MAX_TRAIN_SIZE = 8192  # data.size: a square input of 8192 px already needs tens of GB per image
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raise ``ConfigError("<key>: must be <rule>, got <value>")`` unless ``ok``.
+
+    A frozen config checks its ranges when it is built, so a bad value stops a run before any work
+    (not as a ZeroDivisionError, or an empty run, much later).
+    """
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {_shown(value)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    _require(value >= low, key, f"at least {low}", value)
+
+
+def _positive(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, key, "a positive number", value)
+
+
+def _non_negative(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value >= 0, key, "a number >= 0", value)
+
+
+def _probability(key: str, value: float) -> None:
+    _require(0 <= value <= 1, key, "between 0 and 1", value)
+
+
+def _interval(key: str, value: tuple[float, ...], low: float, high: float, rule: str) -> None:
+    """``value`` is a pair ``(a, b)`` with ``low <= a <= b <= high``."""
+    ok = len(value) == 2 and low <= value[0] <= value[1] <= high
+    _require(ok, key, rule, value)
 
 
 @dataclass(frozen=True)
@@ -44,6 +93,24 @@ class ModelConfig:
     # cache) or the path of a torchvision-layout state dict.
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        # The RFE splits the width into four branches of width // 4 channels.
+        _require(4 <= self.width <= 4096, "model.width", "a whole number of channels from 4 to 4096", self.width)
+        for key in ("stc_levels", "str_levels"):
+            levels = getattr(self, key)
+            ok = all(0 <= level < _LEVELS for level in levels) and len(set(levels)) == len(levels)
+            _require(ok, f"model.{key}", f"distinct level indices from 0 to {_LEVELS - 1} (strides 4 to 128)", levels)
+        _require(len(self.anchor_scales) > 0 and all(math.isfinite(v) and v > 0 for v in self.anchor_scales),
+                 "model.anchor_scales", "a non-empty list of positive numbers", self.anchor_scales)
+        _positive("model.anchor_ratio", self.anchor_ratio)
+        _require(0 < self.prior_prob < 1, "model.prior_prob", "between 0 and 1 (both excluded)", self.prior_prob)
+        _require(self.init in ("normal", "scaled"), "model.init", "normal or scaled", self.init)
+        _require(0 <= self.tower_convs <= 16, "model.tower_convs", "from 0 to 16", self.tower_convs)
+        if self.pretrained is not None:
+            _require(bool(self.pretrained.strip()), "model.pretrained", "null, imagenet or the path of a state dict", self.pretrained)
+
 
 @dataclass(frozen=True)
 class PostProcessConfig:
@@ -55,6 +122,14 @@ class PostProcessConfig:
     pre_nms_top_k: int = 6000  # per level
     nms_iou: float = 0.4
     max_detections: int = 750
+
+    def __post_init__(self) -> None:
+        _probability("postprocess.candidate_thresh", self.candidate_thresh)
+        _probability("postprocess.stc_theta", self.stc_theta)
+        _at_least("postprocess.min_cells_for_thresh", self.min_cells_for_thresh, 0)
+        _at_least("postprocess.pre_nms_top_k", self.pre_nms_top_k, 1)
+        _require(0 < self.nms_iou <= 1, "postprocess.nms_iou", "in (0, 1]", self.nms_iou)
+        _at_least("postprocess.max_detections", self.max_detections, 1)
 
 
 @dataclass(frozen=True)
@@ -75,7 +150,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     args = typing.get_args(annotation)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of its keys, got {_described(value)}")
         return from_dict(annotation, value, prefix=f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -97,7 +172,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None:
             value = []
         if not isinstance(value, Sequence) or isinstance(value, str):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_described(value)}")
         item_type = args[0] if args else Any
         return tuple(_coerce(v, item_type, key) for v in value)
     if annotation is bool:
@@ -109,21 +184,40 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is int:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{key}: expected an integer, got {_described(value)}") from None
         if not as_float.is_integer():
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(as_float)
     if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{key}: expected a number, got {_described(value)}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
+        # A number is a fine name (output_dir: 2024); a mapping or a list is a mistake of layout.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{key}: expected a name or a path, got {_described(value)}")
         return str(value)
     return value
+
+
+def _described(value: Any) -> str:
+    """A value in a message, with its kind where the kind is the mistake (a mapping, a list)."""
+    if isinstance(value, Mapping):
+        return f"a mapping {dict(value)!r}"
+    if isinstance(value, list | tuple):
+        return f"a list {list(value)!r}"
+    return repr(value)
 
 
 def _unknown_key(key: str, known: Sequence[str], prefix: str) -> ConfigError:
@@ -189,11 +283,12 @@ def _split_override(text: str) -> tuple[str, Any]:
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls``, then the YAML file's values, then ``overrides``.
+    """Defaults of ``cls``, then the YAML file's values, then ``overrides``, every value validated.
 
-    A YAML file may name a ``_base_`` file (relative to itself) whose values it overrides.
+    A YAML file may name a ``_base_`` file (relative to itself) whose values it overrides, which
+    may name its own, and so on; a file that comes back in its own chain is an error.
     """
-    data = _read_yaml_chain(Path(path))
+    data = _read_yaml_chain(Path(path), ())
     try:
         config = from_dict(cls, data)
     except ConfigError as exc:
@@ -201,7 +296,9 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
     return apply_overrides(config, overrides)
 
 
-def _read_yaml_chain(path: Path) -> dict[str, Any]:
+def _read_yaml_chain(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The merged mapping of ``path`` and its ``_base_`` files; ``chain``: the files that named
+    this one, from the first."""
     check_input_file(path, "config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -213,12 +310,27 @@ def _read_yaml_chain(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}{where}: invalid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    base = data.pop("_base_", None)
-    if base is None:
+    if "_base_" not in data:
         return data
-    merged = _read_yaml_chain(path.parent / base)
+    base = data.pop("_base_")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: _base_ must name one YAML file (a path relative to this file), got {_described(base)}")
+    chain = (*chain, path)
+    base_path = path.parent / base
+    seen = [p for p in chain if _same_config(p, base_path)]
+    if seen:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(seen[0]):], base_path))
+        raise ConfigError(f"{path}: _base_ {base!r} leads back to {seen[0]}: the files form a cycle ({cycle})")
+    merged = _read_yaml_chain(base_path, chain)
     _deep_update(merged, data)
     return merged
+
+
+def _same_config(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
@@ -232,42 +344,6 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Training (docs/design.md, Training recipe)
 # ---------------------------------------------------------------------------------------------
-
-
-def _shown(value: Any) -> str:
-    return repr(list(value)) if isinstance(value, tuple) else repr(value)
-
-
-def _require(ok: bool, key: str, rule: str, value: Any) -> None:
-    """Raise ``ConfigError("<key>: must be <rule>, got <value>")`` unless ``ok``.
-
-    A frozen config checks its ranges when it is built, so a bad value stops a run before any work
-    (not as a ZeroDivisionError, or an empty run, much later).
-    """
-    if not ok:
-        raise ConfigError(f"{key}: must be {rule}, got {_shown(value)}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    _require(value >= low, key, f"at least {low}", value)
-
-
-def _positive(key: str, value: float) -> None:
-    _require(math.isfinite(value) and value > 0, key, "a positive number", value)
-
-
-def _non_negative(key: str, value: float) -> None:
-    _require(math.isfinite(value) and value >= 0, key, "a number >= 0", value)
-
-
-def _probability(key: str, value: float) -> None:
-    _require(0 <= value <= 1, key, "between 0 and 1", value)
-
-
-def _interval(key: str, value: tuple[float, ...], low: float, high: float, rule: str) -> None:
-    """``value`` is a pair ``(a, b)`` with ``low <= a <= b <= high``."""
-    ok = len(value) == 2 and low <= value[0] <= value[1] <= high
-    _require(ok, key, rule, value)
 
 
 @dataclass(frozen=True)
@@ -299,7 +375,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         # Below 32 px the coarsest levels (strides 64 and 128) have no cell left.
-        _at_least("data.size", self.size, 32)
+        _require(32 <= self.size <= MAX_TRAIN_SIZE, "data.size", f"from 32 to {MAX_TRAIN_SIZE} pixels", self.size)
         if self.zoom_out:
             _interval("data.zoom_out", self.zoom_out, 1.0, math.inf, "[] or [low, high] with 1 <= low <= high")
         _probability("data.zoom_out_prob", self.zoom_out_prob)
@@ -364,6 +440,7 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        _require(bool(self.output_dir.strip()), "train.output_dir", "the path of a folder", self.output_dir)
         _at_least("train.epochs", self.epochs, 1)
         _positive("train.lr", self.lr)
         for step in self.lr_steps:
@@ -392,3 +469,20 @@ class TrainingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check_training_paths(config: TrainingConfig) -> None:
+    """What the file system says about the paths of ``config``, checked before any work: the
+    output folder is a folder, or can become one.
+
+    Raises:
+        ConfigError: ``"train.output_dir: <path> is a file, not a folder"``, or a file stands where
+            one of its parent folders should be.
+    """
+    output = Path(config.train.output_dir).expanduser()
+    for folder in (output, *output.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            what = "is a file, not a folder" if folder == output else f"cannot be made: {folder} is a file, not a folder"
+            raise ConfigError(f"train.output_dir: {output} {what}")

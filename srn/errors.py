@@ -12,6 +12,7 @@ values, ``FileNotFoundError`` for a missing path), so ``except ValueError`` keep
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = [
     "AnnotationError",
@@ -29,12 +30,42 @@ __all__ = [
     "TrainingError",
     "WeightsError",
     "one_line",
+    "printable",
 ]
 
 
 def one_line(text: str) -> str:
     """``text`` with all whitespace runs, newlines included, folded into single spaces."""
     return " ".join(str(text).split())
+
+
+# What cannot stand in one line of a terminal as itself: control characters (C0, DEL, C1), the
+# Unicode line and paragraph separators, and the lone surrogates that stand for the bytes of a
+# file name that is not UTF-8 (os.fsdecode's surrogateescape).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str | os.PathLike[str]) -> str:
+    """``text`` (a file name, or a whole message) with every character that would break or hide
+    in one line of a terminal escaped as Python writes it: a newline as ``\\n``, a tab as ``\\t``,
+    other control characters as ``\\x1b``, a byte of a name that is not UTF-8 as ``\\xe9``.
+
+    An error about ``"a\\nb.jpg"`` thus stays one line, and shows the name a user can recognise.
+    Every message of these errors shows its paths through this; ``srn.cli`` prints every line
+    through it too.
+    """
+    return _UNPRINTABLE.sub(_escape, os.fspath(text) if isinstance(text, os.PathLike) else str(text))
 
 
 class SRNError(Exception):
@@ -67,7 +98,7 @@ class InputPathError(SRNError, ValueError):
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = os.fsdecode(os.fspath(path))
         self.reason = one_line(reason)
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{printable(self.path)}: {self.reason}")
 
 
 class OutputPathError(InputPathError):
@@ -88,7 +119,7 @@ class ImageReadError(SRNError, ValueError):
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = os.fsdecode(os.fspath(path))
         self.reason = one_line(reason)  # one line, whatever a library put in it
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{printable(self.path)}: {self.reason}")
 
 
 class ImageValueError(SRNError, ValueError):
@@ -103,7 +134,7 @@ class AnnotationError(SRNError, ValueError):
         self.path = os.fsdecode(os.fspath(path))
         self.line_number = line_number
         self.reason = one_line(reason)
-        where = f"{self.path}:{line_number}" if line_number is not None else self.path
+        where = f"{printable(self.path)}:{line_number}" if line_number is not None else printable(self.path)
         super().__init__(f"{where}: {self.reason}")
 
 
@@ -113,7 +144,7 @@ class PredictionFormatError(SRNError, ValueError):
     def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
         self.path = os.fsdecode(os.fspath(path))
         self.line = line
-        where = f"{self.path}, line {line}" if line is not None else self.path
+        where = f"{printable(self.path)}, line {line}" if line is not None else printable(self.path)
         super().__init__(f"{where}: {one_line(message)}")
 
 
@@ -140,4 +171,5 @@ class OutputCollisionError(SRNError, ValueError):
     ) -> None:
         self.first, self.second, self.target = (os.fsdecode(os.fspath(p)) for p in (first, second, target))
         because = f" ({one_line(why)})" if why else ""
-        super().__init__(f"{self.first} and {self.second} would both be written to {self.target}{because}; run them separately")
+        first, second, target = (printable(p) for p in (self.first, self.second, self.target))
+        super().__init__(f"{first} and {second} would both be written to {target}{because}; run them separately")

@@ -9,6 +9,20 @@ reverse), or be one of the inputs. Each case raises :class:`srn.errors.InputPath
 
 Output folders are probed by creating (and removing) a file in them, because permission bits say
 nothing to root and nothing about read-only file systems.
+
+The output policy, which every writer of the package follows:
+
+- **never through a link**: an output file that is a symbolic link is refused
+  (:func:`check_output_file`); files are written as a temporary file renamed over the target
+  (``srn.atomic``), which replaces a link instead of writing to what it points at, and streams are
+  opened with ``O_NOFOLLOW``;
+- **never into the inputs**: an output that is an input is refused, and a folder that receives
+  images (drawings, crops, anonymised copies) may not lie inside a folder the inputs search
+  (:func:`check_output_dir` with ``input_patterns``): the next run over that folder would read the
+  outputs as inputs, and write their outputs over them;
+- **no leftovers**: the temporary files of a killed writer (``.<name>.<random>.partial<suffix>``)
+  are never taken as inputs (:func:`is_temporary`) and are removed when the same output is checked
+  again.
 """
 
 from __future__ import annotations
@@ -16,18 +30,60 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import stat
 import tempfile
+import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from srn.errors import InputPathError, OutputPathError
+from srn.errors import InputPathError, OutputPathError, printable
 
 PathLike = str | os.PathLike[str]
 
 # What a folder is searched for: the suffixes of the images Pillow decodes and of the videos PyAV does.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+
+# The temporary files of the package's writers: srn.atomic's ``.<name>.<random>.partial<suffix>``
+# and this module's own write probe.
+_TEMPORARY = re.compile(r"\..+\.partial(\.[^.]*)?|\.srn-write-test\..*", re.DOTALL)
+# A temporary file younger than this may belong to a writer that is still running (another process
+# of a torchrun job): it is left alone.
+_STALE_AFTER_S = 60.0
+
+
+def is_temporary(path: PathLike) -> bool:
+    """Whether ``path`` names a temporary file of a writer of this package (``srn.atomic``): a
+    killed run leaves these behind, and they are never inputs."""
+    return _TEMPORARY.fullmatch(os.path.basename(os.fspath(path))) is not None
+
+
+def remove_temporaries(folder: PathLike, name: str | None = None, recursive: bool = False,
+                       min_age_s: float = _STALE_AFTER_S) -> list[Path]:
+    """Delete what killed writers left in ``folder`` (below it too, with ``recursive``): the
+    temporary files of target ``name`` only, if given, else all of them; only those untouched for
+    ``min_age_s`` seconds (a younger one may belong to a writer still at work). Returns what was
+    removed; a file that cannot be removed is left."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for parent, _, names in walk:
+        for entry in names:
+            if not is_temporary(entry) or (name is not None and not entry.startswith(f".{name}.")):
+                continue
+            stale = Path(parent) / entry
+            try:
+                info = stale.lstat()
+                if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= min_age_s:
+                    stale.unlink()
+                    removed.append(stale)
+            except OSError:
+                continue
+    return removed
 
 
 def describe_mode(mode: int) -> str:
@@ -135,21 +191,36 @@ def _not_an_input(path: Path, inputs: Iterable[PathLike]) -> None:
 
 
 def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
-    """``path`` as a file that can be written: not a folder, not an input, in a writable folder
-    (created if missing)."""
+    """``path`` as a file that can be written: not a symbolic link, not a folder, not an input, in a
+    writable folder (created if missing). What a killed writer of ``path`` left beside it is removed."""
     path = Path(path)
+    if path.is_symlink():
+        raise OutputPathError(path, "is a symbolic link; outputs are never written through one (name the file it points to, or remove the link)")
     info = _stat(path, OutputPathError)
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputPathError(path, "is a folder; give a file name")
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise OutputPathError(path, f"is {describe_mode(info.st_mode)}, not a regular file")
     _not_an_input(path, inputs)
-    _prepare_folder(path.parent if str(path.parent) else Path("."), path)
+    folder = path.parent if str(path.parent) else Path(".")
+    _prepare_folder(folder, path)
+    remove_temporaries(folder, name=path.name, min_age_s=0.0)
     return path
 
 
-def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
-    """``path`` as a folder that files can be written in (created if missing); no input is this folder."""
+def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = (), input_patterns: Sequence[PathLike] = ()) -> Path:
+    """``path`` as a folder that files can be written in (created if missing); no input is this folder.
+
+    Args:
+        inputs: the input files and folders; none may be this folder.
+        input_patterns: the names, folders and globs the inputs were expanded from
+            (:func:`expand_inputs`), given for a folder that receives images: it may not lie in a
+            folder they search (:func:`input_roots`), where a later run would take its images for
+            inputs.
+
+    The temporary files that killed writers left in the folder are removed: at any depth for a
+    folder that receives images (``input_patterns`` given), whose tree mirrors the inputs'.
+    """
     path = Path(path)
     info = _stat(path, OutputPathError)
     if info is not None and not stat.S_ISDIR(info.st_mode):
@@ -157,7 +228,13 @@ def check_output_dir(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     for source in inputs:
         if _same_file(path, Path(source)):
             raise OutputPathError(path, "is also an input; refusing to write into it")
+    resolved = Path(os.path.realpath(path))
+    for root in input_roots(input_patterns):
+        if resolved == root or root in resolved.parents:
+            raise OutputPathError(path, f"is inside the input folder {printable(root)}; a later run over it would read "
+                                        "these outputs as inputs: choose a folder outside it")
     _prepare_folder(path, path)
+    remove_temporaries(path, recursive=bool(input_patterns))
     return path
 
 
@@ -174,8 +251,8 @@ def expand_inputs(patterns: Sequence[PathLike], suffixes: Collection[str] = IMAG
     stable order, each once.
 
     What is not a folder is kept, whatever it is (a FIFO, a device, a broken link), so that reading
-    it fails with one line for that file instead of it vanishing silently. A named folder without
-    any matching file is kept as itself for the same reason.
+    it fails with one line for that file instead of it vanishing silently. Folders and globs never
+    yield the temporary files of a killed writer (:func:`is_temporary`).
 
     Args:
         patterns: file names, folder names and globs (``**`` crosses folders).
@@ -183,20 +260,23 @@ def expand_inputs(patterns: Sequence[PathLike], suffixes: Collection[str] = IMAG
             (default :data:`IMAGE_SUFFIXES`; add :data:`VIDEO_SUFFIXES` for videos too).
 
     Raises:
-        InputPathError: ``"<pattern>: no such file or folder"``, or ``"<pattern>: no file matches"``
-            for a glob.
+        InputPathError: ``"<pattern>: no such file or folder"``, ``"<pattern>: no file matches"``
+            for a glob, or ``"<folder>: holds no file of type .bmp, ..."`` for a folder with nothing
+            to read (a run over it would do nothing: that is a bad input, not a success).
     """
     found: list[Path] = []
     for pattern in map(os.fspath, patterns):
         path = Path(pattern)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
-            found.extend(files or [path])
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not is_temporary(p) and not p.is_dir())
+            if not files:
+                raise InputPathError(path, f"holds no file of type {', '.join(sorted(suffixes))} (searched at every depth)")
+            found.extend(files)
         elif path.exists() or path.is_symlink():
             found.append(path)
         elif glob.has_magic(pattern):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-            files = [p for p in matches if not p.is_dir()]
+            files = [p for p in matches if not p.is_dir() and not is_temporary(p)]
             if not files:
                 raise InputPathError(pattern, "no file matches")
             found.extend(files)
@@ -209,6 +289,24 @@ def expand_inputs(patterns: Sequence[PathLike], suffixes: Collection[str] = IMAG
             seen.add(key)
             unique.append(path)
     return unique
+
+
+def input_roots(patterns: Sequence[PathLike]) -> list[Path]:
+    """The folders that ``patterns`` search, resolved: each named folder, and for a glob the folder
+    before its first wildcard (``shoot/2024/*/*.jpg`` searches ``shoot/2024``). A named file
+    searches nothing."""
+    roots = []
+    for pattern in map(os.fspath, patterns):
+        if os.path.isdir(pattern):
+            roots.append(Path(os.path.realpath(pattern)))
+        elif glob.has_magic(pattern) and not os.path.lexists(pattern):
+            fixed = []
+            for part in Path(pattern).parts:
+                if glob.has_magic(part):
+                    break
+                fixed.append(part)
+            roots.append(Path(os.path.realpath(os.path.join(*fixed) if fixed else ".")))
+    return roots
 
 
 def relative_paths(patterns: Sequence[PathLike], files: Sequence[PathLike]) -> list[Path]:
@@ -230,6 +328,9 @@ __all__ = [
     "check_output_file",
     "describe_mode",
     "expand_inputs",
+    "input_roots",
+    "is_temporary",
     "is_video",
     "relative_paths",
+    "remove_temporaries",
 ]

@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from srn.errors import InputPathError
-from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, is_video, relative_paths
+from srn.errors import InputPathError, OutputPathError
+from srn.paths import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    check_output_dir,
+    check_output_file,
+    expand_inputs,
+    input_roots,
+    is_temporary,
+    is_video,
+    relative_paths,
+)
 
 
 @pytest.fixture
@@ -33,7 +44,65 @@ def test_named_files_are_kept_whatever_they_are_and_each_input_comes_once(tree):
     ]
     os.symlink("nowhere.jpg", "broken.jpg")
     assert expand_inputs(["broken.jpg"]) == [Path("broken.jpg")]  # to fail on its own line when read
-    assert expand_inputs(["c"]) == [Path("c")]  # a folder without images, likewise
+
+
+def test_a_folder_without_images_is_a_bad_input_not_an_empty_success(tree):
+    with pytest.raises(InputPathError) as info:
+        expand_inputs(["a", "c"])
+    assert str(info.value).startswith("c: holds no file of type .bmp, .gif, .jpeg, .jpg, .png")
+
+
+def test_temporary_files_of_killed_writers_are_never_inputs(tree):
+    # srn.atomic's names: .<target>.<random>.partial<suffix>
+    for name in ("a/.1.jpg.k3j4h5g6.partial.jpg", "a/deep/.face_000.jpg.x.partial.jpg", "b/.srn-write-test.abc"):
+        (tree / name).write_bytes(b"x")
+    assert expand_inputs(["a"]) == [Path("a/1.jpg"), Path("a/2.PNG"), Path("a/deep/3.webp")]
+    assert expand_inputs(["a/**/*.jpg"]) == [Path("a/1.jpg")]
+    assert is_temporary("a/.1.jpg.k3j4h5g6.partial.jpg") and not is_temporary("a/1.partial.jpg")
+
+
+def test_stale_temporaries_are_removed_when_the_output_is_checked_again(tmp_path):
+    out = tmp_path / "faces.jsonl"
+    stale = tmp_path / ".faces.jsonl.abcd1234.partial.jsonl"
+    other = tmp_path / ".other.json.abcd1234.partial.json"
+    for path in (stale, other):
+        path.write_text("torn")
+    check_output_file(out)
+    assert not stale.exists() and other.exists()  # only the checked output's own leftovers
+
+    crops = tmp_path / "crops"
+    old, young = crops / "a" / ".face_000.jpg.k.partial.jpg", crops / "b" / ".face_001.jpg.k.partial.jpg"
+    for path in (old, young):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    check_output_dir(crops, input_patterns=[tmp_path / "photos"])
+    assert not old.exists() and young.exists()  # a young one may be a live writer's (torchrun)
+
+
+def test_input_roots_are_named_folders_and_the_fixed_part_of_globs(tree):
+    assert input_roots(["a", "a/1.jpg", "b/**/*.jpg", "*.jpg"]) == [tree / "a", tree / "b", tree]
+
+
+@pytest.mark.parametrize("inside", ["a/crops", "a", "a/deep/x"])
+def test_an_image_output_folder_inside_the_inputs_is_refused(tree, inside):
+    with pytest.raises(OutputPathError) as info:
+        check_output_dir(inside, input_patterns=["a", "b/4.jpeg"])
+    assert str(info.value) == (f"{inside}: is inside the input folder {tree / 'a'}; a later run over it would read "
+                               "these outputs as inputs: choose a folder outside it")
+    check_output_dir("out", input_patterns=["a"])  # beside it is fine
+    check_output_dir("b/out", input_patterns=["a", "b/4.jpeg"])  # a named file searches no folder
+
+
+def test_an_output_file_that_is_a_symbolic_link_is_refused(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "faces.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(OutputPathError) as info:
+        check_output_file(link)
+    assert str(info.value).startswith(f"{link}: is a symbolic link; outputs are never written through one")
+    assert target.read_text() == "keep me"
 
 
 def test_globs_match_files_across_folders(tree):

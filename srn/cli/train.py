@@ -45,12 +45,13 @@ def resolve_config_path(name: str) -> tuple[Path, bool]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from srn.config import TrainingConfig, load_yaml
+    from srn.config import TrainingConfig, check_training_paths, load_yaml
     from srn.engine.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path, is_preset = resolve_config_path(args.config)
     config = load_yaml(TrainingConfig, path, args.overrides)
+    check_training_paths(config)
     trainer = Trainer(config, base_dir=None if is_preset else path.parent, resume=args.resume)
     final = trainer.fit()
     if trainer.dist.is_main:

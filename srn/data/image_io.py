@@ -1,19 +1,28 @@
 """Robust image reading: every image comes out as an RGB ``uint8`` tensor ``(3, H, W)`` or fails with
 one clear line.
 
-torchvision's libjpeg-turbo / libpng / libwebp / giflib decoders do the work where they can, because
-they decode straight into the output tensor (a 20000×20000 PNG costs one 1.2 GB buffer, no PIL
-copy, no float copy and no ``DecompressionBombError``). What torchvision 0.29 does with each case,
-checked by hand, and how this module completes it:
+Before anything is decoded, the file's header is read (PIL opens files lazily: format, size and
+metadata, no pixels) for two checks that hold for every format:
+
+- **a pixel limit**: an image above ``max_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 250
+  megapixels, enough for a 200-megapixel phone photo; the environment variable
+  ``SRN_MAX_IMAGE_PIXELS`` changes it, 0 lifts it) is refused in one line before its buffer is
+  allocated: a small PNG of 40000x40000 pixels would otherwise ask for 4.8 GB;
+- **EXIF orientation**, read from the header of every format that carries one (JPEG, MPO, WebP,
+  PNG's ``eXIf`` chunk before or after the pixels, TIFF, ...) and applied here, by one
+  implementation (:func:`orient`), so that no format shows a sideways face to the detector.
+
+torchvision's libjpeg-turbo / libpng / libwebp decoders then do the work where they can, because
+they decode straight into the output tensor (no PIL copy, no float copy). What torchvision 0.29 does
+with each case, checked by hand, and how this module completes it:
 
 - grayscale, palette (with or without transparency), RGBA and CMYK JPEG: converted by the decoder
   itself when asked for ``ImageReadMode.RGB`` (alpha is dropped; CMYK matches PIL's
   ``convert("RGB")`` exactly);
-- EXIF orientation: applied for JPEG and PNG with ``apply_exif_orientation=True``;
 - 16-bit PNG: returned as ``uint16``; scaled here to 8 bits by rounding ``v / 257`` (65535 -> 255);
-- animated GIF: returned as ``(frames, 3, H, W)``; the first frame is kept;
+- GIF: torchvision would decode every frame of an animation; PIL decodes the first frame only;
 - BMP, TIFF and other formats: not supported, so PIL decodes them (EXIF transpose applied), with
-  PIL's decompression-bomb limit lifted for that call only;
+  PIL's own decompression-bomb limit lifted for that call only (the pixel limit above replaces it);
 - empty, truncated, corrupt and non-image files raise ``RuntimeError`` there; PIL gets a second try
   (it tolerates some damage that libjpeg-turbo rejects), and if it fails too, ``ImageReadError``.
 """
@@ -24,8 +33,10 @@ import io
 import os
 import re
 import stat
+import struct
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +49,26 @@ from torchvision.io import ImageReadMode, decode_image
 from srn.errors import ImageReadError, ImageValueError
 from srn.paths import describe_mode
 
-__all__ = ["ImageReadError", "ImageValueError", "read_image", "to_rgb_tensor"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "MAX_PIXELS_ENV",
+    "ImageHeader",
+    "ImageReadError",
+    "ImageValueError",
+    "max_image_pixels",
+    "orient",
+    "read_header",
+    "read_image",
+    "to_rgb_tensor",
+]
+
+# The pixel limit of decoding (see the module doc): 250 megapixels, 750 MB as RGB.
+DEFAULT_MAX_IMAGE_PIXELS = 250_000_000
+MAX_PIXELS_ENV = "SRN_MAX_IMAGE_PIXELS"
+
+_ORIENTATION_TAG = 0x0112
+# Formats that torchvision decodes here; the others go to PIL. GIF is PIL's (see the module doc).
+_TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 
 
 # (magic prefix, name) used only to word the error message and to recognise truncation.
@@ -63,11 +93,140 @@ _PIL_LIMIT_LOCK = threading.Lock()
 _CONVERT_CHUNK = 1 << 24
 
 
-def read_image(path: str | os.PathLike[str]) -> Tensor:
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding its pixels (:func:`read_header`).
+
+    Attributes:
+        format: PIL's name of the format ("JPEG", "PNG", "WEBP", "TIFF", ...).
+        width, height: the stored size, before orientation.
+        orientation: the EXIF orientation, 1 (as stored) to 8.
+    """
+
+    format: str
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of decoding: ``SRN_MAX_IMAGE_PIXELS`` when set (0: none), else
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ValueError: the variable is not a whole number >= 0.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"the environment variable {MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), got {text!r}")
+    return int(text)
+
+
+def read_header(data: bytes | bytearray) -> ImageHeader | None:
+    """The header of the encoded image ``data`` (format, size, orientation), or None when PIL does
+    not recognise the format. Nothing is decoded, whatever the size the header announces."""
+    with _PIL_LIMIT_LOCK:
+        saved_limit = PIL.Image.MAX_IMAGE_PIXELS
+        PIL.Image.MAX_IMAGE_PIXELS = None  # the header only; the caller applies its own limit
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pil_image = PIL.Image.open(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - PIL's plugins raise many types on unknown or damaged files
+            return None
+        finally:
+            PIL.Image.MAX_IMAGE_PIXELS = saved_limit
+    with pil_image:
+        fmt = pil_image.format or ""
+        width, height = _stored_size(pil_image)
+        if fmt == "PNG":  # PIL reads an eXIf chunk that follows the pixels only when decoding them
+            orientation = _png_orientation(data)
+        else:
+            try:
+                orientation = int(pil_image.getexif().get(_ORIENTATION_TAG, 1))
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: the image as stored
+                orientation = 1
+    return ImageHeader(fmt, width, height, orientation if 1 <= orientation <= 8 else 1)
+
+
+def _stored_size(pil_image: PIL.Image.Image) -> tuple[int, int]:
+    """The size as stored: PIL's TIFF reader reports it already turned for orientations 5 to 8."""
+    tile = getattr(pil_image, "_tile_size", None)
+    if pil_image.format == "TIFF" and tile:
+        return int(tile[0]), int(tile[1])
+    return pil_image.size
+
+
+def _png_orientation(data: bytes | bytearray) -> int:
+    """The orientation in a PNG's ``eXIf`` chunk, wherever it is (1 when there is none)."""
+    position, end = 8, len(data)
+    while position + 8 <= end:
+        length, kind = struct.unpack(">I4s", bytes(data[position : position + 8]))
+        if kind == b"eXIf":
+            exif = PIL.Image.Exif()
+            try:
+                exif.load(bytes(data[position + 8 : position + 8 + length]))
+                return int(exif.get(_ORIENTATION_TAG, 1))
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: the image as stored
+                return 1
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return 1
+
+
+def orient(image: Tensor, orientation: int) -> Tensor:
+    """``image`` (Tensor[C, H, W]) turned as EXIF ``orientation`` (1 to 8) says it is displayed,
+    as PIL's ``ImageOps.exif_transpose`` turns it; a view where the turn is a transpose."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-1, -2)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-1, -2)
+    if orientation == 6:  # 90 degrees clockwise
+        return image.transpose(-1, -2).flip(-1)
+    if orientation == 7:
+        return image.transpose(-1, -2).flip(-1, -2)
+    if orientation == 8:  # 90 degrees counter-clockwise
+        return image.transpose(-1, -2).flip(-2)
+    return image
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f}" if pixels >= 10**6 else f"{pixels / 1e6:.2g}"
+
+
+def _check_pixels(path: str | os.PathLike[str], header: ImageHeader, max_pixels: int | None) -> None:
+    if max_pixels is None:
+        try:
+            max_pixels = max_image_pixels()
+        except ValueError as exc:
+            raise ImageReadError(path, str(exc)) from None
+    if max_pixels and header.pixels > max_pixels:
+        raise ImageReadError(
+            path,
+            f"{header.width}x{header.height} pixels ({_megapixels(header.pixels)} megapixels) is above the limit of "
+            f"{_megapixels(max_pixels)} megapixels that guards against decompression bombs; to read it, raise the limit "
+            f"with the environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)",
+        )
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Tensor:
     """Read an image file as RGB.
 
     Args:
         path: the image file.
+        max_pixels: refuse images of more pixels than this, before decoding them (0: no limit;
+            default: :func:`max_image_pixels`, from ``SRN_MAX_IMAGE_PIXELS`` or 250 megapixels).
 
     Returns:
         image (Tensor[3, H, W]): ``uint8`` RGB, EXIF orientation applied, alpha dropped. It may be
@@ -75,9 +234,15 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
         contiguous would cost a second full copy (use ``.contiguous()`` or ``.reshape`` if needed).
 
     Raises:
-        ImageReadError: the file is missing, a directory, empty, unreadable, or not a decodable image.
+        ImageReadError: the file is missing, a directory, empty, unreadable, not a decodable image,
+            or above the pixel limit.
     """
     data = _read_bytes(path)
+    header = read_header(data)
+    if header is not None:
+        _check_pixels(path, header, max_pixels)
+        if header.format not in _TORCHVISION_FORMATS:
+            return _read_with_pil(path, data, None)
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work, and
@@ -86,18 +251,18 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
             image = decode_image(
                 torch.frombuffer(data, dtype=torch.uint8),
                 mode=ImageReadMode.RGB,
-                apply_exif_orientation=True,
+                apply_exif_orientation=False,  # orient() below, the same for every format
             )
     except Exception as tv_error:  # torchvision raises RuntimeError, but be safe with odd files
         return _read_with_pil(path, data, tv_error)
 
-    if image.ndim == 4:  # animated GIF: (frames, 3, H, W) -> first frame
+    if image.ndim == 4:  # an animation: (frames, 3, H, W) -> first frame
         image = image[0]
     if image.dtype == torch.uint16:
         image = _uint16_to_uint8(image)
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ImageReadError(path, f"decoder returned an unexpected {image.dtype} tensor of shape {tuple(image.shape)}")
-    return image
+    return orient(image, header.orientation if header is not None else 1)
 
 
 def to_rgb_tensor(obj: Any) -> Tensor:
@@ -165,10 +330,10 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytearray:
     return data
 
 
-def _read_with_pil(path: str | os.PathLike[str], data: bytearray, tv_error: Exception) -> Tensor:
+def _read_with_pil(path: str | os.PathLike[str], data: bytearray, tv_error: Exception | None) -> Tensor:
     with _PIL_LIMIT_LOCK:
         saved_limit = PIL.Image.MAX_IMAGE_PIXELS
-        # Our images are trusted training data; a large BMP/TIFF must not fail as a "bomb".
+        # read_image has applied its own pixel limit to the header already.
         PIL.Image.MAX_IMAGE_PIXELS = None
         try:
             with PIL.Image.open(io.BytesIO(data)) as pil_image:
@@ -180,7 +345,7 @@ def _read_with_pil(path: str | os.PathLike[str], data: bytearray, tv_error: Exce
             PIL.Image.MAX_IMAGE_PIXELS = saved_limit
 
 
-def _describe_failure(data: bytearray, tv_error: Exception, pil_error: Exception) -> str:
+def _describe_failure(data: bytearray, tv_error: Exception | None, pil_error: Exception) -> str:
     """A short reason, such as ``truncated JPEG`` or ``unrecognised format, looks like text``."""
     fmt = _sniff_format(data)
     if fmt is None:
@@ -193,7 +358,7 @@ def _describe_failure(data: bytearray, tv_error: Exception, pil_error: Exception
         return "unrecognised format, looks like text" if looks_like_text else "unrecognised format"
     if _is_truncated(data, fmt):
         return f"truncated {fmt}"
-    tv_message = _TV_LOCATION.sub("", str(tv_error).splitlines()[0] if str(tv_error) else "")
+    tv_message = _TV_LOCATION.sub("", str(tv_error).splitlines()[0] if tv_error is not None and str(tv_error) else "")
     detail = tv_message or str(pil_error) or type(pil_error).__name__
     return f"corrupt {fmt}: {detail}"
 

@@ -78,7 +78,8 @@ def test_bench_image_must_be_a_photo(bad: BadPaths, capsys):
 
 # -- inputs: images among good ones --------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "empty", "text"])
+# A folder is searched for images; one that holds none is a bad path (exit 2, below), not a bad image.
+@pytest.mark.parametrize("kind", ["fifo", "device", "empty", "text"])
 def test_bad_image_fails_alone(kind, bad: BadPaths, tmp_path, capsys):
     path = bad.input_cases()[kind]
     good = tmp_path / "good.png"
@@ -89,6 +90,15 @@ def test_bad_image_fails_alone(kind, bad: BadPaths, tmp_path, capsys):
     assert any(str(path) in line for line in lines), lines
     records = json.loads(out.read_text())
     assert [r["image"] for r in records] == [str(good)]
+
+
+def test_a_folder_without_images_is_a_bad_path(bad: BadPaths, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    shutil.copy(PHOTO, good)
+    for command, out in (("detect", tmp_path / "out.json"), ("anonymize", tmp_path / "out")):
+        code, lines = run([command, good, bad.folder, "--out", out, "--device", "cpu"], capsys)
+        assert_one_line(code, lines, bad.folder, command)
+        assert not out.exists()
 
 
 def test_truncated_image_fails_alone(bad: BadPaths, tmp_path, capsys):

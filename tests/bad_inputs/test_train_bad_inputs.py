@@ -14,7 +14,7 @@ from srn.config import DetectorConfig, ModelConfig, TrainingConfig, load_yaml, t
 from srn.model import build_model
 from srn.weights import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "docs" / "astronaut.png"
 # Four real photos with faces (../shared/data/faces).
 FACES = ["kaggle_face_mask_853/maksssksksss0.jpg", "kaggle_face_mask_853/maksssksksss9.jpg",
@@ -76,7 +76,7 @@ def write_config(tmp_path, labels, **train):
     ("train.lr=-0.01", "train.lr: must be a positive number, got -0.01"),
     ("train.max_iters=-1", "train.max_iters: must be at least 1, got -1"),
     ("train.max_iters=0", "train.max_iters: must be at least 1, got 0"),
-    ("data.size=16", "data.size: must be at least 32, got 16"),
+    ("data.size=16", "data.size: must be from 32 to 8192 pixels, got 16"),
     ("train.max_minutes=0", "train.max_minutes: must be a positive number, got 0.0"),
     ("train.max_minutes=-5", "train.max_minutes: must be a positive number, got -5.0"),
     ("train.log_every=0", "train.log_every: must be at least 1, got 0"),
@@ -204,8 +204,8 @@ def _bad_weights(tmp_path):
     torch.save({"format": "srn", "config": to_dict(DetectorConfig()), "model": "resnet50 weights"}, tmp_path / "string.pt")
     case("string.pt", "its 'model' entry is a str, not a state dict of tensors")
     torch.save({"format": "srn", "config": {"model": {"backbone": "resnet999"}}, "model": {}}, tmp_path / "r999.pt")
-    case("r999.pt", "the checkpoint's config names backbone 'resnet999'; "
-                    "valid backbones: resnet18, resnet34, resnet50, resnet101, resnet152, mobilenet_v2")
+    case("r999.pt", "bad config in checkpoint: model.backbone: unknown backbone 'resnet999'; "
+                    "choose one of resnet18, resnet34, resnet50, resnet101, resnet152, mobilenet_v2")
     torch.save({"model": _Thing()}, tmp_path / "object.pt")
     case("object.pt", f"not a PyTorch weights file (it holds a Python object ({__name__}._Thing), which is never unpickled)")
     case("absent.pt", "no such weights file")

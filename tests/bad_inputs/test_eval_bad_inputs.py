@@ -493,7 +493,7 @@ def eval_images(tmp_path_factory) -> list[Path]:
     """Five small photos of different sizes, with a text file and a folder among them."""
     import PIL.Image
 
-    photo = PIL.Image.open(Path(__file__).resolve().parents[1] / "docs" / "astronaut.png").convert("RGB")
+    photo = PIL.Image.open(Path(__file__).resolve().parents[2] / "docs" / "astronaut.png").convert("RGB")
     root = tmp_path_factory.mktemp("eval_images")
     paths = []
     for i in range(5):

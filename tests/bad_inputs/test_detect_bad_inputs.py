@@ -18,7 +18,7 @@ from srn.cli import main
 from srn.errors import SRNError
 from srn.inference import Detector
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU = ["--device", "cpu", "--workers", "0", "--threads", "1"]
 
 
@@ -152,25 +152,36 @@ def test_wider_refuses_two_images_on_one_file(capsys, tmp_path, photo, monkeypat
 # -- inputs: bad files fail one by one, the rest complete -----------------------------------------
 
 
-def test_fifo_device_and_empty_folder_fail_alone(tmp_path, weights, photo):
+def test_fifo_and_device_fail_alone(tmp_path, weights, photo):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    empty = tmp_path / "empty"
-    empty.mkdir()
     out = tmp_path / "o.jsonl"
-    command = [sys.executable, "-m", "srn", "detect", str(photo), str(fifo), "/dev/zero", str(empty),
+    command = [sys.executable, "-m", "srn", "detect", str(photo), str(fifo), "/dev/zero",
                "--out", str(out), "--weights", weights, *CPU]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        "srn detect: 3 of 4 files failed:",
+    lines = result.stderr.splitlines()
+    assert lines[-3:] == [
+        "srn detect: 2 of 3 files failed:",
         f"  {fifo}: is a FIFO (named pipe), not an image file",
         "  /dev/zero: is a device, not an image file",
-        f"  {empty}: is a directory, not an image file",
     ]
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["image"] == str(photo) and (record["width"], record["height"]) == (64, 64)
+
+
+def test_a_folder_without_images_is_a_bad_input_and_nothing_runs(tmp_path, weights, photo, capsys):
+    # README: exit 2 when nothing ran. A folder with nothing to read is a bad path, as a missing one is.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    out = tmp_path / "o.jsonl"
+    code, _, err = run(capsys, photo, empty, "--out", out, "--weights", weights, *CPU)
+    assert code == 2
+    assert err.splitlines() == [f"srn detect: error: {empty}: holds no file of type .bmp, .gif, .jpeg, .jpg, .png, "
+                                ".tif, .tiff, .webp (searched at every depth)"]
+    assert not out.exists()
 
 
 @pytest.fixture
