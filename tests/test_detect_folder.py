@@ -1,6 +1,6 @@
-"""``srn detect`` over folders: streamed JSON Lines, a SIGKILL and --resume, torchrun shards, mirrored
-drawings and crops. Images are crops of the repository's photo, all of one size and run one per batch,
-so that every run computes exactly the same numbers whatever the batching or sharding."""
+"""``srn detect`` over folders: streamed JSON Lines, a SIGKILL and --resume, torchrun shards (on
+crops of one size, and on real photos of mixed sizes), mirrored drawings and crops. Every run computes
+exactly the same numbers whatever the batching or sharding: each photo runs at its own canonical size."""
 
 import json
 import os
@@ -115,6 +115,29 @@ def test_torchrun_two_processes_merge_to_one_process_output(folder, clean, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.jsonl"]  # the parts are gone
 
 
+def test_torchrun_on_mixed_sizes_equals_one_process_exactly(tmp_path):
+    """Real photos of assorted sizes (tests/test_batch_invariance.py's), the default model: one
+    process with batches of 8 and two decoding workers, against two gloo processes with batches of 3
+    and none. Each photo's record is the same to the last digit."""
+    from tests.test_batch_invariance import write_mixed_photos
+
+    photos = write_mixed_photos(tmp_path / "mixed")
+    base = ["-m", "srn", "detect", str(tmp_path / "mixed"), "--threads", "1", "--device", "cpu", "--score-thresh", "0.05"]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    runs = [
+        [sys.executable, *base, "--out", str(one), "--batch-size", "8", "--workers", "2"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base, "--out", str(two),
+         "--batch-size", "3", "--workers", "0"],
+    ]
+    for command in runs:
+        result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in one.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in records] == sorted(p.name for p in photos)
+    assert sum(len(r["faces"]) for r in records) > 50
+    assert [json.loads(line) for line in two.read_text().splitlines()] == records
+
+
 def test_out_suffix_picks_the_format_and_csv_says_no_faces(folder, clean, tmp_path, capsys, one_thread):
     blank = tmp_path / "blank"
     blank.mkdir()
@@ -142,7 +165,7 @@ def test_boxes_lie_inside_the_image_on_a_real_photo(tmp_path, capsys, one_thread
     photo.crop((200, 30, 330, 190)).save(path)  # the face runs past the left border
     code, out, err = run(capsys, path, "--score-thresh", "0", "--workers", "0", *FIXED)
     assert code == 0, err
-    (record,) = json.loads(out)
+    record = json.loads(out)  # one image: one JSON record on one line
     boxes = np.array([face["box"] for face in record["faces"]])
     assert len(boxes) > 20
     width, height = record["width"], record["height"]
@@ -161,11 +184,11 @@ def test_vis_and_crops_mirror_the_inputs_without_collisions(tmp_path, capsys, on
     code, out, err = run(capsys, "a/x.jpg", "a/x.png", "b/x.png", "--save-vis", "vis", "--save-crops", "crops",
                          "--crop-margin", "0.25", "--workers", "0", *FIXED)
     assert code == 0, err
-    records = json.loads(out)
+    records = [json.loads(line) for line in out.splitlines()]  # several images: JSON Lines
     found = sorted(str(p.relative_to(tmp_path)) for d in ("vis", "crops") for p in (tmp_path / d).rglob("*") if p.is_file())
     assert found == [
         "crops/a/x.jpg/face_000.jpg", "crops/a/x.png/face_000.jpg", "crops/b/x.png/face_000.jpg",
-        "vis/a/x.jpg.png", "vis/a/x.png.png", "vis/b/x.png.png",
+        "vis/a/x.jpg", "vis/a/x.png", "vis/b/x.png",  # each input's name and format
     ]
     detector = Detector(device="cpu", batch_size=1)
     for record in records:
@@ -174,4 +197,5 @@ def test_vis_and_crops_mirror_the_inputs_without_collisions(tmp_path, capsys, on
         ((x1, y1, x2, y2),) = expand_boxes(faces.boxes, 0.25, 256, 256).tolist()
         crop = PIL.Image.open(Path("crops") / record["image"] / "face_000.jpg")
         assert crop.size == (x2 - x1, y2 - y1)
-        assert PIL.Image.open(Path("vis") / f"{record['image']}.png").size == (256, 256)
+        with PIL.Image.open(Path("vis") / record["image"]) as drawn:
+            assert drawn.size == (256, 256) and drawn.format == ("JPEG" if record["image"].endswith(".jpg") else "PNG")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -11,6 +13,8 @@ from srn.model import SRNOutputs, build_model
 from srn.errors import InputPathError
 from srn.postprocess import Detections
 from srn.weights import save_checkpoint
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "docs" / "astronaut.png"  # NASA, public domain
 
 # "scaled" init keeps a random narrow network's scores distinct (N(0, 0.01) makes them all tie).
 SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
@@ -93,17 +97,59 @@ def test_detections_are_one_type_from_the_backend_up_to_faces(detector, image):
     boxes, scores = found  # it unpacks as the pair that test-time augmentation takes
     assert boxes.shape == (scores.numel(), 4)
     faces = detector.detect(image)
-    # 100x72 is under max_size, so Faces holds the same detections, clipped to the image.
+    # 100x72 is under max_size, so Faces holds the same detections, clipped to the image, less
+    # those that lay wholly in the padding (128x128) and so have no width or height once clipped.
     clipped = torch.stack([boxes[:, 0].clamp(0, 100), boxes[:, 1].clamp(0, 72), boxes[:, 2].clamp(0, 100),
                            boxes[:, 3].clamp(0, 72)], dim=1)
-    assert_close(faces.boxes, clipped, rtol=0, atol=0)
-    assert_close(faces.scores, scores, rtol=0, atol=0)
+    kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    assert 0 < int(kept.sum()) < len(kept)  # this random network does put boxes in the padding
+    assert_close(faces.boxes, clipped[kept], rtol=0, atol=0)
+    assert_close(faces.scores, scores[kept], rtol=0, atol=0)
+    assert bool((faces.boxes[:, 2:] > faces.boxes[:, :2]).all())
+
+
+def test_each_image_is_padded_to_a_multiple_of_the_coarsest_stride(detector, image):
+    assert detector.stride == 128  # strides 4, 8, ..., 128
+    assert detector.padded_size(72, 100) == (128, 128)
+    assert detector.padded_size(128, 129) == (128, 256)
+    # Alone or beside a larger image, the 100x72 image runs as the same 128x128 input.
+    alone = detector.detect(image)
+    beside = detector.detect([image, torch.zeros(3, 300, 400, dtype=torch.uint8)])[0]
+    assert_close(beside.boxes, alone.boxes, rtol=0, atol=0)
+    assert_close(beside.scores, alone.scores, rtol=0, atol=0)
+
+
+def test_min_size_upscales_small_images_and_maps_boxes_back(checkpoint, image):
+    upscaled = Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=200).detect(image)
+    plain = Detector(checkpoint, device="cpu", score_thresh=0.0).detect(resize(image, [144, 200], antialias=True))
+    assert (upscaled.width, upscaled.height) == (100, 72)
+    assert_close(upscaled.boxes, plain.boxes / 2)
+    assert_close(upscaled.scores, plain.scores)
+    # An image already that large is left alone, and max_size still shrinks larger ones.
+    big = resize(image, [144, 200], antialias=True)
+    assert_close(Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=150).detect(big).boxes, plain.boxes)
+    both = Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=200, max_size=200)
+    assert (both.fitted_scale(72, 100), both.fitted_scale(1000, 100), both.fitted_scale(150, 200)) == (2.0, 0.2, 1.0)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"min_size": 16}, r"minimum image size must be in \[32, 2100\]"),
+    ({"min_size": 3000}, r"minimum image size must be in \[32, 2100\]"),
+    ({"min_size": 800, "max_size": 640}, r"minimum image size must be in \[32, 640\]"),
+])
+def test_bad_min_size_is_one_line(checkpoint, settings, message):
+    from srn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        Detector(checkpoint, device="cpu", **settings)
+    assert "\n" not in str(caught.value)
 
 
 def test_raw_outputs_are_reachable(detector, image):
     raw = detector.raw_outputs(image)
     assert isinstance(raw, SRNOutputs) and raw._fields == ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas", "anchors")
-    assert raw.step1_logits[0].shape == raw.step2_logits[0].shape == (1, 18 * 25 * 2)
+    # 100x72 runs padded to 128x128: 32x32 cells of stride 4, two anchors each.
+    assert raw.step1_logits[0].shape == raw.step2_logits[0].shape == (1, 32 * 32 * 2)
     assert raw.step2_deltas[5].shape[-1] == 4
 
 
@@ -112,3 +158,28 @@ def test_bad_inputs_fail_clearly(detector, tmp_path):
         detector.detect(np.zeros((4, 5, 7), dtype=np.uint8))
     with pytest.raises(InputPathError, match="nope.pt: no such weights file"):
         Detector(tmp_path / "nope.pt", device="cpu")
+
+
+def test_min_size_on_the_command_line(checkpoint, tmp_path, capsys):
+    import json
+
+    from srn.cli import main
+
+    photo = tmp_path / "small.png"
+    PIL.Image.open(ASTRONAUT).convert("RGB").resize((128, 128)).save(photo)
+    common = ["--weights", str(checkpoint), "--device", "cpu", "--threads", "1"]
+    assert main(["detect", str(photo), "--min-size", "256", "--score-thresh", "0", "--format", "jsonl", *common]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    expected = Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=256).detect(photo).to_records()
+    assert (record["width"], record["height"]) == (128, 128) and record["faces"] == expected
+    for command in (["detect", str(photo)], ["anonymize", str(photo), "--out", str(tmp_path / "anon")]):
+        for value, message in (("20", "must be in [32, 2100]"), ("3000", "must be in [32, 2100]"), ("-1", "must be at least 0"),
+                               ("nan", "expected an integer"), ("1e9", "expected an integer")):
+            try:  # out of range: the Detector refuses it; not a number: argparse exits
+                code = main([*command, "--min-size", value, *common])
+            except SystemExit as exc:
+                code = exc.code
+            err = capsys.readouterr().err
+            assert code == 2
+            assert err.count("\n") == 1 and message in err, err

@@ -20,6 +20,7 @@ from srn.errors import ExportError  # noqa: E402
 from srn.export.onnx import export_onnx  # noqa: E402
 from srn.inference.backends import OnnxBackend  # noqa: E402
 import srn.export.onnx  # noqa: E402
+import srn.inference.detector  # noqa: E402
 from srn.data.image_io import read_image  # noqa: E402
 from srn.inference import DEFAULT_WEIGHTS  # noqa: E402
 from srn.inference.onnx_format import OnnxMetadata, read_metadata  # noqa: E402
@@ -212,7 +213,9 @@ def test_postprocessed_graph_equals_pytorch_on_the_shipped_model(tmp_path):
         (expected,) = PostProcessor.from_model(model, config.postprocess)(model(image))
     assert counts.tolist() == [96] and expected.scores.numel() == 96  # every detection, min_score 0
     assert_close(scores[0, :96], expected.scores, rtol=0, atol=1e-4)
-    assert_close(boxes[0, :96], expected.boxes, rtol=0, atol=1e-4)
+    # Boxes reach 600 px, where a float32 step is 6e-5: 1e-3 px allows the few steps that two
+    # runtimes' different summation orders give.
+    assert_close(boxes[0, :96], expected.boxes, rtol=0, atol=1e-3)
     assert (scores[0, 96:] == -1).all() and (boxes[0, 96:] == 0).all()
 
 
@@ -238,3 +241,77 @@ def test_export_traces_the_runners_candidate_selection(small, tmp_path, monkeypa
     names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert not names & {"sigmoid", "decode", "stc_theta", "candidate_thresh", "min_cells_for_thresh", "pre_nms_top_k"}
+
+
+@pytest.fixture(scope="module")
+def calibration_photos(tmp_path_factory):
+    """Two real photos (the astronaut and a crop of it) and one file that is not an image."""
+    import PIL.Image
+
+    folder = tmp_path_factory.mktemp("calibration")
+    with PIL.Image.open(ASTRONAUT) as im:
+        im.convert("RGB").save(folder / "a.png")
+        im.convert("RGB").crop((50, 0, 350, 200)).save(folder / "b.jpg", quality=90)
+    (folder / "c.jpg").write_text("not a photo")
+    return folder
+
+
+def test_cli_int8_export_from_a_checkpoint_and_from_an_fp32_file(small, raw_onnx, calibration_photos, tmp_path, capsys):
+    from srn.export.quantize import read_quantization
+
+    _, folder = small
+    for weights in (folder / "small.pt", raw_onnx[0]):
+        out = tmp_path / f"{weights.stem}.int8.onnx"
+        code = main(["export", "onnx", "--weights", str(weights), "--out", str(out), "--int8", "--calibration",
+                     str(calibration_photos), "--calibration-count", "3"])
+        stdout = capsys.readouterr().out
+        assert code == 0
+        assert "calibrated on 2 photos, 1 unreadable skipped" in stdout
+        record = read_quantization(out)
+        assert (record["images"], record["skipped"], record["activation_type"]) == (2, 1, "quint8")
+        # The metadata that Detector reads is kept: it runs the file as any export.
+        detector = Detector(out, "cpu", threads=1, score_thresh=0.0)
+        assert detector.stride == 128 and len(detector.detect(ASTRONAUT)) > 0
+
+
+def test_read_quantization_refuses_fp32_and_corrupt_files(raw_onnx, tmp_path):
+    from srn.export.quantize import read_quantization
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage")
+    for path, message in ((raw_onnx[0], "not an int8 model"), (corrupt, "not a readable ONNX file"),
+                          (tmp_path / "missing.onnx", "ONNX file not found")):
+        with pytest.raises(ExportError, match=message) as caught:
+            read_quantization(path)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_cli_int8_bad_inputs_are_one_line(small, calibration_photos, tmp_path, capsys):
+    _, folder = small
+    weights = str(folder / "small.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "x.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_text("not a protobuf")
+    int8 = Path(srn.inference.detector.DEFAULT_CPU_WEIGHTS)
+    cases = [
+        (["--weights", weights, "--calibration", str(empty)], "empty: no image files"),
+        (["--weights", weights, "--calibration", str(unreadable)], "it is the only calibration image"),
+        (["--weights", weights, "--calibration", str(tmp_path / "nowhere")], "no such calibration folder"),
+        (["--weights", weights], "--int8 needs --calibration DIR"),
+        (["--weights", weights, "--calibration", str(calibration_photos), "--postprocess"], "cannot be combined with --postprocess"),
+        (["--weights", str(corrupt), "--calibration", str(calibration_photos)], "corrupt.onnx: onnxruntime cannot load it"),
+        (["--weights", str(int8), "--calibration", str(calibration_photos)], "already quantised"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out.onnx"
+        assert main(["export", "onnx", "--out", str(out), "--int8", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("srn export: error: ") and err.count("\n") == 1 and message in err, err
+        assert not out.exists()
+    assert main(["export", "onnx", "--out", str(tmp_path / "x.onnx"), "--weights", str(int8)]) == 2
+    assert "already an ONNX file" in capsys.readouterr().err

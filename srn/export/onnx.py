@@ -41,7 +41,7 @@ from torchvision.ops import nms
 from srn.atomic import atomic_output
 from srn.config import PostProcessConfig
 from srn.errors import ExportError, one_line
-from srn.inference import Detector
+from srn.inference import DEFAULT_WEIGHTS, Detector
 from srn.inference.onnx_format import INPUT_NAME, METADATA_KEY, OnnxMetadata, require_onnx
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
@@ -312,8 +312,12 @@ def export_checkpoint(
     sample_size: tuple[int, int] = (480, 640),
     min_score: float = 0.0,
 ) -> OnnxMetadata:
-    """``srn export onnx``: load weights as :class:`Detector` does, export, return the metadata."""
-    detector = Detector(weights, device="cpu")
+    """``srn export onnx``: load a PyTorch weights file (None: the shipped checkpoint, whatever the
+    Detector's default on this machine), export, return the metadata."""
+    if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        raise ExportError(f"{weights}: already an ONNX file; export takes an srn checkpoint or SRN.pth")
+    detector = Detector(DEFAULT_WEIGHTS if weights is None else weights, device="cpu")
+    assert detector.model is not None  # a PyTorch weights file gives a PyTorch backend
     return export_onnx(
         detector.model,
         out,

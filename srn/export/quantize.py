@@ -105,6 +105,63 @@ def select_calibration_images(folder: str | Path, count: int = DEFAULT_CALIBRATI
     return files if n <= count else [files[i * n // count] for i in range(count)]
 
 
+def select_listed_images(lists: Sequence[str | Path], count: int = DEFAULT_CALIBRATION_COUNT) -> list[Path]:
+    """:func:`select_calibration_images`'s sample, of the images that text files name.
+
+    Every line of a list that ends in an image suffix names an image, relative to the list's folder
+    (or absolute); other lines are skipped, so both one path per line and WIDER FACE's annotation
+    layout (a path, a count, boxes) work. The images of all lists are sorted by their path as the
+    lists write it (relative to the list's folder), and ``count`` evenly spaced ones taken.
+
+    Raises:
+        InputPathError: a list is missing or unreadable.
+        ExportError: the lists name no image, or ``count`` < 1.
+    """
+    from srn.paths import check_input_file
+
+    named: dict[str, Path] = {}
+    for listing in lists:
+        listing = check_input_file(listing, what="calibration list")
+        for line in listing.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if Path(line).suffix.lower() in IMAGE_SUFFIXES:
+                named.setdefault(line, listing.parent / line)
+    if count < 1:
+        raise ExportError(f"{lists[0]}: the number of calibration images must be at least 1, got {count}")
+    if not named:
+        raise ExportError(f"{', '.join(str(p) for p in lists)}: no image paths to calibrate with")
+    files = [named[key] for key in sorted(named)]
+    n = len(files)
+    return files if n <= count else [files[i * n // count] for i in range(count)]
+
+
+def read_quantization(path: str | Path) -> dict[str, Any]:
+    """What an int8 file from :func:`quantize_onnx` says of its quantisation: the calibration record
+    (photos, input size, activation type ...) plus ``"quantization"``.
+
+    Raises:
+        ExportError: the file is missing, not a readable ONNX file, or not an int8 file of ours (no
+            quantisation record, or no ``QuantizeLinear`` node).
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX file not found")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
+        raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get(QUANTIZATION_KEY) != QUANTIZATION or not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        raise ExportError(f"{path}: not an int8 model (quantise an fp32 export with 'srn export onnx --int8')")
+    try:
+        calibration = json.loads(props.get(CALIBRATION_KEY, "{}"))
+    except ValueError:
+        calibration = {}
+    return {"quantization": props[QUANTIZATION_KEY], **(calibration if isinstance(calibration, dict) else {})}
+
+
 def prepare_calibration_image(path: str | Path, input_size: int, pad_value: Sequence[float]) -> np.ndarray:
     """One photo as the raw graph's input, the way :class:`srn.inference.Detector` prepares it.
 

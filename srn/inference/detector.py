@@ -3,12 +3,30 @@
 One class for every kind of weights: an srn checkpoint or the release's ``SRN.pth`` runs in PyTorch
 (:class:`srn.inference.backends.TorchBackend`), an ``.onnx`` file from ``srn export onnx`` in
 onnxruntime (:class:`srn.inference.backends.OnnxBackend`). The backend is chosen by the file type;
-everything around it (reading, fitting under ``max_size``, batching, mapping boxes back) is here.
+everything around it (reading, fitting between ``min_size`` and ``max_size``, padding, batching,
+mapping boxes back) is here.
+
+Without weights, the model shipped with the package runs: on the CPU its int8 copy
+(``srn/assets/srn_mobilenet_v2.int8.onnx``, :data:`DEFAULT_CPU_WEIGHTS`) through onnxruntime, which is
+about twice as fast as the fp32 network (``benchmarks/RESULTS.md``); on a GPU the PyTorch checkpoint
+(:data:`DEFAULT_WEIGHTS`).
+
+**A photo's answer does not depend on what runs beside it.** Each fitted image is padded bottom/right
+with the mean colour to its own *canonical size*, its sides rounded up to a multiple of the network's
+coarsest stride (:meth:`Detector.padded_size`), and a forward pass only ever holds images that share
+that size. Padding a photo to the size of a larger neighbour would change the features near its right
+and bottom edges, so its boxes would move with its batch. On the CPU every image also runs alone
+(one image per forward pass is faster there and does the same arithmetic whatever the batch), so the
+records are bitwise the same whatever the batch size, the neighbours, the order, the decoding
+workers or the number of ``torchrun`` processes; on a GPU, batches of one canonical size agree with
+single images to float rounding.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +49,13 @@ from srn.weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, Tensor, Any]  # Any: a PIL image
 
+CHANNEL_ORDERS = ("rgb", "bgr")  # of numpy arrays and tensors given to detect
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "srn_mobilenet_v2.pt"
+# The same model, quantised to int8 by tools/export_default_int8.py: the default on the CPU.
+DEFAULT_CPU_WEIGHTS = DEFAULT_WEIGHTS.with_name("srn_mobilenet_v2.int8.onnx")
+
+logger = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -65,14 +89,19 @@ class Detector:
     Args:
         weights: an srn checkpoint, the release's ``SRN.pth`` (converted on the fly), an ``.onnx``
             file from ``srn export onnx`` (run by onnxruntime), or None for the model shipped with
-            the package.
+            the package (on the CPU its int8 ONNX copy, on a GPU the PyTorch checkpoint; without
+            onnxruntime the checkpoint everywhere, with a one-line notice).
         device: "cpu", "cuda", "cuda:1", a GPU number ... (default: CUDA when available).
         score_thresh: detections below this score are dropped (after NMS). 0.05 with
             ``min_score=0`` reproduces the release's output for evaluation.
         nms_iou: IoU of the final NMS (the release's 0.4).
         max_size: images whose longer side exceeds this are downscaled before the network runs;
             boxes are mapped back to original pixels.
-        batch_size: images per forward pass when a list is given.
+        min_size: images whose longer side is shorter than this are upscaled so that it is
+            ``min_size`` (test-time scale: small faces in small photos get bigger; never past
+            ``max_size``); None leaves them as they are. Boxes are mapped back to original pixels.
+        batch_size: images per forward pass on a GPU (images of one canonical size only). On the
+            CPU every image runs alone, which is faster there.
         model, config: an already built network and its config, instead of ``weights``.
         precision: "fp32", or "bf16" to run an inference copy of the network (BatchNorm folded,
             bf16 weights, channels_last); boxes are still decoded in fp32. PyTorch only.
@@ -97,6 +126,7 @@ class Detector:
         cuda_graphs: bool = False,
         threads: int | None = None,
         backend: Backend | None = None,
+        min_size: int | None = None,
     ) -> None:
         if not 0.0 <= score_thresh <= 1.0:
             raise ConfigError(f"the score threshold must be in [0, 1], got {score_thresh}")
@@ -104,6 +134,8 @@ class Detector:
             raise ConfigError(f"the NMS IoU must be in (0, 1], got {nms_iou}")
         if max_size < 32:
             raise ConfigError(f"the maximum image size must be at least 32, got {max_size}")
+        if min_size is not None and not 32 <= min_size <= max_size:
+            raise ConfigError(f"the minimum image size must be in [32, {max_size}] (the maximum size), got {min_size}")
         if batch_size < 1:
             raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
         if precision not in PRECISIONS:
@@ -113,11 +145,13 @@ class Detector:
             backend = self._open(weights, model, config, nms_iou, precision, cuda_graphs, threads)
         self.backend = backend
         self.score_thresh = score_thresh
-        self.max_size = max_size
+        self.max_size, self.min_size = max_size, min_size
         self.batch_size = batch_size
         self.precision, self.cuda_graphs = precision, cuda_graphs
 
     def _open(self, weights, model, config, nms_iou, precision, cuda_graphs, threads) -> Backend:
+        if model is None and weights is None and self.device.type == "cpu" and precision == "fp32" and not cuda_graphs:
+            weights = default_cpu_weights()  # None: the checkpoint, below
         if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
             if precision != "fp32" or cuda_graphs:
                 raise ConfigError(f"{weights}: an ONNX model runs as exported, in fp32 and without CUDA graphs")
@@ -142,19 +176,38 @@ class Detector:
         """The PyTorch network (None when onnxruntime runs it)."""
         return getattr(self.backend, "model", None)
 
+    @property
+    def stride(self) -> int:
+        """The network's coarsest stride, in pixels: every padded input is a multiple of it."""
+        return self.backend.coarsest_stride()
+
     # -- inputs --------------------------------------------------------------------------------
     @staticmethod
-    def load(image: ImageInput) -> tuple[Tensor, str | None]:
-        """Any supported input as (uint8 RGB Tensor[3, H, W], source path or None)."""
+    def load(image: ImageInput, channels: str = "rgb") -> tuple[Tensor, str | None]:
+        """Any supported input as (uint8 RGB Tensor[3, H, W], source path or None); ``channels``
+        is the order of an array's or tensor's channels ("rgb", or "bgr" as OpenCV gives them)."""
+        if channels not in CHANNEL_ORDERS:
+            raise ConfigError(f"channels must be one of {', '.join(CHANNEL_ORDERS)}, got {channels!r}")
         if isinstance(image, str | Path):
             return read_image(image), str(image)
-        return to_rgb_tensor(image), None
+        rgb = to_rgb_tensor(image)
+        if channels == "bgr" and isinstance(image, np.ndarray | Tensor):
+            rgb = rgb.flip(0)  # (B, G, R) -> (R, G, B); files and PIL images know their own order
+        return rgb, None
+
+    def fitted_scale(self, height: int, width: int) -> float:
+        """The factor by which an image of this size is resized before the network: down under
+        ``max_size``, up to ``min_size``, else 1."""
+        longer = max(height, width)
+        if self.min_size is not None and longer < self.min_size:
+            return self.min_size / longer  # min_size <= max_size
+        return min(1.0, self.max_size / longer)
 
     def _fit(self, image: Tensor) -> tuple[Tensor, float]:
-        """Float [0, 1] image on the device, downscaled under ``max_size``; and the scale used."""
+        """Float [0, 1] image on the device, resized by :meth:`fitted_scale`; and the scale used."""
         height, width = image.shape[-2:]
-        scale = min(1.0, self.max_size / max(height, width))
-        if scale < 1.0:
+        scale = self.fitted_scale(int(height), int(width))
+        if scale != 1.0:
             from torchvision.transforms.v2.functional import resize
 
             size = [max(1, round(height * scale)), max(1, round(width * scale))]
@@ -164,10 +217,18 @@ class Detector:
             scale = size[1] / width
         return image.to(self.backend.device, non_blocking=True).float().div_(255.0), scale
 
-    def _batch(self, images: Sequence[Tensor]) -> Tensor:
-        """Pad images bottom/right to one size with the mean colour (0 after normalisation)."""
-        height = max(im.shape[-2] for im in images)
-        width = max(im.shape[-1] for im in images)
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The canonical size of a fitted image: each side rounded up to a multiple of :attr:`stride`."""
+        stride = self.stride
+        return -(-height // stride) * stride, -(-width // stride) * stride
+
+    def _batch(self, images: Sequence[Tensor], size: tuple[int, int] | None = None) -> Tensor:
+        """Pad images bottom/right with the mean colour (0 after normalisation) to ``size``
+        (default: the largest canonical size among them) and stack them."""
+        if size is None:
+            sizes = [self.padded_size(*im.shape[-2:]) for im in images]
+            size = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        height, width = size
         if all(im.shape[-2:] == (height, width) for im in images):
             return torch.stack(list(images))
         pad = self.backend.pad_value().to(images[0].device, images[0].dtype)
@@ -176,11 +237,17 @@ class Detector:
             slot[:, : im.shape[-2], : im.shape[-1]] = im
         return batch
 
+    def _forward_batch_size(self) -> int:
+        # On the CPU one image per forward pass is faster (PyTorch 2.4x, onnxruntime 1.1-1.2x for
+        # 8 photos at 512x384 on one thread) and the same arithmetic whatever the batch.
+        return 1 if self.backend.device.type == "cpu" else self.batch_size
+
     # -- running -------------------------------------------------------------------------------
     @torch.inference_mode()
     def raw_outputs(self, images: ImageInput | Sequence[ImageInput]) -> SRNOutputs:
         """The network's raw outputs for a batch (step-1 and step-2 logits and deltas per level,
-        and the anchors); images are fitted under ``max_size`` and padded as :meth:`detect` does."""
+        and the anchors); images are fitted as :meth:`detect` fits them and padded to the largest
+        canonical size among them (one image: its own canonical size, as :meth:`detect` runs it)."""
         items = images if isinstance(images, list | tuple) else [images]
         fitted = [self._fit(self.load(im)[0])[0] for im in items]
         return self.backend.raw_outputs(self._batch(fitted))
@@ -189,62 +256,74 @@ class Detector:
     def detect_tensors(self, images: Sequence[Tensor]) -> list[Detections]:
         """Single-pass detection on float [0, 1] images already on the device, without resizing.
 
-        This is the building block for test-time augmentation. Returns one
-        :class:`srn.postprocess.Detections` (it unpacks as ``boxes, scores``) per image.
+        This is the building block for test-time augmentation. Each image is padded to its
+        canonical size (:meth:`padded_size`) and runs only with images of that size, so its
+        detections do not depend on the others. Returns one :class:`srn.postprocess.Detections`
+        (it unpacks as ``boxes, scores``) per image, in order, in the image's pixels (boxes may
+        reach past its border).
         """
-        results = []
-        for start in range(0, len(images), self.batch_size):
-            results.extend(self.backend.detections(self._batch(images[start : start + self.batch_size]), self.score_thresh))
-        return results
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            groups[self.padded_size(*image.shape[-2:])].append(index)
+        results: list[Detections | None] = [None] * len(images)
+        step = self._forward_batch_size()
+        for size, members in groups.items():
+            for start in range(0, len(members), step):
+                idxs = members[start : start + step]
+                batch = self._batch([images[i] for i in idxs], size)
+                for i, found in zip(idxs, self.backend.detections(batch, self.score_thresh)):
+                    results[i] = found
+        return results  # type: ignore[return-value]
 
     @overload
-    def detect(self, images: list[ImageInput] | tuple[ImageInput, ...]) -> list[Faces]: ...
+    def detect(self, images: list[ImageInput] | tuple[ImageInput, ...], channels: str = "rgb") -> list[Faces]: ...
     @overload
-    def detect(self, images: ImageInput) -> Faces: ...
+    def detect(self, images: ImageInput, channels: str = "rgb") -> Faces: ...
     @torch.inference_mode()
-    def detect(self, images: ImageInput | Sequence[ImageInput]) -> Faces | list[Faces]:
+    def detect(self, images: ImageInput | Sequence[ImageInput], channels: str = "rgb") -> Faces | list[Faces]:
         """Detect faces.
 
         Args:
             images: a path, an RGB numpy array (H, W, 3), a PIL image or a Tensor[3, H, W]
                 (uint8, or float in [0, 1]); or a list (tuple) of them, of mixed sizes if need be.
+            channels: the channel order of numpy arrays and tensors: "rgb", or "bgr" for what
+                ``cv2.imread`` gives. Files and PIL images are always read right.
 
         Returns:
             :class:`Faces` for a single image; a list of them, in order, for a list (tuple), even
-            of one image. Each keeps the decoded uint8 image for ``plot``/``crops`` (see
-            :mod:`srn.inference.results` for the memory this costs; :meth:`stream` bounds it).
+            of one image. Boxes are in the original image's pixels, clipped to it; a box that the
+            clipping leaves without width or height (it lay in the padding) is dropped. Each keeps
+            the decoded uint8 image for ``plot``/``crops`` (see :mod:`srn.inference.results` for
+            the memory this costs; :meth:`stream` bounds it).
         """
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
-        loaded = [self.load(im) for im in items]
-        # Batch images of similar size together so that padding stays small.
-        order = sorted(range(len(loaded)), key=lambda i: tuple(loaded[i][0].shape[-2:]))
+        loaded = [self.load(im, channels) for im in items]
         results: list[Faces | None] = [None] * len(loaded)
-        for start in range(0, len(order), self.batch_size):
-            idxs = order[start : start + self.batch_size]
+        # Fit and run a GPU batch's worth at a time, so that memory holds one batch of float images.
+        for start in range(0, len(loaded), self.batch_size):
+            idxs = range(start, min(start + self.batch_size, len(loaded)))
             fitted = [self._fit(loaded[i][0]) for i in idxs]
             detections = self.detect_tensors([im for im, _ in fitted])
             for i, (_, scale), found in zip(idxs, fitted, detections):
-                height, width = loaded[i][0].shape[-2:]
-                boxes = found.boxes / scale
-                # Anchors reach past the border, and so do boxes decoded from them.
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, int(width))
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, int(height))
-                found = found._replace(boxes=boxes)  # in the original image's pixels
-                results[i] = Faces.from_detections(found, int(width), int(height), loaded[i][1], image=loaded[i][0])
+                image, source = loaded[i]
+                results[i] = Faces.from_detections(to_original_pixels(found, scale, *image.shape[-2:]),
+                                                   int(image.shape[-1]), int(image.shape[-2]), source, image=image)
         return results[0] if single else results  # type: ignore[return-value]
 
-    def stream(self, images: Iterable[ImageInput], batch_size: int | None = None) -> Iterator[Faces]:
+    def stream(self, images: Iterable[ImageInput], batch_size: int | None = None, channels: str = "rgb") -> Iterator[Faces]:
         """Detect faces in a long (or endless) sequence of images, one :class:`Faces` per input, in order.
 
         Inputs are read and run ``batch_size`` at a time (default: the detector's), so memory holds
         one batch whatever the sequence's length; a generator of paths or of video frames works.
         An unreadable file raises :class:`srn.errors.ImageReadError` naming it, which ends the stream.
+        Each result is the one :meth:`detect` gives for that input alone.
 
         Args:
             images: an iterable of anything :meth:`detect` takes; a single path, array or image
                 counts as a sequence of one.
             batch_size: inputs per forward pass.
+            channels: the channel order of arrays and tensors, as :meth:`detect` takes it.
         """
         size = self.batch_size if batch_size is None else batch_size
         if size < 1:
@@ -254,4 +333,34 @@ class Detector:
             images = [images]
         iterator = iter(images)
         while batch := list(itertools.islice(iterator, size)):
-            yield from self.detect(batch)
+            yield from self.detect(batch, channels)
+
+
+def to_original_pixels(detections: Detections, scale: float, height: int, width: int) -> Detections:
+    """Detections on a fitted image as boxes in the original ``height`` x ``width`` image: divided by
+    the fitting ``scale``, clipped to the image, and without the boxes that clipping leaves with no
+    width or height (they lay in the padding below or right of the image)."""
+    boxes = detections.boxes / scale
+    # Anchors reach past the border, and so do boxes decoded from them.
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, int(width))
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, int(height))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if bool(keep.all()):
+        return Detections(boxes, detections.scores)
+    return Detections(boxes[keep], detections.scores[keep])
+
+
+def default_cpu_weights() -> Path | None:
+    """The shipped model for the CPU: its int8 ONNX copy when onnxruntime can run it, else None (the
+    PyTorch checkpoint), with a one-line notice on stderr."""
+    if not DEFAULT_CPU_WEIGHTS.is_file():
+        logger.warning("srn: %s is not installed; running the shipped model in PyTorch (slower on the CPU)",
+                       DEFAULT_CPU_WEIGHTS.name)
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("srn: onnxruntime is not installed; running the shipped model in PyTorch, about 2x slower "
+                       "on the CPU (pip install onnxruntime)")
+        return None
+    return DEFAULT_CPU_WEIGHTS

@@ -5,6 +5,10 @@
 
 - ``Runner(model, ...)``: the model as it is, then :class:`srn.postprocess.PostProcessor`'s exact
   path (torchvision's ``batched_nms``). This is the reference.
+- ``fold=True``: an inference copy of the network in fp32, with BatchNorm folded into the
+  convolutions and channels_last activations: the same detections to float rounding (1e-3 px), and
+  on the CPU 1.37x faster than the model as it is (one thread, ``benchmarks/bench_torch_cpu.py``),
+  so :class:`srn.inference.backends.TorchBackend` runs it on the CPU.
 - ``precision="bf16"``: an inference copy of the network with BatchNorm folded into the
   convolutions, bf16 weights and channels_last activations. Inputs are normalised in fp32 and the
   outputs decoded in fp32 (1000-pixel coordinates in bf16 would round boxes by several pixels).
@@ -79,6 +83,27 @@ def float_outputs(outputs: SRNOutputs) -> SRNOutputs:
                             step2_logits=as_float(outputs.step2_logits), step2_deltas=as_float(outputs.step2_deltas))
 
 
+def image_outputs(outputs: SRNOutputs, index: int) -> SRNOutputs:
+    """Image ``index`` of a batch's outputs, as the outputs of a batch of one (anchors shared)."""
+    def one(tensors: list) -> list:
+        return [t if t is None else t[index : index + 1] for t in tensors]
+
+    return outputs._replace(step1_logits=one(outputs.step1_logits), step1_deltas=one(outputs.step1_deltas),
+                            step2_logits=one(outputs.step2_logits), step2_deltas=one(outputs.step2_deltas))
+
+
+def postprocess_each_image(postprocessor: PostProcessor, outputs: SRNOutputs, min_score: float = 0.0) -> list[Detections]:
+    """``postprocessor(outputs, min_score)``, one image at a time.
+
+    NMS over a batch (``torchvision.ops.batched_nms``) shifts each image's boxes by an offset that
+    depends on the whole batch, and float rounding of the shifted coordinates can flip a decision at
+    an IoU near the threshold; image by image, an image's detections are those it gets alone.
+    """
+    if outputs.step2_logits[0].shape[0] == 1:
+        return postprocessor(outputs, min_score)
+    return [postprocessor(image_outputs(outputs, i), min_score)[0] for i in range(outputs.step2_logits[0].shape[0])]
+
+
 class _Graphs:
     """The network and the post-processing of one input shape, captured as two CUDA graphs."""
 
@@ -119,6 +144,7 @@ class Runner:
             the CPU; default: with ``cuda_graphs``).
         outputs_hook: applied to the network's outputs before post-processing, inside the graph
             (``srn bench`` uses it to time post-processing on dense logits).
+        fold: run the inference copy (BatchNorm folded, channels_last) in fp32 too.
     """
 
     def __init__(
@@ -133,6 +159,7 @@ class Runner:
         max_graphs: int = 8,
         static_postprocess: bool | None = None,
         outputs_hook: Callable[[SRNOutputs], SRNOutputs] | None = None,
+        fold: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -141,7 +168,7 @@ class Runner:
             raise DeviceError(f"CUDA graphs need a CUDA device, got {device}")
         self.config, self.min_score = config, min_score
         self.postprocessor = PostProcessor.from_model(model, config)
-        self.optimised = precision != "fp32" or cuda_graphs
+        self.optimised = precision != "fp32" or cuda_graphs or fold
         self.net = inference_copy(model, PRECISIONS[precision]) if self.optimised else model
         self.cuda_graphs = cuda_graphs
         self.static = cuda_graphs if static_postprocess is None else static_postprocess
@@ -182,7 +209,7 @@ class Runner:
             outputs = self.network(images)
             mark()
             if not self.static:
-                return self.postprocessor(outputs, self.min_score)
+                return postprocess_each_image(self.postprocessor, outputs, self.min_score)
             static = self.static_postprocess(outputs)
         detections = self.postprocessor.unpack(static, self.min_score)
         if self.cuda_graphs:  # the graph's buffers are overwritten by the next replay
