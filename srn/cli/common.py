@@ -77,6 +77,9 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
     group.add_argument("--max-size", type=int_at_least(32), default=2100, help="downscale images whose longer side exceeds this (at least 32)")
+    group.add_argument("--min-size", type=int_at_least(0), default=None, metavar="PIXELS",
+                       help="upscale an image whose longer side is shorter than this to it before detection, so that small faces "
+                            "get found (boxes still come back in the original's pixels); 32 to --max-size, 0 for never (default: never)")
     group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     group.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
@@ -99,6 +102,7 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
             score_thresh=score_thresh,
             nms_iou=nms_iou,
             max_size=args.max_size,
+            min_size=args.min_size or None,  # 0: never upscale
             batch_size=args.batch_size,
             precision=args.precision,
             cuda_graphs=args.cuda_graphs,
