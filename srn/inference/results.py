@@ -62,7 +62,15 @@ def expand_boxes(boxes: Tensor, margin: float, width: int, height: int) -> Tenso
 
 def write_image(path: str | Path, image: np.ndarray | Tensor) -> Path:
     """Write an RGB uint8 image (``ndarray (H, W, 3)`` or ``Tensor[3, H, W]``) atomically, in the
-    format its suffix names (JPEG at quality 95); returns ``path``."""
+    format its suffix names (JPEG at quality 95); returns ``path``.
+
+    The file is written beside ``path`` and renamed over it (:mod:`srn.atomic`): a symbolic link at
+    ``path`` is replaced, never written through, and a failure leaves no torn file.
+
+    Raises:
+        OutputPathError: the suffix names no format that can be written, or the file or its folder
+            cannot be written (a file in the way of the folder, no permission, a full disk).
+    """
     path = Path(path)
     image_format = PIL.Image.registered_extensions().get(path.suffix.lower())
     if image_format is None or image_format not in PIL.Image.SAVE:
@@ -71,9 +79,23 @@ def write_image(path: str | Path, image: np.ndarray | Tensor) -> Path:
         image = image.detach().cpu().permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
     picture = PIL.Image.fromarray(np.ascontiguousarray(image))
     options: dict[str, Any] = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
-    with atomic_output(path) as tmp:
-        picture.save(tmp, format=image_format, **options)
+    try:
+        with atomic_output(path) as tmp:
+            picture.save(tmp, format=image_format, **options)
+    except OSError as exc:
+        raise OutputPathError(path, _write_failure(path, exc)) from None
     return path
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be written, in words: a file standing where a folder should be is the
+    common case (``crops/a.jpg`` exists as a file, and ``crops/a.jpg/face_000.jpg`` is wanted)."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        for folder in path.parents:
+            if folder.exists() and not folder.is_dir():
+                return f"cannot be written: {folder} is a file, not a folder"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"cannot be written ({reason[0].lower()}{reason[1:]})"
 
 
 def _as_hwc(image: Tensor) -> np.ndarray:
@@ -194,7 +216,11 @@ class Faces:
 
     def save(self, path: str | Path, scores: bool = True) -> Path:
         """Write :meth:`plot`'s image to ``path`` atomically, in the format of its suffix (JPEG at
-        quality 95, PNG, WebP, ...); returns ``path``."""
+        quality 95, PNG, WebP, ...); returns ``path``.
+
+        Raises:
+            OutputPathError: ``path`` cannot be written (see :func:`write_image`).
+        """
         return write_image(path, self.plot(scores))
 
     def crops(self, margin: float = 0.2, indices: list[int] | None = None) -> list[np.ndarray]:

@@ -24,22 +24,39 @@ The WIDER FACE submission layout, one text file per image, is written by
 :class:`srn.evaluation.wider_writer.WiderWriter`, which knows that benchmark's file format.
 
 A writer without a path writes to stdout. File names that are not UTF-8 are written back byte for
-byte (``surrogateescape``), in every format.
+byte (``surrogateescape``), in every format. A file is never written through a symbolic link
+(streams are opened with ``O_NOFOLLOW``; the JSON array replaces the file), and a file that cannot
+be written (a full disk, say) is an :class:`srn.errors.OutputPathError` that names it; what was
+flushed before stays.
+
+**Run manifests.** A JSON Lines file that a later run may resume carries a manifest beside it,
+``OUT.manifest.json`` (:class:`RunManifest`, written atomically before the first record): the
+settings that shape its records (score threshold, NMS, maximum size, precision, the weights' content)
+and the inputs it was made from, resolved, with the folder its relative image names are relative
+to. ``--resume`` compares them with its own (:meth:`RunManifest.check`), so that a file made with
+other settings or from other inputs is refused instead of extended, and it recognises the images
+already done by their resolved paths (:meth:`RunManifest.done_images`): ``photos/a.jpg`` and
+``/home/me/photos/a.jpg`` are one image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
+import os
+import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar
 
 from srn.atomic import atomic_write_text
-from srn.errors import PredictionFormatError
+from srn.errors import OutputPathError, PredictionFormatError
 from srn.inference.results import Faces, write_image
 
 __all__ = [
@@ -48,11 +65,14 @@ __all__ = [
     "JsonArrayWriter",
     "JsonLinesWriter",
     "RecordWriter",
+    "RunManifest",
     "WRITERS",
     "detection_record",
     "done_images",
+    "manifest_path",
     "read_jsonl",
     "render",
+    "weights_identity",
     "write_crops",
 ]
 
@@ -116,13 +136,15 @@ class RecordWriter:
 
 class _StreamedWriter(RecordWriter):
     """Text appended per batch to a file or stdout: :meth:`write` collects a batch's text,
-    :meth:`flush` writes and flushes it in one piece."""
+    :meth:`flush` writes it in one piece, straight to the file descriptor (no buffer that could
+    flush half a batch later). When a write fails (a full disk), the file is cut back to its last
+    whole batch before the error is raised."""
 
     header: ClassVar[str] = ""
 
     def __init__(self, path: Path | None = None, append: bool = False) -> None:
         super().__init__(path, append)
-        self._handle: TextIO | None = None
+        self._fd: int | None = None
         self._pending: list[str] = []
 
     @classmethod
@@ -138,23 +160,38 @@ class _StreamedWriter(RecordWriter):
         continued = False
         if self.path is not None:
             continued = self.append and self.path.is_file() and self.path.stat().st_size > 0
-            mode = "a" if self.append else "w"
-            self._handle = open(self.path, mode, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
+            # O_NOFOLLOW: a link put at the path after it was checked is not written through.
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                self._fd = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                raise OutputPathError(self.path, f"cannot be written ({_reason(exc)})") from None
         if self.header and not continued:
             self._emit(self.header)
         return self
 
     def _emit(self, text: str) -> None:
-        if self._handle is not None:
-            self._handle.write(text)
-            self._handle.flush()
+        data = text.encode("utf-8", "surrogateescape")
+        if self._fd is not None:
+            regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+            start = os.lseek(self._fd, 0, os.SEEK_END) if regular else 0
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:  # a full disk: cut the torn batch, keep the whole ones
+                if regular:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, start)
+                raise OutputPathError(self.path or "stdout", f"cannot be written ({_reason(exc)}); "
+                                      "the records written before it are complete") from None
             return
         buffer = getattr(sys.stdout, "buffer", None)
         if buffer is None:
             sys.stdout.write(text)
         else:
             sys.stdout.flush()
-            buffer.write(text.encode("utf-8", "surrogateescape"))
+            buffer.write(data)
         sys.stdout.flush()
 
     def write_record(self, record: Record) -> None:
@@ -174,9 +211,14 @@ class _StreamedWriter(RecordWriter):
         self._release()
 
     def _release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return reason[0].lower() + reason[1:]
 
 
 class JsonLinesWriter(_StreamedWriter):
@@ -225,7 +267,10 @@ class JsonArrayWriter(RecordWriter):
 
     def close(self) -> None:
         if self.path is not None:
-            atomic_write_text(self.path, self.render(self.records))
+            try:
+                atomic_write_text(self.path, self.render(self.records))
+            except OSError as exc:
+                raise OutputPathError(self.path, f"cannot be written ({_reason(exc)})") from None
         else:
             sys.stdout.write(self.render(self.records))
 
@@ -271,13 +316,131 @@ def read_jsonl(path: Path, repair: bool = False) -> list[Record]:
     return records
 
 
-def done_images(sources: Iterable[Path], repair: Path | None = None) -> set[str]:
+def done_images(sources: Iterable[Path], repair: Path | None = None, root: str | os.PathLike[str] | None = None) -> set[str]:
     """The images that the JSON Lines files ``sources`` already hold records of; the file
-    ``repair`` (the one a resumed run appends to) loses a torn last line (:func:`read_jsonl`)."""
+    ``repair`` (the one a resumed run appends to) loses a torn last line (:func:`read_jsonl`).
+
+    With ``root``, each image is given resolved (:func:`resolved_image`), a relative name taken
+    from ``root``: the folder of the run that wrote it (:attr:`RunManifest.cwd`)."""
     done: set[str] = set()
     for source in sources:
-        done.update(record["image"] for record in read_jsonl(source, repair=source == repair))
+        names = (record["image"] for record in read_jsonl(source, repair=source == repair))
+        done.update(names if root is None else (resolved_image(name, root) for name in names))
     return done
+
+
+def resolved_image(name: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
+    """The absolute, symlink-free path of image ``name`` (relative names taken from ``root``,
+    default the current folder): what tells two spellings of one image apart from two images."""
+    return os.path.realpath(os.path.join(os.fspath(root) if root is not None else os.getcwd(), os.fspath(name)))
+
+
+# -- what produced a file: the run manifest ----------------------------------------------------------
+
+MANIFEST_SUFFIX = ".manifest.json"
+_MANIFEST_KIND = "srn detect run manifest"
+
+
+def manifest_path(out: str | os.PathLike[str]) -> Path:
+    """Where the manifest of the output file ``out`` is: ``OUT.manifest.json`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + MANIFEST_SUFFIX)
+
+
+def weights_identity(weights: str | os.PathLike[str] | None, chunk: int = 1 << 20) -> str:
+    """Who the weights are, whatever their file is called: ``sha256:<hex>`` of the file's bytes,
+    or ``shipped`` for the package's own model (None)."""
+    if weights is None:
+        return "shipped"
+    digest = hashlib.sha256()
+    try:
+        with open(weights, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError:  # the detector reports the file; here it is only named
+        return os.path.realpath(weights)
+    return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """What produced a JSON Lines file of records: the settings that shape them, and the inputs.
+
+    Attributes:
+        settings: name -> value of every setting that changes a record (plain JSON values).
+        inputs: the names, folders and globs the run was given, resolved (:func:`resolved_image`).
+        cwd: the folder the records' relative image names are relative to.
+    """
+
+    settings: Mapping[str, Any]
+    inputs: tuple[str, ...]
+    cwd: str
+
+    @classmethod
+    def for_run(cls, settings: Mapping[str, Any], patterns: Sequence[str | os.PathLike[str]]) -> RunManifest:
+        """The manifest of a run in the current folder over ``patterns``."""
+        return cls(dict(settings), tuple(resolved_image(p) for p in patterns), os.getcwd())
+
+    def to_json(self) -> str:
+        data = {"kind": _MANIFEST_KIND, "settings": dict(self.settings), "inputs": list(self.inputs), "cwd": self.cwd}
+        return json.dumps(data, indent=1) + "\n"
+
+    def write(self, out: str | os.PathLike[str]) -> Path:
+        """Write this manifest beside the output file ``out``, atomically."""
+        target = manifest_path(out)
+        try:
+            return atomic_write_text(target, self.to_json())
+        except OSError as exc:
+            raise OutputPathError(target, f"cannot be written ({_reason(exc)})") from None
+
+    @classmethod
+    def read(cls, out: str | os.PathLike[str]) -> RunManifest | None:
+        """The manifest of the output file ``out``, or None when it has none.
+
+        Raises:
+            PredictionFormatError: the manifest is there but is not one.
+        """
+        path = manifest_path(out)
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PredictionFormatError(path, None, f"not a readable run manifest ({type(exc).__name__})") from None
+        ok = (isinstance(data, dict) and data.get("kind") == _MANIFEST_KIND and isinstance(data.get("settings"), dict)
+              and isinstance(data.get("inputs"), list) and all(isinstance(i, str) for i in data["inputs"])
+              and isinstance(data.get("cwd"), str))
+        if not ok:
+            raise PredictionFormatError(path, None, "not an srn detect run manifest")
+        return cls(data["settings"], tuple(data["inputs"]), data["cwd"])
+
+    def check(self, wanted: RunManifest, out: str | os.PathLike[str]) -> None:
+        """Refuse to extend ``out`` (made as this manifest says) with a run that ``wanted`` describes.
+
+        Raises:
+            OutputPathError: one line that names every setting that differs (its value in the file,
+                then in this run), or the inputs.
+        """
+        keys = sorted(set(self.settings) | set(wanted.settings))
+        changed = [f"{key} {_shown(self.settings.get(key))} there, {_shown(wanted.settings.get(key))} here"
+                   for key in keys if self.settings.get(key) != wanted.settings.get(key)]
+        if changed:
+            raise OutputPathError(out, f"was made with other settings ({'; '.join(changed)}); resume with the same "
+                                       "settings, or write a new file")
+        if sorted(self.inputs) != sorted(wanted.inputs):
+            raise OutputPathError(out, f"was made from other inputs ({', '.join(self.inputs)} there; "
+                                       f"{', '.join(wanted.inputs)} here); resume with the same inputs, or write a new file")
+
+    def done_images(self, sources: Iterable[Path], repair: Path | None = None) -> set[str]:
+        """The images already in ``sources``, resolved from this manifest's folder
+        (:func:`done_images`)."""
+        return done_images(sources, repair, root=self.cwd)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return value[:19]  # sha256: and 12 hex digits tell two files apart
+    return "unset" if value is None else json.dumps(value)
 
 
 # -- faces cut out ------------------------------------------------------------------------------------

@@ -16,6 +16,11 @@ says whether the whole rectangle or only the ellipse inscribed in it is replaced
 - ``solid``: black.
 
 Overlapping faces are each hidden in turn; a pixel is never left unhidden because two regions meet.
+
+A grown box is clipped to the image before it becomes whole pixels, so that no scale, however
+large, can overflow into an empty region and leave a face in the clear: the largest region there is
+the whole image. Images may be 8-bit or 16-bit, with one channel (grey) or three (colour); an alpha
+channel is the caller's to keep aside (:mod:`srn.media.image_file` writes files that have one).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from srn.errors import ConfigError
+from srn.errors import ConfigError, ImageValueError
 from srn.inference.results import expand_boxes
 
 __all__ = ["MASKS", "METHODS", "anonymize"]
@@ -42,6 +47,10 @@ _MAX_DIRECT_SIGMA = 4.0  # beyond this, blur a downscaled copy
 
 ImageT = TypeVar("ImageT", np.ndarray, Tensor)
 
+# Pixel types an image may have, and the largest value of each.
+_MAX_VALUE = {torch.uint8: 255, torch.uint16: 65535}
+_NUMPY_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
+
 
 def anonymize(
     image: ImageT,
@@ -53,14 +62,19 @@ def anonymize(
     """A copy of ``image`` with every face hidden (see the module doc).
 
     Args:
-        image: RGB uint8, ``Tensor[3, H, W]`` (on any device) or ``ndarray (H, W, 3)``; not modified.
+        image: uint8 or uint16, colour or grey: ``Tensor[C, H, W]`` (on any device) or ``ndarray
+            (H, W, C)`` with C = 3 or 1, or ``ndarray (H, W)``; not modified.
         boxes (Tensor[D, 4] or ndarray (D, 4)): x1, y1, x2, y2 in pixels of ``image``.
         method: "blur", "mosaic" or "solid".
         mask: "box" (the whole grown rectangle) or "ellipse" (the ellipse inscribed in it).
         mask_scale: how many times each box grows around its centre (1 keeps the box).
 
     Returns:
-        The anonymised image, of the type, layout and device of ``image``.
+        The anonymised image, of the type, layout, dtype and device of ``image``.
+
+    Raises:
+        ConfigError: an unknown method or mask, or a scale that is not a finite positive number.
+        ImageValueError: an image of another type, shape or dtype.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown anonymisation method {method!r} (use one of {', '.join(METHODS)})")
@@ -70,12 +84,17 @@ def anonymize(
         raise ConfigError(f"the mask scale must be a positive number, got {mask_scale}")
     as_numpy = isinstance(image, np.ndarray)
     if as_numpy:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"anonymize: expected a uint8 array (H, W, 3), got {image.dtype} of shape {image.shape}")
-        out = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view of the copy
+        flat = image.ndim == 2
+        if not (flat or (image.ndim == 3 and image.shape[2] in (1, 3))) or image.dtype not in _NUMPY_DTYPES:
+            raise ImageValueError(f"anonymize: expected a uint8 or uint16 array (H, W, 3), (H, W, 1) or (H, W), "
+                                  f"got {image.dtype} of shape {image.shape}")
+        copy = np.array(image)
+        # (H, W, C) -> (C, H, W), or (H, W) -> (1, H, W): views of the copy
+        out = torch.from_numpy(copy).unsqueeze(0) if flat else torch.from_numpy(copy).permute(2, 0, 1)
     else:
-        if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
-            raise ValueError(f"anonymize: expected a uint8 Tensor[3, H, W], got {image.dtype} of shape {tuple(image.shape)}")
+        if image.ndim != 3 or image.shape[0] not in (1, 3) or image.dtype not in _MAX_VALUE:
+            raise ImageValueError(f"anonymize: expected a uint8 or uint16 Tensor[3, H, W] or Tensor[1, H, W], "
+                                  f"got {image.dtype} of shape {tuple(image.shape)}")
         with torch.inference_mode(False):  # a tensor the caller may modify, even from a detector's output
             out = image.detach().clone()
     boxes = torch.as_tensor(boxes.detach().cpu() if isinstance(boxes, Tensor) else np.asarray(boxes), dtype=torch.float64)
@@ -85,7 +104,9 @@ def anonymize(
     sizes = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)  # (D, 2): w, h
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     grown = torch.cat([centres - sizes * mask_scale / 2, centres + sizes * mask_scale / 2], dim=1)  # (D, 4)
-    regions = expand_boxes(grown, 0.0, int(width), int(height))
+    # Clipped while still floats: a huge scale gives the whole image, never an integer overflow.
+    limit = torch.tensor([width, height, width, height], dtype=torch.float64)
+    regions = expand_boxes(torch.minimum(grown.clamp(min=0), limit), 0.0, int(width), int(height))
     for (x1, y1, x2, y2), face_side, box in zip(regions.tolist(), sizes.min(dim=1).values.tolist(), grown):
         patch = out[:, y1:y2, x1:x2]
         filled = _fill(patch, method, max(face_side, 1.0))
@@ -94,12 +115,12 @@ def anonymize(
             filled = torch.where(inside, filled, patch)
         out[:, y1:y2, x1:x2] = filled
     if as_numpy:
-        return out.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3): the copy made above
+        return copy  # the array the views above wrote into
     return out
 
 
 def _fill(patch: Tensor, method: str, face_side: float) -> Tensor:
-    """The replacement of a uint8 region (3, h, w)."""
+    """The replacement of a region (C, h, w) of the image's dtype."""
     if method == "solid":
         return torch.zeros_like(patch)
     if method == "mosaic":
@@ -110,8 +131,8 @@ def _fill(patch: Tensor, method: str, face_side: float) -> Tensor:
 def _mosaic(patch: Tensor, block: int) -> Tensor:
     height, width = patch.shape[-2:]
     # ceil_mode: the last row and column of blocks average only the pixels they hold.
-    means = F.avg_pool2d(patch[None].float(), block, stride=block, ceil_mode=True)[0]  # (3, ceil(h/b), ceil(w/b))
-    blocks = means.round().to(torch.uint8).repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)
+    means = F.avg_pool2d(patch[None].float(), block, stride=block, ceil_mode=True)[0]  # (C, ceil(h/b), ceil(w/b))
+    blocks = means.round().to(patch.dtype).repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)
     return blocks[:, :height, :width]
 
 
@@ -129,7 +150,7 @@ def _blur(patch: Tensor, sigma: float) -> Tensor:
     work = gaussian_blur(work, kernel, [sigma, sigma])
     if factor > 1.0:
         work = resize(work, [height, width], antialias=False)
-    return work.round_().clamp_(0, 255).to(torch.uint8)
+    return work.round_().clamp_(0, _MAX_VALUE[patch.dtype]).to(patch.dtype)
 
 
 def _kernel_size(sigma: float, length: int) -> int:
