@@ -163,11 +163,30 @@ def test_write_then_read_round_trip(tmp_path: Path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_byte_order_mark_and_windows_line_ends_change_nothing(tmp_path: Path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_bytes(b"img_1\n2\n10 20 30 40 0.9\n0 0 5.5 5.5 0.25\n")
+    marked.write_bytes(b"\xef\xbb\xbfimg_1\r\n2\r\n10 20 30 40 0.9\r\n0 0 5.5 5.5 0.25\r\n")
+    assert_array_equal(read_prediction_file(marked), read_prediction_file(plain))
+
+
+def test_a_writers_temporary_file_is_not_a_prediction(tmp_path: Path):
+    (tmp_path / "0--Parade").mkdir()
+    (tmp_path / "0--Parade" / "img_1.txt").write_text("img_1\n0\n")
+    (tmp_path / "0--Parade" / ".img_2.txt.ab12cd34.partial.txt").write_text("img_2\n1\n")  # a killed run's
+    assert set(read_predictions(tmp_path)) == {("0--Parade", "img_1")}
+
+
 @pytest.mark.parametrize(
     ("content", "line", "message"),
     [
         ("img\n", 2, "count"),
-        ("img\nthree\n", 2, "not a number"),
+        ("img\nthree\n", 2, "expected the box count"),
+        ("img\n1_0\n", 2, r"expected the box count \(a whole number >= 0\), got '1_0'"),  # int() would say 10
+        ("img\n1.0\n1 2 3 4 0.5\n", 2, "expected the box count"),
+        ("img\n-1\n", 2, "expected the box count"),
+        ("img\n1\n1 2 3_0 4 0.5\n", 3, "not a number: '3_0'"),
+        ("img\n1\n1 2 \u0663 4 0.5\n", 3, "not a number"),
         ("img\n2\n1 2 3 4 0.5\n", 4, "has 1"),
         ("img\n1\n1 2 3 4 0.5\n5 6 7 8 0.1\n", 4, "more box lines"),
         ("img\n2\n1 2 3 4 0.5\n1 2 3 4\n", 4, "expected 'x y w h score'"),

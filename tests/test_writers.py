@@ -189,3 +189,29 @@ def test_wider_writer_refuses_two_images_on_one_file_and_an_image_without_event(
                                "by event folder and image name); run them separately")
     with pytest.raises(InputPathError, match=r"^/x\.jpg: the WIDER format names files by their event folder"):
         WiderWriter(Path("p"), [Path("/x.jpg")])
+
+
+# -- odd file names -----------------------------------------------------------------------------------
+
+
+ODD_NAMES = ["a,b.jpg", 'say "cheese".jpg', "two\nlines.jpg", "tab\there.jpg", "caf\udce9.jpg"]
+
+
+def test_csv_quotes_odd_names_and_reads_them_back(tmp_path):
+    records = [{"image": name, "width": 4, "height": 3, "faces": []} for name in ODD_NAMES]
+    out = tmp_path / "faces.csv"
+    with CsvWriter(out) as writer:
+        for record in records:
+            writer.write_record(record)
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        rows = list(csv.reader(handle))
+    assert [row[0] for row in rows[1:]] == ODD_NAMES
+    assert all(len(row) == 8 for row in rows)
+
+
+def test_the_wider_layout_refuses_a_name_with_a_line_break(tmp_path):
+    image = tmp_path / "event" / "two\nlines.jpg"
+    with pytest.raises(InputPathError) as info:
+        WiderWriter(tmp_path / "preds", [image])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path}/event/two\\nlines.jpg: the WIDER format writes")

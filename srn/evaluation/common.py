@@ -1,10 +1,11 @@
 """What the three evaluators share: VOC AP, reading their files, detection lines, and JSON.
 
 * :func:`voc_ap` is the one VOC average precision (WIDER FACE, AFW and PASCAL Face use it).
-* :func:`read_text`, :func:`parse_number` and :func:`load_mat` read the benchmarks' files and turn
-  every way a file can be wrong into one :class:`srn.errors.SRNError` that names the file (and
-  line): :class:`~srn.errors.PredictionFormatError` for predictions and detections,
-  :class:`~srn.errors.AnnotationError` for ground truth.
+* :func:`load_mat` reads the benchmarks' ``.mat`` files and turns every way one can be wrong into
+  one :class:`~srn.errors.AnnotationError` that names the file. Text files (predictions and
+  detections) are read by the strict helpers every parser shares, in
+  :mod:`srn.data.formats.common` (``read_text``, ``parse_count``, ``parse_finite``), with
+  :class:`~srn.errors.PredictionFormatError` as their error.
 * :func:`xywh_line` is the ``x y w h score`` line of WIDER FACE and FDDB detection files.
 * :func:`jsonable` and :class:`JsonResult` give every result one JSON form, in which a NaN or an
   infinity is ``null``: bare ``NaN`` is not JSON, and strict readers reject it.
@@ -24,27 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from srn.errors import AnnotationError, PredictionFormatError, SRNError
+from srn.errors import AnnotationError, PredictionFormatError
 from srn.paths import check_input_file
 
 __all__ = [
     "AnnotationError",
-    "FileError",
     "JsonResult",
     "PredictionFormatError",
     "as_numpy",
     "json_text",
     "jsonable",
     "load_mat",
-    "parse_number",
-    "read_text",
     "require_variables",
     "voc_ap",
     "xywh_line",
 ]
-
-# (path, line or None, reason) -> the error to raise: PredictionFormatError or AnnotationError.
-FileError = Callable[[Path, "int | None", str], SRNError]
 
 
 # --------------------------------------------------------------------------- average precision
@@ -67,28 +62,6 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- reading files
-
-
-def read_text(path: str | os.PathLike[str], error: FileError = PredictionFormatError) -> str:
-    """The text of a UTF-8 file; an unreadable or binary file raises ``error(path, None, ...)``."""
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(path, None, f"not a text file ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise error(path, None, f"cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from None
-
-
-def parse_number(token: str, path: Path, line_no: int, error: FileError = PredictionFormatError) -> float:
-    """``token`` as a finite float, or ``error(path, line_no, ...)``."""
-    try:
-        value = float(token)
-    except ValueError:
-        raise error(path, line_no, f"not a number: {token!r}") from None
-    if not math.isfinite(value):
-        raise error(path, line_no, f"non-finite value {token!r}")
-    return value
 
 
 def _mat_read_errors() -> tuple[type[BaseException], ...]:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from srn.errors import AnnotationError, PredictionFormatError
-from srn.evaluation.common import JsonResult, as_numpy, jsonable, load_mat, read_text, require_variables, voc_ap
+from srn.data.formats.common import read_text
+from srn.evaluation.common import JsonResult, as_numpy, jsonable, load_mat, require_variables, voc_ap
 from srn.paths import check_input_file
 
 __all__ = [
@@ -131,7 +132,7 @@ def read_facebox_detections(path: str | os.PathLike[str]) -> dict[str, tuple[np.
     """
     path = check_input_file(path, what="detections file")
     try:
-        raw = json.loads(read_text(path))
+        raw = json.loads(read_text(path, PredictionFormatError))
     except json.JSONDecodeError as exc:
         raise PredictionFormatError(path, exc.lineno, f"not JSON ({exc.msg}, column {exc.colno})") from None
     except RecursionError:

@@ -49,7 +49,7 @@ from scipy.optimize import linear_sum_assignment
 
 from srn.atomic import atomic_write_text
 from srn.data.formats.fddb import read_fddb_blocks, read_fddb_ellipses
-from srn.errors import InputPathError, PredictionFormatError
+from srn.errors import ConfigError, InputPathError, PredictionFormatError
 from srn.evaluation.common import JsonResult, as_numpy, jsonable, xywh_line
 from srn.paths import check_input_dir, check_input_file
 
@@ -153,6 +153,8 @@ def stretch_rects(
         anchor: keep the vertical centre (``"center"``) or the bottom edge, the chin
             (``"bottom"``: the box grows upward over the forehead).
     """
+    if not (math.isfinite(height_scale) and height_scale > 0):
+        raise ConfigError(f"the height scale must be a finite number > 0, got {height_scale}")
     out = np.array(rects_xywh, dtype=np.float64, copy=True)
     if height_scale == 1.0:
         return out
@@ -438,6 +440,7 @@ def evaluate_fddb(
         height_scale, anchor: optional stretching of the rectangles, see :func:`stretch_rects`.
         image_sizes: optional ``{image name: (height, width)}`` to clip masks to the image.
     """
+    stretch_rects(np.zeros((0, 4)), height_scale, anchor)  # a bad scale fails here, not on the first detection
     extra = tuple(name for name in detections if name not in annotations)
     num_missing = 0
     num_faces = 0

@@ -4,7 +4,8 @@ soon as its image is done.
 
 The layout names a file by the image's event folder (its parent folder's name) and its name without
 the image suffix, so two inputs can claim one file: :class:`WiderWriter` refuses them when it is
-made, before any image is read.
+made, before any image is read. The file's first line is the image's name, so a name that holds a
+line break cannot be written in this layout; it is refused the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class WiderWriter(RecordWriter):
         images: every image that will be written, to refuse two on one file now.
 
     Raises:
-        InputPathError: an image that is in no event folder (at the file system's root).
+        InputPathError: an image that is in no event folder (at the file system's root), or whose
+            name holds a line break.
         OutputCollisionError: two images that would be written to one file.
     """
 
@@ -50,6 +52,9 @@ class WiderWriter(RecordWriter):
             event = Path(os.path.abspath(image)).parent.name
             if not event:
                 raise InputPathError(image, "the WIDER format names files by their event folder, and this image is in none")
+            if any(mark in image.name for mark in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"):
+                raise InputPathError(image, "the WIDER format writes an image's name on a line of its own, and this "
+                                            "name holds a line break; rename it, or write the detections as JSON Lines or CSV")
             key = f"{event}/{image.name}"
             target = _target(key)
             if target in first:

@@ -32,6 +32,8 @@ the report.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,19 +43,18 @@ from typing import Any
 import numpy as np
 
 from srn.atomic import atomic_write_text
+from srn.data.formats.common import parse_count, parse_finite, read_text
 from srn.errors import AnnotationError, PredictionFormatError
 from srn.evaluation.common import (
     JsonResult,
     as_numpy,
     jsonable,
     load_mat,
-    parse_number,
-    read_text,
     require_variables,
     voc_ap,
     xywh_line,
 )
-from srn.paths import check_input_dir
+from srn.paths import check_input_dir, is_temporary
 
 __all__ = [
     "SETTINGS",
@@ -62,6 +63,7 @@ __all__ = [
     "load_wider_gt",
     "read_prediction_file",
     "read_predictions",
+    "write_prediction_folder",
     "write_predictions",
     "evaluate",
     "format_table",
@@ -218,6 +220,11 @@ def load_wider_gt(
 def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one ``<image>.txt``: a name line, a count line, then ``x y w h score`` lines.
 
+    The text is read as every annotation file is (:func:`srn.data.formats.common.read_text`: UTF-8,
+    a byte-order mark dropped, any line end). The count is a whole line of ASCII digits, as
+    :func:`~srn.data.formats.common.parse_count` takes it: ``1_0``, ``+3`` or ``3.0``, which ``int()``
+    or ``float()`` would take, are errors. Numbers are plain decimals, finite.
+
     Returns:
         float64[K, 5]: ``x y w h score`` in file order.
 
@@ -225,16 +232,14 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
         PredictionFormatError: naming the file and the 1-based line number.
     """
     path = Path(path)
-    lines = read_text(path).splitlines()
+    lines = read_text(path, PredictionFormatError).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text after the final newline is not a line
     if len(lines) < 2:
         raise PredictionFormatError(path, len(lines) + 1, "missing the box count line")
-    count_tokens = lines[1].split()
-    if len(count_tokens) != 1:
-        raise PredictionFormatError(path, 2, f"expected one box count, got {lines[1]!r}")
-    count_value = parse_number(count_tokens[0], path, 2)
-    if count_value < 0 or count_value != int(count_value):
-        raise PredictionFormatError(path, 2, f"box count must be a non-negative integer: {lines[1]!r}")
-    count = int(count_value)
+    count = parse_count(lines[1])
+    if count is None:
+        raise PredictionFormatError(path, 2, f"expected the box count (a whole number >= 0), got {lines[1]!r}")
 
     data = lines[2 : 2 + count]
     if len(data) < count:
@@ -253,15 +258,18 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
     for i, row in enumerate(rows):
         if len(row) != 5:
             raise PredictionFormatError(path, 3 + i, f"expected 'x y w h score', got {data[i]!r}")
-    try:
-        boxes = np.array(rows, dtype=np.float64)
-    except ValueError:
-        boxes = None
+    boxes = None
+    block = "".join(data)
+    if block.isascii() and "_" not in block:  # what float() takes beyond plain decimals
+        try:
+            boxes = np.array(rows, dtype=np.float64)
+        except ValueError:
+            boxes = None
     if boxes is None or not np.isfinite(boxes).all():
         # Slow path only to name the offending line.
         for i, row in enumerate(rows):
             for token in row:
-                parse_number(token, path, 3 + i)
+                parse_finite(token, path, 3 + i, PredictionFormatError)
         raise PredictionFormatError(path, None, "unparsable box lines")  # pragma: no cover
     return boxes
 
@@ -284,7 +292,8 @@ def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], 
         if not event.is_dir():
             continue
         for entry in os.scandir(check_input_dir(event.path, what="prediction folder")):
-            if entry.is_file() and entry.name.endswith(".txt"):
+            # A writer's temporary file (.<name>.txt.<random>.partial.txt) is no prediction.
+            if entry.is_file() and entry.name.endswith(".txt") and not is_temporary(entry.name):
                 predictions[(event.name, entry.name[: -len(".txt")])] = read_prediction_file(
                     entry.path
                 )
@@ -328,6 +337,44 @@ def write_predictions(
         # temp file + rename: an interrupted run never leaves a torn file behind
         written.append(atomic_write_text(pred_dir / event / f"{stem}.txt", "\n".join(lines) + "\n"))
     return written
+
+
+def write_prediction_folder(
+    pred_dir: str | os.PathLike[str],
+    records: Mapping[str, tuple[Any, Any]],
+    format_line: Callable[[np.ndarray, float], str] | None = None,
+) -> Path:
+    """Write ``records`` as :func:`write_predictions` does, as the whole of ``pred_dir``: into a
+    fresh folder beside it, which then replaces it. A file that an earlier run left there (for an
+    image this run did not detect) can never be read back as this run's, and a run killed midway
+    leaves the previous folder whole.
+
+    Returns:
+        ``pred_dir``.
+    """
+    pred_dir = Path(pred_dir)
+    pred_dir.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{pred_dir.name}.", suffix=".partial", dir=pred_dir.parent))
+    try:
+        write_predictions(fresh, records, format_line)
+        os.chmod(fresh, 0o777 & ~_umask())
+        if pred_dir.exists() or pred_dir.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{pred_dir.name}.", suffix=".partial", dir=pred_dir.parent))
+            os.replace(pred_dir, old / pred_dir.name)
+            os.replace(fresh, pred_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(fresh, pred_dir)
+    finally:
+        if fresh.exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+    return pred_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------- matching

@@ -525,3 +525,52 @@ def test_detection_runs_decode_in_the_stream_and_unreadable_images_fail_alone(sm
     tta, tta_failures = detect_images(detector, eval_images, tta=True, tta_max_size=256, workers=workers)
     assert list(tta) == readable and tta_failures == failures
 
+
+
+# --------------------------------------------------------------------------- runs that detect
+
+
+def test_a_detection_run_never_reads_back_an_earlier_runs_prediction_files(capsys, data, case1, small_weights, tmp_path):
+    import PIL.Image
+
+    # One real val image (a photo under its name), and an output folder where an earlier run left a
+    # perfect prediction file for another image.
+    images = tmp_path / "images" / "0--Parade"
+    images.mkdir(parents=True)
+    photo = PIL.Image.open(Path(__file__).resolve().parents[2] / "docs" / "astronaut.png").convert("RGB")
+    photo.resize((128, 128)).save(images / "0_Parade_Parade_0_102.jpg")
+    out = tmp_path / "ev"
+    stale = out / "predictions" / "0--Parade" / "0_Parade_marchingband_1_465.txt"
+    stale.parent.mkdir(parents=True)
+    shutil.copy(case1 / "0--Parade" / "0_Parade_marchingband_1_465.txt", stale)
+    code, _, err = run(capsys, "wider", "--images", str(tmp_path / "images"), "--gt-dir", str(data / "widerface" / "eval_gt"),
+                       "--out", str(out), "--weights", small_weights, "--device", "cpu", "--workers", "0", "--max-size", "256")
+    assert code == 0, err
+    assert not stale.exists()  # the folder holds this run's files only
+    assert [p.name for p in (out / "predictions").rglob("*.txt")] == ["0_Parade_Parade_0_102.txt"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_missing"] == report["num_images"] - 1
+
+
+@pytest.mark.parametrize("scale", ["nan", "inf", "-1", "0"])
+def test_fddb_height_scale_must_be_finite_and_positive(capsys, scale, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "fddb", "--detections", str(tmp_path / "d.txt"), "--annotations", str(tmp_path / "a.txt"),
+              "--height-scale", scale])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"srn eval: error: argument --height-scale: must be in (0, 10], got {scale}\n"
+
+
+def test_fddb_detections_with_a_byte_order_mark_lose_no_image(capsys, data, tmp_path):
+    fold = data / "fddb" / "FDDB-folds" / "FDDB-fold-01-ellipseList.txt"
+    names = [line for line in fold.read_text().splitlines() if line.startswith("20")][:2]
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    text = "".join(f"{name}\n1\n10 20 30 40 0.9\n" for name in names)
+    plain.write_text(text)
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert fddb.read_fddb_detections(marked).keys() == fddb.read_fddb_detections(plain).keys() == set(names)
+    bad = tmp_path / "underscore.txt"
+    bad.write_text(f"{names[0]}\n1_0\n" + "10 20 30 40 0.9\n" * 10)
+    assert one_error(capsys, "fddb", "--detections", str(bad), "--annotations", str(fold), "--out", str(tmp_path / "o")) == (
+        f"{bad}, line 2: expected the detection count of '{names[0]}', got '1_0'"
+    )

@@ -25,8 +25,10 @@ from srn.data.formats import (
     read_fddb_ellipses,
     read_wider_boxes,
 )
-from srn.errors import AnnotationError, SRNError
+from srn.errors import AnnotationError, PredictionFormatError, SRNError
+from srn.evaluation.facebox import read_facebox_detections
 from srn.evaluation.fddb import read_fddb_detections
+from srn.evaluation.widerface import read_prediction_file
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 CASES = 40
@@ -43,6 +45,9 @@ def coco_sample() -> bytes:
 
 
 FDDB_DETECTIONS = b"2002/08/11/big/img_591\n2\n184.0 38.5 75.2 101.3 0.99\n10 20 30 40 0.5\n2002/07/19/big/img_423\n0\n"
+WIDER_PREDICTION = b"0_Parade_marchingband_1_465\n3\n10.5 20 30 40 0.99\n1 2 3 4 0.5\n100 200 12.25 13 0.01\n"
+FACEBOX_DETECTIONS = json.dumps({"1004109301": {"boxes": [[1, 2, 30, 40], [5, 6, 7, 8]], "scores": [0.9, 0.1]},
+                                 "2": {"boxes": [], "scores": []}}).encode()
 
 
 def real_head(path: Path, limit: int = 20000) -> bytes:
@@ -60,6 +65,8 @@ PARSERS: dict[str, tuple[Callable[[Path], object], Callable[[], bytes], str]] = 
     "fddb ellipses, evaluation": (read_fddb_ellipses, lambda: real_head(SHARED / "fddb/FDDB-folds/FDDB-fold-01-ellipseList.txt"), ".txt"),
     "fddb detections": (read_fddb_detections, lambda: FDDB_DETECTIONS, ".txt"),
     "coco json": (parse_coco_json, coco_sample, ".json"),
+    "wider predictions": (read_prediction_file, lambda: WIDER_PREDICTION, ".txt"),
+    "facebox detections": (read_facebox_detections, lambda: FACEBOX_DETECTIONS, ".json"),
 }
 
 
@@ -100,8 +107,11 @@ def test_parser_succeeds_or_raises_srn_error(name, tmp_path):
 
 def _comparable(result: object) -> object:
     """Parser results as plain values, so that two parses can be compared with ``==``."""
+    if isinstance(result, np.ndarray):
+        return result.tolist()
     if isinstance(result, dict):
-        return {k: np.asarray(v).tolist() for k, v in result.items()}
+        return {k: tuple(np.asarray(p).tolist() for p in v) if isinstance(v, tuple) else np.asarray(v).tolist()
+                for k, v in result.items()}
     out = []
     for item in result:  # type: ignore[attr-defined]
         if isinstance(item, tuple):
@@ -130,6 +140,8 @@ COMPLETE = {
     "fddb ellipses, evaluation": b"2002/08/11/big/img_591\n1\n10 5 0 50 60 1\n",
     "fddb detections": FDDB_DETECTIONS,
     "coco json": coco_sample(),
+    "wider predictions": WIDER_PREDICTION,
+    "facebox detections": FACEBOX_DETECTIONS,
 }
 
 
@@ -177,3 +189,32 @@ def test_a_plain_count_still_parses(tmp_path):
     path.write_text("a/b.jpg 64 48\n01\n1 2 3 4\n")
     ((name, width, height, boxes),) = read_wider_boxes(path)
     assert (name, width, height, boxes.tolist()) == ("a/b.jpg", 64, 48, [[1.0, 2.0, 3.0, 4.0]])
+
+
+# The prediction readers: the same strict counts, with PredictionFormatError ("<file>, line 2: ...").
+PREDICTION_FORMATS = {
+    "wider predictions": (read_prediction_file, "img_1\n{count}\n1 2 3 4 0.5\n",
+                          "expected the box count (a whole number >= 0), got {count!r}"),
+    "fddb detections": (read_fddb_detections, "img_1\n{count}\n1 2 3 4 0.5\n",
+                        "expected the detection count of 'img_1', got {count!r}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTION_FORMATS))
+@pytest.mark.parametrize("count", NOT_COUNTS)
+def test_prediction_counts_are_plain_ascii_digits(name, count, tmp_path):
+    parse, text, reason = PREDICTION_FORMATS[name]
+    path = tmp_path / "preds.txt"
+    path.write_text(text.format(count=count), encoding="utf-8")
+    with pytest.raises(PredictionFormatError) as info:
+        parse(path)
+    assert str(info.value) == f"{path}, line 2: {reason.format(count=count)}"
+
+
+@pytest.mark.parametrize("token", ["1_0", "\u0661", "0x1", "nan", "inf"])
+def test_prediction_numbers_are_plain_finite_decimals(token, tmp_path):
+    path = tmp_path / "preds.txt"
+    path.write_text(f"img_1\n1\n1 2 {token} 4 0.5\n", encoding="utf-8")
+    with pytest.raises(PredictionFormatError) as info:
+        read_prediction_file(path)
+    assert str(info.value).startswith(f"{path}, line 3: ")
