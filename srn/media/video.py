@@ -10,7 +10,8 @@ Every video written is H.264 (libx264, ``yuv420p``, CRF 18), which browsers play
 its suffix names (.mp4, .m4v, .mov or .mkv; MP4 and MOV get ``+faststart``, so playback starts
 before the whole file is downloaded). Frames keep their timestamps, so variable frame rates and the
 audio stay in sync. The first audio stream is copied packet for packet, or re-encoded to AAC where
-the container does not accept its codec (Opus in .mov, say). Frames whose display matrix says
+the container does not accept its codec (Opus in .mov, 8-bit or mu-law PCM from an AVI in .mp4, say;
+channels in no named order get the default layout of their count). Frames whose display matrix says
 "rotate" (phone videos) are turned upright before detection, and written upright. An odd width or
 height is padded by one edge row or column, because ``yuv420p`` needs even sizes.
 
@@ -273,7 +274,7 @@ class VideoWriter:
         if source is not None and self._container_accepts(source):
             self._audio = self._container.add_stream_from_template(source)
         elif source is not None:
-            self._audio = self._container.add_stream("aac", rate=source.codec_context.sample_rate, layout=source.codec_context.layout)
+            self._audio = self._container.add_stream("aac", rate=source.codec_context.sample_rate, layout=_named_layout(source))
             encoder = self._audio.codec_context
             self._resampler = self.av.AudioResampler(
                 format=encoder.format, layout=encoder.layout, rate=encoder.sample_rate, frame_size=encoder.frame_size or None
@@ -283,11 +284,18 @@ class VideoWriter:
         self.frames = 0
 
     def _container_accepts(self, source: Any) -> bool:
-        """Whether this container can hold ``source``'s codec as it is (tried on a header in memory)."""
+        """Whether this container can hold ``source``'s codec as it is (tried on a file in memory).
+
+        PCM is never copied into MP4: the muxer takes its header, then refuses channels in no named
+        order when it finishes the file ("cannot finish the video"), and players do not read PCM
+        in MP4 anyway; it is re-encoded to AAC. MOV and MKV hold PCM."""
+        if self.path.suffix.lower() in (".mp4", ".m4v") and source.codec_context.name.startswith("pcm_"):
+            return False
         probe = self.av.open(io.BytesIO(), "w", format=self._container.format.name)
         try:
             probe.add_stream_from_template(source)
             probe.start_encoding()
+            probe.close()
             return True
         except (self.av.FFmpegError, ValueError):
             return False
@@ -349,6 +357,20 @@ class VideoWriter:
         """Stop without finishing the file (the caller removes it)."""
         with contextlib.suppress(self.av.FFmpegError, ValueError):
             self._container.close()
+
+
+# FFmpeg's default channel layout of each channel count (av_channel_layout_default).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _named_layout(stream: Any) -> Any:
+    """The audio layout to encode ``stream`` in: its own, or, where the source does not name the
+    channels' order ("2 channels", as AVI files store PCM), the default layout of that many
+    channels, which the AAC encoder needs (it refuses an unnamed one)."""
+    layout = stream.codec_context.layout
+    if layout.name.endswith("channels"):
+        return _DEFAULT_LAYOUTS.get(layout.nb_channels, layout)
+    return layout
 
 
 def _batches(items: Iterator[Any], size: int, on_audio: Callable[[Any], None]) -> Iterator[list[Frame]]:

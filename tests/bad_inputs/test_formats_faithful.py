@@ -123,3 +123,42 @@ def test_srn_anonymize_keeps_frames_alpha_and_depth(tmp_path, small_weights, cap
         assert gif.n_frames == 3 and tif.n_frames == 3
     assert PIL.Image.open(out / "alpha.png").mode == "RGBA"
     assert (out / "deep.png").read_bytes()[24] == 16  # IHDR bit depth
+
+
+@pytest.mark.parametrize("codec, layout", [("pcm_s16le", "stereo"), ("pcm_s16le", "mono"), ("pcm_u8", "stereo"),
+                                           ("pcm_mulaw", "mono")])
+def test_an_avi_with_pcm_audio_is_anonymised_with_its_sound(tmp_path, small_weights, capsys, codec, layout):
+    # AVI stores PCM with channels in no named order; MP4 cannot finish such a stream: it becomes AAC.
+    av = pytest.importorskip("av")
+    photo = noise(64, 64)
+    source = tmp_path / "clip.avi"
+    rate, frames = 22050, 6
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = container.add_stream(codec, rate=rate, layout=layout)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(photo, format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        channels = 2 if layout == "stereo" else 1
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate * frames // 25) / rate)).astype(np.float32)
+        sound = av.AudioFrame.from_ndarray(np.repeat(wave[None], channels, 0), format="fltp", layout=layout)
+        sound.sample_rate, sound.pts = rate, 0
+        resampler = av.AudioResampler(format=audio.codec_context.format, layout=layout, rate=rate)
+        for chunk in resampler.resample(sound) + resampler.resample(None):
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        for packet in audio.encode(None):
+            container.mux(packet)
+    out = tmp_path / "out"
+    code = main(["anonymize", str(source), "--out", str(out), "--weights", small_weights, "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    with av.open(str(out / "clip.avi.mp4")) as result:
+        kinds = [(s.type, s.codec_context.name) for s in result.streams]
+        assert kinds == [("video", "h264"), ("audio", "aac")]
+        assert sum(1 for _ in result.decode(audio=0)) > 0
