@@ -4,8 +4,8 @@ one clear line.
 Before anything is decoded, the file's header is read (PIL opens files lazily: format, size and
 metadata, no pixels) for two checks that hold for every format:
 
-- **a pixel limit**: an image above ``max_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 250
-  megapixels, enough for a 200-megapixel phone photo; the environment variable
+- **a pixel limit**: an image above ``max_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 500
+  megapixels, a 1.5 GB buffer: a 20000x20000 panorama is read; the environment variable
   ``SRN_MAX_IMAGE_PIXELS`` changes it, 0 lifts it) is refused in one line before its buffer is
   allocated: a small PNG of 40000x40000 pixels would otherwise ask for 4.8 GB;
 - **EXIF orientation**, read from the header of every format that carries one (JPEG, MPO, WebP,
@@ -62,8 +62,9 @@ __all__ = [
     "to_rgb_tensor",
 ]
 
-# The pixel limit of decoding (see the module doc): 250 megapixels, 750 MB as RGB.
-DEFAULT_MAX_IMAGE_PIXELS = 250_000_000
+# The pixel limit of decoding (see the module doc): 500 megapixels, 1.5 GB as RGB; a 20000 x 20000
+# panorama (400 megapixels) is still read, a 40000 x 40000 bomb (1600) is not.
+DEFAULT_MAX_IMAGE_PIXELS = 500_000_000
 MAX_PIXELS_ENV = "SRN_MAX_IMAGE_PIXELS"
 
 _ORIENTATION_TAG = 0x0112
@@ -226,7 +227,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> T
     Args:
         path: the image file.
         max_pixels: refuse images of more pixels than this, before decoding them (0: no limit;
-            default: :func:`max_image_pixels`, from ``SRN_MAX_IMAGE_PIXELS`` or 250 megapixels).
+            default: :func:`max_image_pixels`, from ``SRN_MAX_IMAGE_PIXELS`` or 500 megapixels).
 
     Returns:
         image (Tensor[3, H, W]): ``uint8`` RGB, EXIF orientation applied, alpha dropped. It may be
