@@ -68,12 +68,14 @@ def remove_temporaries(folder: PathLike, name: str | None = None, recursive: boo
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    # srn.atomic's own name for a temporary file of `name`: .<name>.<random, no dot>.partial<suffix>
+    own = re.compile(rf"\.{re.escape(name)}\.[^.]+\.partial(\.[^.]*)?", re.DOTALL) if name is not None else None
     now = time.time()
     removed = []
     walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
     for parent, _, names in walk:
         for entry in names:
-            if not is_temporary(entry) or (name is not None and not entry.startswith(f".{name}.")):
+            if not is_temporary(entry) or (own is not None and not own.fullmatch(entry)):
                 continue
             stale = Path(parent) / entry
             try:

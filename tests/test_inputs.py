@@ -128,3 +128,14 @@ def test_relative_paths_mirror_the_tree_below_the_common_folder(tree):
 
 def test_videos_are_known_by_their_suffix():
     assert is_video("clip.MP4") and is_video(Path("x/y.webm")) and not is_video("photo.jpg")
+
+
+def test_only_the_checked_outputs_own_temporaries_are_removed(tmp_path):
+    # faces.jsonl's manifest is written beside it, by another process under torchrun: its temporary
+    # file (.faces.jsonl.manifest.json.<random>.partial.json) is not faces.jsonl's.
+    theirs = tmp_path / ".faces.jsonl.manifest.json.abcd1234.partial.json"
+    mine = tmp_path / ".faces.jsonl.k2j3h4g5.partial.jsonl"
+    for path in (theirs, mine):
+        path.write_text("x")
+    check_output_file(tmp_path / "faces.jsonl")
+    assert theirs.exists() and not mine.exists()
