@@ -3,10 +3,10 @@
 Variants of the network call, everything else (fitting, padding, post-processing in fp32) as the
 Detector does it:
 
-- ``fp32``: the model as loaded (NCHW), the Detector's fp32 path;
+- ``fp32``: the model as loaded (NCHW), the Detector's fp32 path before this benchmark;
 - ``fp32 channels_last``: the same weights and input in channels_last;
 - ``fp32 folded channels_last``: BatchNorm folded into the convolutions, channels_last
-  (:func:`srn.inference.runner.inference_copy` in fp32);
+  (:func:`srn.inference.runner.inference_copy` in fp32): what the Detector runs on the CPU now;
 - ``bf16 autocast``: the NCHW model under ``torch.autocast("cpu", torch.bfloat16)``;
 - ``bf16 autocast channels_last``: the same in channels_last;
 - ``bf16 copy``: ``precision="bf16"``, the inference copy (BatchNorm folded, bf16 weights, channels_last).
@@ -59,8 +59,10 @@ class Autocast(nn.Module):
 
 
 def make_detector(variant: str) -> Detector:
+    """A Detector on the checkpoint whose runner's network is ``variant``'s (the Detector's own
+    CPU choice since this benchmark is ``fp32 folded channels_last``)."""
     detector = Detector(WEIGHTS, device="cpu", batch_size=1, precision="bf16" if variant == "bf16 copy" else "fp32")
-    if variant in ("fp32", "bf16 copy"):
+    if variant == "bf16 copy":
         return detector
     runner = detector.backend.runner(detector.score_thresh)
     model = copy.deepcopy(detector.model).eval()

@@ -94,7 +94,7 @@ def test_folded_channels_last_fp32_copy_finds_the_same_faces(shipped, crowd):
     ((folded_boxes, folded_scores),) = runner(crowd)
     assert batchnorms(runner.net) == 0 and batchnorms(model) > 0  # a copy: the model keeps its BatchNorms
     assert next(runner.net.parameters()).dtype == torch.float32
-    # Only float rounding differs (benchmarks/bench_torch_cpu.py: 1.37x faster on one CPU thread).
+    # Only float rounding differs (benchmarks/bench_torch_cpu.py: 1.2x to 1.4x faster on one CPU thread).
     assert len(scores) > 20 and folded_scores.shape == scores.shape
     assert_close(folded_boxes, boxes, rtol=0, atol=0.01)
     assert_close(folded_scores, scores, rtol=0, atol=1e-5)

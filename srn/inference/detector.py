@@ -16,7 +16,7 @@ with the mean colour to its own *canonical size*, its sides rounded up to a mult
 coarsest stride (:meth:`Detector.padded_size`), and a forward pass only ever holds images that share
 that size. Padding a photo to the size of a larger neighbour would change the features near its right
 and bottom edges, so its boxes would move with its batch. On the CPU every image also runs alone
-(one image per forward pass is faster there and does the same arithmetic whatever the batch), so the
+(one image per forward pass is no slower there and does the same arithmetic whatever the batch), so the
 records are bitwise the same whatever the batch size, the neighbours, the order, the decoding
 workers or the number of ``torchrun`` processes; on a GPU, batches of one canonical size agree with
 single images to float rounding.
@@ -101,7 +101,7 @@ class Detector:
             ``min_size`` (test-time scale: small faces in small photos get bigger; never past
             ``max_size``); None leaves them as they are. Boxes are mapped back to original pixels.
         batch_size: images per forward pass on a GPU (images of one canonical size only). On the
-            CPU every image runs alone, which is faster there.
+            CPU every image runs alone, which is no slower there.
         model, config: an already built network and its config, instead of ``weights``.
         precision: "fp32", or "bf16" to run an inference copy of the network (BatchNorm folded,
             bf16 weights, channels_last); boxes are still decoded in fp32. PyTorch only.
@@ -238,8 +238,9 @@ class Detector:
         return batch
 
     def _forward_batch_size(self) -> int:
-        # On the CPU one image per forward pass is faster (PyTorch 2.4x, onnxruntime 1.1-1.2x for
-        # 8 photos at 512x384 on one thread) and the same arithmetic whatever the batch.
+        # On the CPU one image per forward pass is no slower (PyTorch 1.5x faster, onnxruntime the
+        # same, for 8 images at 512x384 on one thread: benchmarks/bench_cpu_batch.py) and is the
+        # same arithmetic whatever the batch.
         return 1 if self.backend.device.type == "cpu" else self.batch_size
 
     # -- running -------------------------------------------------------------------------------

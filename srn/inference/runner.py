@@ -7,7 +7,7 @@
   path (torchvision's ``batched_nms``). This is the reference.
 - ``fold=True``: an inference copy of the network in fp32, with BatchNorm folded into the
   convolutions and channels_last activations: the same detections to float rounding (1e-3 px), and
-  on the CPU 1.37x faster than the model as it is (one thread, ``benchmarks/bench_torch_cpu.py``),
+  on the CPU 1.2x to 1.4x faster than the model as it is (one thread, ``benchmarks/bench_torch_cpu.py``),
   so :class:`srn.inference.backends.TorchBackend` runs it on the CPU.
 - ``precision="bf16"``: an inference copy of the network with BatchNorm folded into the
   convolutions, bf16 weights and channels_last activations. Inputs are normalised in fp32 and the

@@ -5,6 +5,10 @@ share of the time for JPEG photos on the CPU) overlaps with inference. Results c
 batch and in input order, so a caller can write and flush each batch as it completes: a crash or a
 kill loses at most the batch in flight. ``srn detect``, ``srn anonymize`` and ``srn eval``
 (:func:`srn.evaluation.run.detect_images`) all read their images through here.
+
+How the files are cut into batches (``batch_size``, the workers, a ``torchrun`` process's share)
+never changes an image's record: :meth:`srn.inference.Detector.detect` pads every image to its own
+canonical size and runs only images of one canonical size together (see :mod:`srn.inference.detector`).
 """
 
 from __future__ import annotations
