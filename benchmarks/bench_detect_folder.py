@@ -1,14 +1,23 @@
-"""``srn detect DIR`` on real photos: the streamed loop (decoding in DataLoader workers) against the
-loop it replaced (commit 21d7b02, which decoded each batch in the main process before running it).
+"""``srn detect DIR`` on real photos, as images per second, in one of two comparisons.
 
-Both run as the user runs them, one ``python -m srn detect`` process per measurement, startup and
-model loading included, on the same copied photos with the shipped model and ``--threads 1``. The
-old loop runs from ``git archive 21d7b02`` unpacked in a temporary folder. Repeats are interleaved
-so that load from other processes on the machine falls on every variant alike; the table gives the
-median of each and the ratio to the old loop's median, from the same run.
+``--compare old-loop`` (the default): the streamed loop (decoding in DataLoader workers) against the
+loop it replaced (commit 21d7b02, which decoded each batch in the main process before running it),
+with the shipped model and ``--threads 1``. The old loop runs from ``git archive 21d7b02`` unpacked
+in a temporary folder.
+
+``--compare defaults``: the decoding workers and network threads that ``srn detect`` picks from the
+cores by default (no ``--workers``, no ``--threads``, no ``OMP_NUM_THREADS``) against the defaults
+they replaced (``--workers min(4, cores)`` with torch's one thread per core) and against fixed
+settings, all on this tree.
+
+Every variant runs as the user runs it, one ``python -m srn detect`` process per measurement,
+startup and model loading included, on the same copied photos. Repeats are interleaved so that
+load from other processes on the machine falls on every variant alike; the table gives the median
+of each and the ratio to the first variant's median, from the same run.
 
     python benchmarks/bench_detect_folder.py --photos ../shared/data/faces --count 100 --repeats 3 \\
         --out benchmarks/detect_folder.md
+    python benchmarks/bench_detect_folder.py --compare defaults --count 30 --repeats 2
 """
 
 from __future__ import annotations
@@ -56,8 +65,10 @@ def unpack_commit(commit: str, into: Path) -> Path:
     return into
 
 
-def timed(command: list[str], pythonpath: Path, cwd: Path) -> float:
+def timed(command: list[str], pythonpath: Path, cwd: Path, threads_env: bool = True) -> float:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1"}
+    if not threads_env:  # let srn detect (or torch) choose its threads
+        env.pop("OMP_NUM_THREADS")
     start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -85,7 +96,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, help="write the table (markdown) here")
+    parser.add_argument("--compare", choices=("old-loop", "defaults"), default="old-loop", help="what to compare (see above)")
     args = parser.parse_args()
+    if args.compare == "defaults":
+        compare_defaults(args)
+        return
 
     weights = REPO / "srn" / "assets" / "srn_mobilenet_v2.pt"
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +152,54 @@ def main() -> None:
         "",
         "| loop | images/s | vs old loop |",
         "|---|---|---|",
+        *rows,
+        "",
+        f"Command: `{command}`",
+        "",
+    ])
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+def compare_defaults(args: argparse.Namespace) -> None:
+    """The default workers and threads against the old defaults and fixed settings (see the module doc)."""
+    sys.path.insert(0, str(REPO))
+    from srn.cli.common import available_cores, default_threads, default_workers
+
+    cores = available_cores()
+    workers = default_workers()
+    weights = REPO / "srn" / "assets" / "srn_mobilenet_v2.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photos = pick_photos(args.photos, args.count, tmp / "photos")
+        common = [str(tmp / "photos"), "--weights", str(weights), "--device", "cpu", "--batch-size", str(args.batch_size),
+                  "--out", str(tmp / "faces.jsonl")]
+        old_workers = min(4, os.cpu_count() or 1)
+        variants = {
+            f"old defaults: --workers {old_workers}, torch's {cores} threads": ["--workers", str(old_workers), "--threads", str(cores)],
+            f"new defaults (here --workers {workers} --threads {default_threads(workers)})": [],
+            f"--workers 0 --threads {cores}": ["--workers", "0", "--threads", str(cores)],
+            "--workers 1 --threads 1": ["--workers", "1", "--threads", "1"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, extra in variants.items():
+                times[name].append(timed([sys.executable, "-m", "srn", "detect", *common, *extra], REPO, tmp, threads_env=False))
+    base = statistics.median(times[next(iter(times))])
+    rows = [f"| {name} | {len(photos) / statistics.median(v):.2f} | {base / statistics.median(v):.2f}x | "
+            f"{', '.join(f'{t:.1f}' for t in v)} |" for name, v in times.items()]
+    command = " ".join(["python", "benchmarks/bench_detect_folder.py", "--compare", "defaults", "--photos", str(args.photos),
+                        "--count", str(args.count), "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)])
+    table = "\n".join([
+        f"{len(photos)} real photos picked evenly from `{args.photos.name}/`, the shipped model, `--batch-size {args.batch_size} "
+        f"--device cpu --out faces.jsonl`, no OMP_NUM_THREADS; one `python -m srn detect` process per measurement "
+        f"(startup and model loading included), median of {args.repeats} interleaved repeats; ratios to the old defaults.",
+        "",
+        f"Machine: {platform.machine()}, {cores} cores available, Python {platform.python_version()}.",
+        "",
+        "| settings | images/s | vs old defaults | seconds per run |",
+        "|---|---|---|---|",
         *rows,
         "",
         f"Command: `{command}`",

@@ -2,6 +2,7 @@
 with sound."""
 
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -157,8 +158,8 @@ def test_anonymize_a_tree_mirrors_it_and_never_overwrites(detector, tmp_path, ca
                  "--mask", "ellipse", "--device", "cpu", "--workers", "0"])
     err = capsys.readouterr().err.splitlines()
     assert code == 1  # one file failed, the others were done
-    assert err[-3:] == [f"srn anonymize: 3 of 4 files -> {out}", "srn anonymize: 1 of 4 files failed:",
-                        f"  {src / 'b' / 'broken.jpg'}: not a decodable image (truncated JPEG)"]
+    assert re.fullmatch(rf"4 files, \d+ faces?, 1 failed in \d+\.\d s -> {re.escape(str(out))}", err[-3])
+    assert err[-2:] == ["srn anonymize: 1 of 4 files failed:", f"  {src / 'b' / 'broken.jpg'}: not a decodable image (truncated JPEG)"]
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a/x.png", "b/x.jpg", "b/x.png"]
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == originals
 
@@ -171,6 +172,10 @@ def test_anonymize_a_tree_mirrors_it_and_never_overwrites(detector, tmp_path, ca
 
     # Writing into the input folder would overwrite the inputs: refused before anything runs.
     assert main(["anonymize", str(src / "a"), "--out", str(src / "a"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"srn anonymize: error: {src / 'a'}: is inside the input folder {src / 'a'}; a later "
+                                       "run over it would read these outputs as inputs: choose a folder outside it\n")
+    # ...and a named file's own output, by another path, is still an input.
+    assert main(["anonymize", str(src / "a" / "x.png"), "--out", str(src / "a"), "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"srn anonymize: error: {src / 'a' / 'x.png'}: is also an input; refusing to overwrite it\n"
 
 

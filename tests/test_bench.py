@@ -19,7 +19,7 @@ from srn.errors import SRNError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = BenchConfig(device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=2,
-                   backbone="resnet18", width=32, matmul_size=128)
+                   model="srn_r50", backbone="resnet18", width=32, matmul_size=128)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,16 @@ def positive(value) -> bool:
 
 def test_results_have_every_number(results):
     assert results["device"]["type"] == "cpu" and results["settings"]["sizes"] == ["64x64"]
-    assert positive(results["matmul"]["tflops"])
+    # On the CPU no matmul yardstick is measured, and no share of one is reported (see the module doc).
+    assert "matmul" not in results and "matmul_share" not in json.dumps(results)
     for model in ("srn", "peer"):
         entry = results[model]
         assert entry["params_m"] > 1
         assert positive(entry["gflops"]["64x64"])
-        assert positive(entry["latency_ms"]["64x64"]["end_to_end"])
+        latency = entry["latency_ms"]["64x64"]["end_to_end"]
+        assert positive(latency)
         assert entry["peak_memory_mb"]["64x64"] >= 0
-        assert positive(entry["matrix_rate_fraction"]["64x64"])
+        assert entry["tflops"]["64x64"] == pytest.approx(entry["gflops"]["64x64"] / latency)  # GFLOP / ms = TFLOP/s
         assert entry["throughput"]["batch"] == 2 and positive(entry["throughput"]["images_per_s"])
     latency = results["srn"]["latency_ms"]["64x64"]
     assert latency["forward"] + latency["postprocess"] == pytest.approx(latency["end_to_end"])
@@ -97,7 +99,7 @@ def test_onnxruntime_backend_has_every_number_of_the_torch_backend(results, ort_
     assert latency["forward"] + latency["postprocess"] == pytest.approx(latency["end_to_end"])
     for key in ("postprocess_share", "postprocess_dense_share"):
         assert 0 < latency[key] < 1
-    assert srn["peak_memory_mb"]["64x64"] >= 0 and positive(srn["matrix_rate_fraction"]["64x64"])
+    assert srn["peak_memory_mb"]["64x64"] >= 0 and positive(srn["tflops"]["64x64"])
     assert srn["throughput"]["batch"] == 2 and positive(srn["throughput"]["images_per_s"])
     assert 0 < srn["throughput"]["postprocess_share"] < 1
     assert all(math.isfinite(v) for k, v in ort_results["ratios"].items() if not k.startswith("peak_memory"))
@@ -174,3 +176,58 @@ def test_cuda_graphs_need_cuda(capsys):
         pytest.skip("a CUDA device is present")
     assert main(["bench", "--device", "cpu", "--cuda-graphs", "--sizes", "64x64"]) == 2
     assert capsys.readouterr().err == "srn bench: error: CUDA graphs need a CUDA device\n"
+
+
+def test_the_shipped_model_is_measured_by_default_and_srn_r50_on_request():
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    shipped = config_from_args(parser.parse_args([]))
+    assert (shipped.model, shipped.weights) == ("shipped", None)
+    r50 = config_from_args(parser.parse_args(["--model", "srn_r50"]))
+    assert (r50.model, r50.backbone, r50.width) == ("srn_r50", "resnet50", 256)
+    small = config_from_args(parser.parse_args(["--backbone", "resnet18", "--width", "32"]))
+    assert (small.model, small.backbone, small.width) == ("srn_r50", "resnet18", 32)  # a shape asks for a random network
+    # What the default run builds: the shipped model's 2.6 M parameters, not SRN-R50's 53.4 M.
+    from srn.analysis.bench import _build_srn
+
+    model, _, model_config = _build_srn(shipped, torch.device("cpu"))
+    assert model_config.backbone == "mobilenet_v2"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(2.6e6, rel=0.05)
+    results = run_benchmark(replace(shipped, device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=0, peer=False))
+    assert results["srn"]["model"] == "shipped" and results["srn"]["params_m"] == pytest.approx(2.6, rel=0.05)
+    assert "SRN on torch (shipped)" in format_table(results)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "srn_r50", "--weights", "w.pt"], "give --model or --weights, not both"),
+    (["--model", "shipped", "--backbone", "resnet18"], "--backbone and --width shape the random network of --model srn_r50"),
+])
+def test_contradicting_model_options_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pt").write_bytes(b"x")
+    assert main(["bench", *argv]) == 2
+    assert capsys.readouterr().err == f"srn bench: error: {message}\n"
+
+
+def test_the_cli_spells_the_librarys_names_and_defaults():
+    from srn.cli import bench as command
+
+    defaults = BenchConfig()
+    assert command.MODELS == bench.MODELS and command.BACKENDS == bench.BACKENDS
+    assert tuple(sorted(command.DTYPES)) == tuple(sorted(bench.DTYPES))
+    assert (command.DEFAULT_WARMUP, command.DEFAULT_ITERS) == (defaults.warmup, defaults.iters)
+    assert tuple(command.DEFAULT_SIZES) == defaults.sizes
+    assert (command.DEFAULT_BACKBONE, command.DEFAULT_WIDTH, command.DEFAULT_PEER_CLASSES) == (
+        defaults.backbone, defaults.width, defaults.peer_classes)
+
+
+def test_a_share_of_the_yardstick_above_one_is_never_printed_as_a_share(results):
+    # A GPU run reports the share of its bf16 matmul rate; one above 1 says the yardstick was low.
+    fake = json.loads(json.dumps(results))
+    fake["matmul"] = {"dtype": "bf16", "n": 128, "tflops": 0.001}
+    for entry in (fake["srn"], fake["peer"]):
+        entry["matmul_share"] = {"64x64": 1.669}
+        entry["throughput"]["matmul_share"] = 0.25
+    table = format_table(fake)
+    assert "166.9%" not in table and "above it" in table and "25.0%" in table
+    assert not re.search(r"\b(1\d\d|[2-9]\d\d)\.\d%", table)

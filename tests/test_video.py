@@ -137,6 +137,23 @@ def test_jsonl_only_and_bad_inputs(weights, clip, tmp_path, capsys):
     )
 
 
+def test_stdout_and_dev_null_for_a_video(weights, clip, capsys):
+    assert main(["detect", str(clip), "--out", "-", "--weights", weights, "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["frame"] for line in captured.out.splitlines()] == list(range(FRAMES))
+    assert captured.err == f"{clip}: 12 frames\n"
+    assert main(["detect", str(clip), "--out", "/dev/null", "--weights", weights, "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"{clip}: 12 frames\n")
+
+
+def test_an_image_suffix_is_not_a_video_output(weights, clip, tmp_path, capsys):
+    assert main(["detect", str(clip), "--out", str(tmp_path / "x.jpg"), "--weights", weights]) == 2
+    assert capsys.readouterr().err == (
+        f"srn detect: error: {tmp_path / 'x.jpg'}: a video's results are written as .mp4, .m4v, .mov, .mkv, .jsonl\n"
+    )
+
+
 def test_missing_pyav_is_one_line(weights, clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["detect", str(clip), "--weights", weights]) == 2

@@ -8,18 +8,35 @@ import sys
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError, int_at_least
+from srn.cli.common import HelpFormatter, UserError, int_at_least
 from srn.paths import check_input_file, check_output_file
 
 BENCH_HELP = """\
 Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
 
+By default it measures the model that srn detect uses, the one shipped with the package;
+--model srn_r50 measures the paper's SRN-R50 with random weights (its speed does not depend on
+them), --weights FILE any checkpoint. The peer always has random weights.
+
+Printed: latency per size (network and post-processing), GFLOP, peak memory, the FLOP rate reached
+(TFLOP/s) and throughput. On a GPU also that rate as a share of a large bf16 matmul measured in the
+same run; not on the CPU, where convolutions are not matmuls and such a share can pass 100%.
+
 Examples:
   srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
-  srn bench --device cuda --dtype bf16 --channels-last --json bench.json
+  srn bench --model srn_r50 --device cuda --dtype bf16 --channels-last --json bench.json
   srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
   srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
 """
+
+# srn.analysis.bench's names and BenchConfig's defaults, spelled out: importing it would import
+# torch for `srn bench -h` (tests/test_bench.py checks that they agree).
+MODELS = ("shipped", "srn_r50")
+DTYPES = ("bf16", "fp32")
+BACKENDS = ("torch", "onnxruntime")
+DEFAULT_SIZES = [(480, 640), (1024, 1024)]
+DEFAULT_WARMUP, DEFAULT_ITERS = 2, 10
+DEFAULT_BACKBONE, DEFAULT_WIDTH, DEFAULT_PEER_CLASSES = "resnet50", 256, 2
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,32 +52,33 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``srn bench`` to the ``srn`` command line."""
-    parser = sub.add_parser("bench", help="benchmark SRN against RetinaNet-R50", description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser("bench", help="benchmark SRN against RetinaNet-R50", description=BENCH_HELP, formatter_class=HelpFormatter)
     add_bench_args(parser)
     parser.set_defaults(func=run)
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    from srn.analysis.bench import BACKENDS, DTYPES, BenchConfig
-
-    defaults = BenchConfig()
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="shipped: the model srn detect uses; srn_r50: the paper's SRN-R50, random weights (default: shipped)")
+    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of --model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="bf16: SRN's bf16 inference copy, the peer under autocast")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: SRN's bf16 inference copy, the peer under autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
     parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
-    parser.add_argument("--warmup", type=int_at_least(0), default=defaults.warmup)
-    parser.add_argument("--iters", type=int_at_least(1), default=defaults.iters)
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(defaults.sizes), metavar="WxH", help="default: 640x480 1024x1024")
+    parser.add_argument("--warmup", type=int_at_least(0), default=DEFAULT_WARMUP, help="untimed runs first")
+    parser.add_argument("--iters", type=int_at_least(1), default=DEFAULT_ITERS, help="timed runs; the median is reported")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(DEFAULT_SIZES), metavar="WxH", help="default: 640x480 1024x1024")
     parser.add_argument("--batch", type=int_at_least(0), help="throughput batch on the first size (default 16 on GPU, 2 on CPU; 0 skips)")
-    parser.add_argument("--backbone", default=defaults.backbone, help="SRN backbone of the random network (ignored with --weights)")
-    parser.add_argument("--width", type=int_at_least(1), default=defaults.width, help="SRN head width of the random network")
-    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of a random network")
+    parser.add_argument("--backbone", default=None,
+                        help=f"the random network's backbone instead of SRN-R50's (implies --model srn_r50; default {DEFAULT_BACKBONE})")
+    parser.add_argument("--width", type=int_at_least(1), default=None,
+                        help=f"the random network's head width instead of SRN-R50's (implies --model srn_r50; default {DEFAULT_WIDTH})")
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
-    parser.add_argument("--peer-classes", type=int_at_least(1), default=defaults.peer_classes, help="RetinaNet classes (2: one face class; 91: COCO)")
+    parser.add_argument("--peer-classes", type=int_at_least(1), default=DEFAULT_PEER_CLASSES, help="RetinaNet classes (2: one face class; 91: COCO)")
     parser.add_argument("--threads", type=int_at_least(1), help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
-    parser.add_argument("--matmul-size", type=int_at_least(1), help="n of the n x n x n matmul that measures the matrix rate (default: 8192 on GPU, 2048 on CPU)")
+    parser.add_argument("--matmul-size", type=int_at_least(1), help="n of the n x n x n bf16 matmul that the GPU's rate is measured with (default 8192)")
     parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.inference.runner)")
     parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
     parser.add_argument("--throughput-size", type=parse_size, metavar="WxH", help="size of the throughput run (default: the first of --sizes)")
@@ -68,13 +86,22 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The :class:`srn.analysis.bench.BenchConfig` that the options describe; options that
+    contradict each other are one :class:`UserError`."""
     from srn.analysis.bench import BenchConfig
 
+    if args.weights and args.model:
+        raise UserError("give --model or --weights, not both")
+    shaped = args.backbone is not None or args.width is not None
+    model = args.model or ("srn_r50" if shaped and not args.weights else "shipped")  # a shape asks for the random network
+    if model == "shipped" and shaped and not args.weights:
+        raise UserError("--backbone and --width shape the random network of --model srn_r50")
     return BenchConfig(
-        device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        model=model, device=args.device, dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         warmup=args.warmup, iters=args.iters, sizes=tuple(tuple(s) for s in args.sizes), batch=args.batch,
-        backbone=args.backbone, width=args.width, weights=args.weights, peer=args.peer, peer_classes=args.peer_classes,
-        threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs, image=args.image, matmul_size=args.matmul_size,
+        backbone=args.backbone or DEFAULT_BACKBONE, width=args.width or DEFAULT_WIDTH, weights=args.weights, peer=args.peer,
+        peer_classes=args.peer_classes, threads=args.threads, backend=args.backend, cuda_graphs=args.cuda_graphs,
+        image=args.image, matmul_size=args.matmul_size,
         throughput_size=tuple(args.throughput_size) if args.throughput_size else None,
     )
 
@@ -90,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(args.image, "photo")
     if args.json:
         check_output_file(args.json, inputs=[p for p in (args.weights, args.image) if p])
+    config = config_from_args(args)
     try:
-        results = run_benchmark(config_from_args(args), log=lambda message: print(message, file=sys.stderr))
+        results = run_benchmark(config, log=lambda message: print(message, file=sys.stderr))
     except torch.OutOfMemoryError:
         raise UserError("out of memory; lower --batch or --sizes") from None
     except ValueError as exc:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from srn.errors import printable
+
 __all__ = [
+    "HelpFormatter",
+    "Report",
     "UserError",
     "add_detector_args",
+    "available_cores",
     "build_detector",
+    "default_threads",
+    "default_workers",
     "float_in",
     "int_at_least",
     "OneLineParser",
+    "worker_death",
 ]
 
 
@@ -61,6 +72,22 @@ def float_in(low: float, high: float = math.inf, low_open: bool = False) -> Call
     return parse
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (their examples keep their lines), and every option's default at
+    the end of its help, ``(default: X)``, unless the help already speaks of its default. Options
+    without a value (flags) and those whose default is None (chosen at run time; their help says
+    how) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""  # argparse formats a None help as no help; the default is still worth a word
+        default = action.default
+        if not action.option_strings or default is None or isinstance(default, bool) or default is argparse.SUPPRESS:
+            return text
+        if "default" in text or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser that reports a usage error as one line, ``"<prog>: error: <message>"``,
     exit 2 (argparse prints the whole usage block first; ``-h`` still shows it). Subcommand parsers
@@ -76,14 +103,18 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
-    group.add_argument("--max-size", type=int_at_least(32), default=2100, help="downscale images whose longer side exceeds this (at least 32)")
+    group.add_argument("--max-size", type=int_at_least(32), default=2100,
+                       help="an image whose longer side exceeds this many pixels is shrunk to it before detection (boxes still come back "
+                            "in the original's pixels); lower it for speed and memory, raise it for tiny faces in large photos (at least 32)")
     group.add_argument("--min-size", type=int_at_least(0), default=None, metavar="PIXELS",
                        help="upscale an image whose longer side is shorter than this to it before detection, so that small faces "
                             "get found (boxes still come back in the original's pixels); 32 to --max-size, 0 for never (default: never)")
-    group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
+    group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     group.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
-    group.add_argument("--threads", type=int_at_least(1), help="CPU threads for the network (default: torch's, one per core)")
+    group.add_argument("--threads", type=int_at_least(1),
+                       help="CPU threads for the network (default: OMP_NUM_THREADS when set, else the cores that --workers leaves "
+                            "less one, at least 1)")
 
 
 def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float | None = None):
@@ -92,12 +123,15 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
 
     from srn.inference import Detector
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = args.threads
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = default_threads(getattr(args, "workers", None) or 0)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         return Detector(
             weights=args.weights,
-            threads=args.threads,
+            threads=threads,
             device=args.device,
             score_thresh=score_thresh,
             nms_iou=nms_iou,
@@ -109,3 +143,142 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
         )
     except ValueError as exc:  # bad settings: CUDA graphs on the CPU, a max size too small
         raise UserError(str(exc).strip().splitlines()[0]) from None
+
+
+# -- defaults that fit the machine -------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Image-decoding processes by default: none on 1 or 2 cores, where a worker only takes a core
+    from the network (benchmarks/RESULTS.md, "Defaults that fit the machine"); 1 on 3 to 7 cores;
+    then one per 4 cores, at most 4 (beyond that the network, not decoding, is the bottleneck)."""
+    cores = available_cores() if cores is None else cores
+    if cores <= 2:
+        return 0
+    return min(4, max(1, cores // 4))
+
+
+def default_threads(workers: int, cores: int | None = None) -> int:
+    """The network's CPU threads by default: the cores that ``workers`` decoding processes leave,
+    less one for the main process's own work (and anything else the machine runs), at least 1.
+
+    Every thread of an OpenMP convolution waits for the slowest at each barrier, so one thread per
+    core stalls whenever any other work takes a core: on the shared 2-core development machine two
+    threads made ``srn detect`` 4 times slower than one (benchmarks/RESULTS.md, "Defaults that fit
+    the machine")."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores - workers - 1)
+
+
+# -- what a command says it did ----------------------------------------------------------------------
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 face``, ``2 faces``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+class Report:
+    """What ``srn detect`` and ``srn anonymize`` say on stderr.
+
+    On a terminal, one line per input as it is done (``photo.jpg: 27 faces``, with ``-> FILE``
+    when a file was written for it), printed above the progress bar; everywhere, a closing summary
+    (``3 images, 41 faces, 0 failed in 2.1 s``). Failures are listed after the summary, each on
+    its own line, as they have always been.
+
+    Args:
+        unit: what an input is called in the summary ("image", "frame").
+        per_item: print the per-input lines (default: when stderr is a terminal).
+    """
+
+    def __init__(self, unit: str = "image", per_item: bool | None = None) -> None:
+        self.unit = unit
+        self.per_item = stderr_is_terminal() if per_item is None else per_item
+        self.start = time.perf_counter()
+        self.items = 0
+        self.faces = 0
+        self.failures: list[str] = []
+        self.progress = None  # a tqdm bar, whose line the per-input lines are printed above
+
+    def item(self, name: str, faces: int, written: str | os.PathLike[str] | None = None) -> None:
+        """One input done, with ``faces`` faces found."""
+        self.items += 1
+        self.faces += faces
+        if self.per_item:
+            line = f"{name}: {plural(faces, 'face')}" + (f" -> {os.fsdecode(written)}" if written is not None else "")
+            self.say(line)
+
+    def failed(self, line: str) -> None:
+        """One input that could not be done: ``line`` names it and says why (shown escaped, so
+        that a name holding a newline stays on its line: :func:`srn.errors.printable`)."""
+        self.failures.append(printable(line))
+
+    def say(self, line: str) -> None:
+        line = printable(line)
+        if self.progress is not None and not getattr(self.progress, "disable", True):
+            self.progress.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def summary(self, tail: str = "") -> str:
+        """The closing line, e.g. ``3 images, 41 faces, 0 failed in 2.1 s``."""
+        seconds = time.perf_counter() - self.start
+        return (f"{plural(self.items + len(self.failures), self.unit)}, {plural(self.faces, 'face')}, "
+                f"{len(self.failures)} failed in {seconds:.1f} s{tail}")
+
+    def close(self, command: str, where: str = "", tail: str = "") -> int:
+        """Print the summary (``tail`` after it, e.g. `` -> faces.jsonl``) and the failures;
+        returns the exit code (1 when any input failed). ``where`` names the process under torchrun."""
+        print(self.summary(where + tail), file=sys.stderr)
+        if self.failures:
+            print(f"srn {command}: {len(self.failures)} of {self.items + len(self.failures)} files failed{where}:", file=sys.stderr)
+            for line in self.failures:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        return 0
+
+
+def worker_death(exc: BaseException) -> str | None:
+    """The one line for a decoding worker that died (the OOM killer's SIGKILL, say); None for any
+    other error. ``DataLoader`` says so with a ``RuntimeError``, or the main process first finds
+    the link to the dead worker broken (a ``ConnectionResetError`` or ``EOFError`` raised inside the
+    loader), and the ``RuntimeError`` of its SIGCHLD handler comes a moment later, wherever the
+    main process then is."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = " ".join(str(error).split())
+        if isinstance(error, RuntimeError) and "DataLoader worker" in text:
+            return (f"an image-decoding process died ({text.split(' If ')[0].rstrip('. ')}); "
+                    "perhaps it ran out of memory: try fewer --workers, or --workers 0")
+        if isinstance(error, ConnectionError | EOFError) and _raised_in_a_data_loader(error):
+            return ("an image-decoding process died (its connection broke: "
+                    f"{type(error).__name__}); perhaps it ran out of memory: try fewer --workers, or --workers 0")
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _raised_in_a_data_loader(error: BaseException) -> bool:
+    trace = error.__traceback__
+    while trace is not None:
+        if "torch/utils/data/" in trace.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        trace = trace.tb_next
+    return False
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (where per-input lines help; in a log they are noise)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from srn.cli.common import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    convert = sub.add_parser("convert", help="convert the authors' SRN.pth into an srn checkpoint")
+    convert = sub.add_parser(
+        "convert", help="convert the authors' SRN.pth into an srn checkpoint", formatter_class=HelpFormatter,
+        description="Convert the authors' SRN.pth (https://github.com/ChiCheng123/SRN, linked from its README) into an srn "
+                    "checkpoint, which holds its config. srn detect --weights SRN.pth also reads it directly.",
+    )
     convert.add_argument("src", help="the release's SRN.pth")
     convert.add_argument("dst", help="output checkpoint")
     convert.set_defaults(func=run)

@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.cli.common import UserError, add_detector_args, build_detector, int_at_least
+from srn.cli.common import HelpFormatter, UserError, add_detector_args, build_detector, default_workers, float_in, int_at_least
 from srn.errors import PredictionFormatError
 from srn.paths import check_input_dir, check_output_dir, check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from srn.inference.stream import default_workers
-
     evaluate = sub.add_parser(
         "eval",
         help="evaluate on WIDER FACE, FDDB, AFW or PASCAL Face with their own protocols",
@@ -27,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  srn eval wider --pred-dir preds/ --gt-dir eval_tools/ground_truth [--subset]\n"
         "  srn eval fddb --images originalPics --annotations FDDB-folds/FDDB-fold-*-ellipseList.txt --weights W\n"
         "  srn eval afw --images afw/ --annotations new_annotations_AFW.mat --weights W",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_argument("benchmark", choices=("wider", "fddb", "afw", "pascal"))
     evaluate.add_argument("--images", help="the benchmark's image folder (detection is run)")
@@ -37,12 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--annotations", nargs="+", help="fddb ellipse lists, or the afw/pascal .mat file")
     evaluate.add_argument("--subset", action="store_true", help="wider: only images with predictions (NOT the official number)")
     evaluate.add_argument("--tta", action="store_true", help="the release's multi-scale + flip + box-voting test")
-    evaluate.add_argument("--tta-max-size", type=int, default=2100, help="TTA max_size (1400 fits a 12 GB GPU)")
+    evaluate.add_argument("--tta-max-size", type=int_at_least(32), default=2100, help="TTA max_size, at least 32 (1400 fits a 12 GB GPU)")
     evaluate.add_argument("--keep-singletons", action="store_true", help="TTA: keep single-box clusters (the release drops them)")
-    evaluate.add_argument("--height-scale", type=float, default=1.0, help="fddb: stretch rectangles' height toward the ellipse (e.g. 1.2)")
+    evaluate.add_argument("--height-scale", type=float_in(0.0, 10.0, low_open=True), default=1.0,
+                          help="fddb: stretch rectangles' height toward the ellipse, in (0, 10] (e.g. 1.2)")
     evaluate.add_argument("--out", help="folder for predictions, report.json and the plot (default eval_BENCHMARK)")
     evaluate.add_argument("--json", help="also write the summary (no curves) to this file")
-    evaluate.add_argument("--workers", type=int_at_least(0), default=default_workers(), help="processes that decode images (default: min(4, cores); 0: decode in the main process)")
+    evaluate.add_argument("--workers", type=int_at_least(0), default=default_workers(),
+                          help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
+                               "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
     add_detector_args(evaluate)
     evaluate.set_defaults(func=run)
 
@@ -133,7 +134,7 @@ def _eval_wider(args: argparse.Namespace) -> int:
         results = _eval_detections(args, paths)
         pred_dir = out / "predictions"
         records = {f"{path.parent.name}/{path.stem}": (b.numpy(), s.numpy()) for path, (b, s) in results.items()}
-        widerface.write_predictions(pred_dir, records)
+        widerface.write_prediction_folder(pred_dir, records)  # this run's files only, none left from another
         print(f"predictions: {pred_dir}")
         predictions = widerface.read_predictions(pred_dir)
     result = widerface.evaluate(predictions, gt, subset=args.subset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from srn.cli.common import UserError
+from srn.cli.common import HelpFormatter, UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -22,7 +22,7 @@ ablation_stc_str, srn_mobilenet_v2.
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train SRN (one GPU, CPU, or many with torchrun)", description=DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
     train.add_argument("config", help="YAML file or preset name")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.02")
     train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",

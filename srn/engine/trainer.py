@@ -83,12 +83,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.output_dir = Path(tc.output_dir)
-        if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            # Temporary files of writes that a kill interrupted (the finished files are intact).
-            stale = remove_stale_partials(self.output_dir)
-            if stale:
-                logger.info("removed %d temporary file(s) of interrupted writes from %s", len(stale), self.output_dir)
 
         self.model = SRN.from_config(config.model)
         if tc.init_from:
@@ -140,6 +134,15 @@ class Trainer:
         self.step_images = 0
         self.metrics: dict[str, Any] | None = None
         self.completed = False
+
+        # The run folder is made only now that the model and the data are built: a run that cannot
+        # start (no network for the ImageNet weights, no training image) leaves no empty folder.
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # Temporary files of writes that a kill interrupted (the finished files are intact).
+            stale = remove_stale_partials(self.output_dir)
+            if stale:
+                logger.info("removed %d temporary file(s) of interrupted writes from %s", len(stale), self.output_dir)
 
         resume_path = self.output_dir / "last.pt" if resume == "auto" else (Path(resume) if resume else None)
         if resume == "auto" and not (resume_path.exists() or resume_path.is_symlink()):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from srn.errors import WeightsError
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -92,10 +97,14 @@ def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) ->
     Args:
         source: ``"imagenet"`` for torchvision's weights (taken from torch's hub cache, downloaded
             there only if absent), or the path of a torchvision-layout state dict file.
+
+    Raises:
+        WeightsError: the weights are not in the hub cache and cannot be downloaded (no network,
+            say): one line that names the file, the address it comes from, and the two places to
+            put it (the hub cache, or a path that ``model.pretrained`` names).
     """
     if str(source) == "imagenet":
-        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-        state = weights.get_state_dict(progress=False)
+        state = _hub_weights(name)
     else:
         path = Path(source)
         if not path.is_file():
@@ -109,3 +118,32 @@ def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) ->
     if missing:
         raise ValueError(f"{source}: ImageNet weights lack {len(missing)} backbone keys, e.g. {missing[:3]}")
     backbone.load_state_dict(state, strict=False)
+
+
+def hub_cache_path(url: str) -> Path:
+    """Where torch's hub cache keeps the file of ``url``: ``$TORCH_HOME/hub/checkpoints/<file>``
+    (``~/.cache/torch`` when ``TORCH_HOME`` is not set)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlsplit(url).path)
+
+
+def _hub_weights(name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights of backbone ``name``, from the hub cache or downloaded into it."""
+    url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+    cached = hub_cache_path(url)
+    if not cached.is_file():
+        try:
+            # Not torch.hub.load_state_dict_from_url: it prints "Downloading ..." before it fails.
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts and SSL errors are OSErrors
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsError(
+                f"{cached.name}: the ImageNet weights of {name} are not in torch's hub cache and could not be downloaded "
+                f"({' '.join(str(reason).split())}); download {url} and put it at {cached}, "
+                "or set model.pretrained to the path of a copy"
+            ) from None
+    try:
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise WeightsError(f"{cached}: the cached ImageNet weights of {name} cannot be read ({type(exc).__name__}); "
+                           f"delete the file, and download {url} again") from None

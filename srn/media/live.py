@@ -1,0 +1,331 @@
+"""Live video: a webcam, or a network stream (``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://``,
+``tcp://``, ``srt://``), read through PyAV (FFmpeg) until it ends or the user stops it.
+
+A source is named as a user types it: ``0`` is the first webcam (``/dev/video0`` through Video4Linux
+on Linux, AVFoundation's device 0 on macOS), and a URL is opened as FFmpeg opens it. A source that
+cannot be opened raises :class:`srn.errors.InputPathError` with one line naming it.
+
+:class:`LiveReader` decodes in a background thread, like :class:`srn.media.video.FrameReader` does
+for files, and yields the same :class:`srn.media.video.Frame`; a :class:`srn.media.video.VideoWriter`
+can encode what it reads. :func:`process_live` runs a detector on the frames as they come, taking
+whatever frames are waiting (up to a batch) at each step, so that a slow detector does not fall
+further and further behind a camera. It stops at the stream's end, when the stream breaks off, or
+when its ``stop`` event is set; :func:`stop_on_interrupt` sets that event on Ctrl-C, so that a
+stopped run finishes its outputs instead of leaving them torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from srn.errors import InputPathError
+from srn.paths import IMAGE_SUFFIXES
+
+__all__ = [
+    "LIVE_SCHEMES",
+    "LiveReader",
+    "LiveRun",
+    "is_live_source",
+    "process_live",
+    "source_name",
+    "stop_on_interrupt",
+]
+
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
+OPEN_TIMEOUT_S = 15.0  # connecting, and waiting for the first data
+READ_TIMEOUT_S = 30.0  # a stream silent for this long has ended
+
+
+def is_live_source(text: str | os.PathLike[str]) -> bool:
+    """Whether ``text`` names a live source: a webcam number (``0``, ``1`` ...) that is not also the
+    name of a file or folder here, or a URL with one of :data:`LIVE_SCHEMES`."""
+    if not isinstance(text, str):
+        return False
+    if text.isascii() and text.isdigit():
+        return not os.path.lexists(text)
+    return urlsplit(text).scheme.lower() in LIVE_SCHEMES and "://" in text
+
+
+def source_name(source: str) -> str:
+    """A file-name stem for a live source's outputs: ``webcam0``, or the last part of the URL's
+    path without its suffix (``clip`` for ``http://host/videos/clip.mp4``), or its host."""
+    if source.isdigit():
+        return f"webcam{int(source)}"
+    parts = urlsplit(source)
+    stem = Path(parts.path).stem
+    name = stem or parts.hostname or "stream"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "stream"
+
+
+def _ffmpeg_input(source: str) -> tuple[str, str | None, dict[str, str]]:
+    """What FFmpeg opens for ``source``: (url, input format, options)."""
+    if not source.isdigit():
+        if urlsplit(source).scheme.lower().startswith("rtsp"):
+            return source, None, {"rtsp_transport": "tcp"}  # UDP loses packets across most networks
+        return source, None, {}
+    index = int(source)
+    if sys.platform.startswith("linux"):
+        device = f"/dev/video{index}"
+        if not os.path.exists(device):
+            raise InputPathError(source, f"no webcam {device} on this machine")
+        return device, "v4l2", {}
+    if sys.platform == "darwin":
+        return str(index), "avfoundation", {"framerate": "30"}
+    raise InputPathError(source, "webcams are read on Linux and macOS; give the camera's stream URL instead")
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's words for what went wrong, without the errno and the repeated URL."""
+    strerror = getattr(exc, "strerror", None)
+    return strerror if strerror else " ".join(str(exc).split())
+
+
+class LiveReader:
+    """Frames of a webcam or network stream, decoded in a background thread.
+
+    Iterating yields :class:`srn.media.video.Frame` (``time`` in seconds from the first frame) as
+    they arrive; it ends when the stream does, and raises :class:`srn.errors.InputPathError` when
+    the stream breaks off. Iterating with :meth:`batches` takes what is waiting, a batch at most.
+
+    Args:
+        source: a webcam number or a stream URL (see the module doc).
+        max_queued: frames decoded ahead of the consumer at most.
+        timeout: seconds to wait for the stream to open, and for data once it runs.
+
+    Attributes:
+        path: ``source``, for messages (as :class:`srn.media.video.FrameReader` has it).
+        rate: the nominal frame rate as a Fraction, or None; time_base: the unit of frames' ``pts``.
+        audio_stream: always None (the sound of a live source is not kept).
+    """
+
+    _END = object()
+
+    def __init__(self, source: str, max_queued: int = 16, timeout: tuple[float, float] = (OPEN_TIMEOUT_S, READ_TIMEOUT_S)) -> None:
+        from srn.media.video import require_av
+
+        self.av = require_av()
+        self.path = source
+        url, fmt, options = _ffmpeg_input(source)
+        try:
+            self._container = self.av.open(url, format=fmt, options=options, timeout=timeout)
+        except (self.av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise InputPathError(source, f"cannot open the stream ({_reason(exc)})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputPathError(source, "has no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self._stream = stream
+        self.rate: Fraction | None = stream.average_rate or stream.guessed_rate or None
+        self.time_base: Fraction = stream.time_base or Fraction(1, 90000)
+        self.audio_stream = None
+        self.decode_audio = False
+        self._first_pts: int | None = None
+        self._count = 0
+        self._frames = self._decode_frames()
+        self._peeked: Any = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _decode_frames(self) -> Iterator[Any]:
+        from srn.media.video import Frame
+
+        for frame in self._container.decode(self._stream):
+            if frame.pts is not None and self._first_pts is None:
+                self._first_pts = frame.pts
+            if frame.pts is not None:
+                time = float((frame.pts - self._first_pts) * self.time_base)
+            else:
+                time = self._count / float(self.rate) if self.rate else 0.0
+            yield Frame(self._count, time, frame.to_ndarray(format="rgb24"), frame.pts)
+            self._count += 1
+
+    def peek(self) -> Any:
+        """The first frame (None if the stream ends before one), decoded now; iterating still starts with it."""
+        if self._peeked is None:
+            if self._thread is not None:
+                raise RuntimeError("LiveReader.peek after iteration started")
+            try:
+                self._peeked = next(self._frames, None)
+            except (self.av.FFmpegError, OSError) as exc:
+                raise InputPathError(self.path, f"reading the stream failed ({_reason(exc)})") from None
+        return self._peeked
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _decode(self) -> None:
+        try:
+            if self._peeked is not None and not self._put(self._peeked):
+                return
+            for frame in self._frames:
+                if self._stop.is_set() or not self._put(frame):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            self._put(exc)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a LiveReader is iterated once")
+        self._thread = threading.Thread(target=self._decode, name=f"read {self.path}", daemon=True)
+        self._thread.start()
+
+    def _take(self, block: bool, stop: threading.Event | None) -> Any:
+        """The next item, or None when there is none waiting (``block=False``) or ``stop`` was set."""
+        while True:
+            if stop is not None and stop.is_set():
+                return None
+            try:
+                item = self._queue.get(timeout=0.1) if block else self._queue.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return None
+                continue
+            if isinstance(item, BaseException):
+                raise InputPathError(self.path, f"the stream broke off ({_reason(item)})")
+            return item
+
+    def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
+        """Lists of frames: the next frame, and those already waiting after it, ``size`` at most.
+        Ends with the stream, or as soon as ``stop`` is set."""
+        self._start()
+        try:
+            while True:
+                first = self._take(True, stop)
+                if first is None or first is self._END:
+                    return
+                batch = [first]
+                while len(batch) < size:
+                    item = self._take(False, stop)
+                    if item is None:
+                        break
+                    if item is self._END:
+                        yield batch
+                        return
+                    batch.append(item)
+                yield batch
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches(1):
+            yield from batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                return  # stuck in FFmpeg: leave the container to the daemon thread
+        with contextlib.suppress(self.av.FFmpegError, OSError):
+            self._container.close()
+
+
+@dataclass
+class LiveRun:
+    """How a live run ended.
+
+    Attributes:
+        frames: frames processed (each written to every output).
+        faces: faces found in them.
+        stopped: the ``stop`` event ended it (Ctrl-C), not the stream.
+        error: one line when the stream broke off (what came before it is written), else None.
+    """
+
+    frames: int = 0
+    faces: int = 0
+    stopped: bool = False
+    error: str | None = None
+
+
+def process_live(
+    detector: Any,
+    reader: LiveReader,
+    batch_size: int,
+    on_frame: Callable[[Any, Any], None] | None = None,
+    writer: Any = None,
+    render: Callable[[Any, Any], Any] | None = None,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> LiveRun:
+    """Run ``detector`` (a :class:`srn.inference.Detector`) on a live source until it ends or
+    ``stop`` is set.
+
+    Args:
+        batch_size: frames per call of ``detector.detect`` at most (fewer when fewer are waiting).
+        on_frame: called with each :class:`srn.media.video.Frame` and its :class:`srn.inference.Faces`, in order.
+        writer: a :class:`srn.media.video.VideoWriter` (made on ``reader``) to encode each frame to,
+            or None; the caller closes it.
+        render: ``render(image, faces) -> image``: what ``writer`` gets (default: the frame).
+        stop: set it (from a signal handler, another thread) to end the run after the batch in flight.
+        on_batch: called after each batch is written (to flush outputs).
+
+    Returns:
+        A :class:`LiveRun`; a stream that breaks off ends the run with its ``error``, not an exception.
+    """
+    import torch
+
+    run = LiveRun()
+    try:
+        for batch in reader.batches(batch_size, stop):
+            found = detector.detect([torch.from_numpy(f.image).permute(2, 0, 1) for f in batch])  # (H, W, 3) -> (3, H, W)
+            for frame, faces in zip(batch, found):
+                if on_frame is not None:
+                    on_frame(frame, faces)
+                if writer is not None:
+                    writer.write(frame, render(frame.image, faces) if render is not None else frame.image)
+                run.frames += 1
+                run.faces += len(faces)
+            if on_batch is not None:
+                on_batch()
+    except InputPathError as exc:
+        run.error = str(exc)
+    run.stopped = stop is not None and stop.is_set()
+    return run
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event that Ctrl-C (SIGINT) sets instead of raising ``KeyboardInterrupt``, for the block;
+    a second Ctrl-C raises it as usual. Outside the main thread, where signals cannot be caught,
+    the event is never set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def refuse_photo_url(source: str) -> None:
+    """A URL that names a photo is not a stream: one line saying so."""
+    if Path(urlsplit(source).path).suffix.lower() in IMAGE_SUFFIXES:
+        raise InputPathError(source, "photos are not read from URLs (only video streams are); download it first")
