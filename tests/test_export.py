@@ -315,3 +315,11 @@ def test_cli_int8_bad_inputs_are_one_line(small, calibration_photos, tmp_path, c
         assert not out.exists()
     assert main(["export", "onnx", "--out", str(tmp_path / "x.onnx"), "--weights", str(int8)]) == 2
     assert "already an ONNX file" in capsys.readouterr().err
+
+
+def test_the_command_lines_defaults_are_the_librarys():
+    import srn.cli.export
+    from srn.export import quantize
+
+    assert srn.cli.export.DEFAULT_OPSET == srn.export.onnx.DEFAULT_OPSET
+    assert srn.cli.export.DEFAULT_CALIBRATION_COUNT == quantize.DEFAULT_CALIBRATION_COUNT

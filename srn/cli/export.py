@@ -26,13 +26,13 @@ Run it with srn.Detector('srn.onnx').detect('photo.jpg'), or srn detect photo.jp
 """
 
 
-# srn.export.quantize's DEFAULT_CALIBRATION_COUNT: importing it would import torch for `srn --help`.
+# srn.export.onnx's DEFAULT_OPSET and srn.export.quantize's DEFAULT_CALIBRATION_COUNT, spelled out:
+# importing them would import torch for `srn --help` (tests/test_export.py checks that they agree).
+DEFAULT_OPSET = 17
 DEFAULT_CALIBRATION_COUNT = 50
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from srn.export.onnx import DEFAULT_OPSET
-
     parser = sub.add_parser("export", help="export the detector (ONNX)", description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     formats = parser.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
     onnx_parser = formats.add_parser("onnx", help="ONNX with dynamic batch, height and width", description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
