@@ -57,12 +57,7 @@ print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr
 """
 
 
-@pytest.mark.parametrize("argv", [
-    [], ["--version"], ["--help"],
-    *[[name, "--help"] if name != "export" else pytest.param([name, "--help"], marks=pytest.mark.xfail(
-        reason="srn/cli/export.py's register imports srn.export.onnx (torch) for DEFAULT_OPSET", strict=False))
-      for name in COMMANDS],
-])
+@pytest.mark.parametrize("argv", [[], ["--version"], ["--help"], *[[name, "--help"] for name in COMMANDS]])
 def test_help_and_version_import_no_heavy_module(argv):
     result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
