@@ -24,11 +24,11 @@ log="$out/inference.log"
 photo=docs/astronaut.png
 if [ -n "$quick" ]; then
   common="--device cpu --warmup 0 --iters 1 --backbone resnet18 --width 32 --matmul-size 256"
-  r50="$common --sizes 96x64 128x128 --batch 2 --throughput-size 128x128"
+  r50="--model srn_r50 $common --sizes 96x64 128x128 --batch 2 --throughput-size 128x128"
   graphs=""
   default="--device cpu --warmup 0 --iters 1 --sizes 96x64 --batch 2 --matmul-size 256"
 else
-  r50="--device cuda --dtype bf16 --channels-last --warmup 5 --iters 30 --sizes 640x480 1024x1024 --batch 16 --throughput-size 1024x1024"
+  r50="--model srn_r50 --device cuda --dtype bf16 --channels-last --warmup 5 --iters 30 --sizes 640x480 1024x1024 --batch 16 --throughput-size 1024x1024"
   graphs="--cuda-graphs"
   default="--device cuda --dtype bf16 --channels-last --warmup 5 --iters 30 --sizes 640x480 --batch 16"
 fi
