@@ -116,7 +116,7 @@ class Detector:
         self,
         weights: str | Path | None = None,
         device: str | int | torch.device | None = None,
-        score_thresh: float = 0.5,
+        score_thresh: float = 0.4,
         nms_iou: float | None = None,
         max_size: int = 2100,
         batch_size: int = 8,

@@ -56,13 +56,13 @@ def records(out: Path) -> list[dict]:
 def test_a_run_writes_its_manifest_beside_the_file(first_run, small_weights, photos):
     manifest = RunManifest.read(first_run)
     assert manifest is not None and manifest_path(first_run).name == "faces.jsonl.manifest.json"
-    assert manifest.settings["score_thresh"] == 0.5 and manifest.settings["max_size"] == 2100
+    assert manifest.settings["score_thresh"] == 0.4 and manifest.settings["max_size"] == 2100
     assert manifest.settings["weights"].startswith("sha256:")
     assert manifest.inputs == (str(photos.resolve()),) and manifest.cwd == str(photos.parent)
 
 
 @pytest.mark.parametrize("change, difference", [
-    (["--score-thresh", "0.3"], "score_thresh 0.5 there, 0.3 here"),
+    (["--score-thresh", "0.3"], "score_thresh 0.4 there, 0.3 here"),
     (["--max-size", "1024"], "max_size 2100 there, 1024 here"),
     (["--nms-iou", "0.5"], "nms_iou unset there, 0.5 here"),
 ])
