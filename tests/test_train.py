@@ -15,6 +15,7 @@ from torch.testing import assert_close
 
 from srn.config import ConfigError, TrainingConfig, apply_overrides, from_dict, load_yaml
 from srn.engine.checkpoint import load_training_checkpoint
+from srn.engine.distributed import cleanup
 from srn.engine.hooks import HookBase, MetricsLogger
 from srn.engine.trainer import Trainer, TrainingError
 
@@ -94,7 +95,7 @@ def _ddp_worker(rank, world_size, port, config, out):
         trainer.train_step([next(iter(trainer._loader(0, trainer.iteration)))])
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out)
-    torch.distributed.destroy_process_group()
+    cleanup()
 
 
 @pytest.mark.slow

@@ -66,4 +66,8 @@ def global_normalizer(count: torch.Tensor) -> torch.Tensor:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank reaches the end before any tears its connections down: a rank that leaves
+        # while a peer is still writing a checkpoint makes gloo abort the peer.
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
