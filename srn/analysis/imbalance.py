@@ -15,7 +15,7 @@ The geometry is one square crop of side min(width, height) scaled to 1024, with 
 and no smaller random crop (docs/design.md, Training recipe), so the face sizes differ from training's and the ratios
 here are not expected to equal the paper's.
 
-Run: ``srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt``
+Run: ``srn imbalance wider_face_train_boxes_with_sizes.txt`` (every WIDER train image with its size and boxes)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ DESCRIPTION = """\
 Anchors per level, the STC levels' share and each step's positive:negative ratio,
 under the training geometry and matching (docs/design.md, "Class imbalance").
 
-  srn imbalance ../shared/data/widerface/wider_face_train_boxes_with_sizes.txt --num-images 500"""
+  srn imbalance wider_face_train_boxes_with_sizes.txt --num-images 500"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
