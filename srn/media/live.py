@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from srn.errors import InputPathError
+from srn.media.video import put_until_stopped
 from srn.paths import IMAGE_SUFFIXES
 
 __all__ = [
@@ -164,13 +165,7 @@ class LiveReader:
         return self._peeked
 
     def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(self._queue, item, self._stop)
 
     def _decode(self) -> None:
         try:

@@ -74,6 +74,18 @@ def require_av() -> Any:
     return av
 
 
+def put_until_stopped(items: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue, waiting while it is full, unless ``stop`` is set first
+    (a decoding thread must not block forever on a consumer that has gone). True if it was put."""
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 @dataclass
 class Frame:
     """One decoded frame.
@@ -184,13 +196,7 @@ class FrameReader:
         return None
 
     def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(self._queue, item, self._stop)
 
     def _decode(self) -> None:
         try:
