@@ -437,6 +437,12 @@ class TrainConfig:
     log_every: int = 20
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
     init_from: str | None = None  # start from an srn checkpoint's weights (fine-tuning)
+    # Distillation: a trained srn checkpoint whose outputs on each batch the model also learns
+    # (srn.criterion.DistillationCriterion), weighted by distill_weight; same levels and anchors.
+    teacher: str | None = None
+    distill_weight: float = 1.0
+    # Parameters kept as they are: names starting with any of these (e.g. backbone, fpn).
+    freeze: tuple[str, ...] = ()
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
@@ -460,6 +466,9 @@ class TrainConfig:
             _non_negative("train.grad_clip", self.grad_clip)  # 0: no clipping
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.log_every", self.log_every, 1)
+        _non_negative("train.distill_weight", self.distill_weight)
+        _require(all(isinstance(p, str) and p.strip() for p in self.freeze), "train.freeze",
+                 "a list of parameter-name prefixes (e.g. backbone, fpn)", self.freeze)
 
 
 @dataclass(frozen=True)

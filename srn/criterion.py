@@ -32,7 +32,7 @@ from torchvision.ops import box_iou
 from srn.box_coder import decode, encode
 from srn.config import LossConfig, ModelConfig
 from srn.data.target import Target
-from srn.losses import DEFAULT_SMOOTH_L1_BETA, focal_loss, smooth_l1_loss
+from srn.losses import DEFAULT_SMOOTH_L1_BETA, focal_loss, smooth_l1_loss, soft_focal_loss
 from srn.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from srn.model.outputs import SRNOutputs
 
@@ -483,3 +483,52 @@ def _cat_levels(
             t = like.new_zeros((like.shape[0], n, *trailing))
         parts.append(t)
     return torch.cat(parts, dim=1)  # [(N, R_l, *trailing)] -> (N, R, *trailing)
+
+
+class DistillationCriterion(nn.Module):
+    """Losses that pull a student's outputs towards a teacher's on the same images, anchor by anchor
+    (a new, cheaper head learning what a trained one does: both models must share levels and anchors).
+
+    - ``loss_distill_cls``: :func:`srn.losses.soft_focal_loss` of every step and level that both
+      models output, the teacher's probabilities as targets, summed over anchors;
+    - ``loss_distill_reg``: smooth-L1 between the deltas of every step and level, weighted per
+      anchor by the teacher's final (step-2) probability where it is at least ``reg_min_score``,
+      so that only what the teacher takes for a face steers the boxes.
+
+    Both are divided by the number of anchors that the teacher scores at 0.5 or more in the batch
+    (at least 1), the teacher's count of positives, as the ground-truth losses divide by theirs.
+    """
+
+    def __init__(self, cls_weight: float = 1.0, reg_weight: float = 1.0, gamma: float = 2.0,
+                 reg_min_score: float = 0.3, smooth_l1_beta: float = DEFAULT_SMOOTH_L1_BETA) -> None:
+        super().__init__()
+        self.cls_weight, self.reg_weight, self.gamma = cls_weight, reg_weight, gamma
+        self.reg_min_score, self.smooth_l1_beta = reg_min_score, smooth_l1_beta
+
+    def extra_repr(self) -> str:
+        return f"cls_weight={self.cls_weight}, reg_weight={self.reg_weight}, gamma={self.gamma}, reg_min_score={self.reg_min_score}"
+
+    def forward(self, student: SRNOutputs, teacher: SRNOutputs) -> dict[str, Tensor]:
+        if [a.shape for a in student.anchors] != [a.shape for a in teacher.anchors]:
+            raise ValueError("student and teacher must have the same levels and anchors per level")
+        final = torch.cat([t.float().sigmoid() for t in teacher.step2_logits], dim=1)  # (N, R)
+        weight = final * (final >= self.reg_min_score)
+        normalizer = (final >= 0.5).sum().clamp(min=1).to(final.dtype)
+        cls_loss = final.new_zeros(())
+        reg_loss = final.new_zeros(())
+        levels = [a.shape[0] for a in teacher.anchors]
+        for s_logits, t_logits, s_deltas, t_deltas in (
+            (student.step1_logits, teacher.step1_logits, student.step1_deltas, teacher.step1_deltas),
+            (student.step2_logits, teacher.step2_logits, student.step2_deltas, teacher.step2_deltas),
+        ):
+            for s, t in zip(s_logits, t_logits):
+                if s is not None and t is not None:
+                    cls_loss = cls_loss + soft_focal_loss(s.float(), t.float().sigmoid(), self.gamma).sum()
+            for s, t, w in zip(s_deltas, t_deltas, weight.split(levels, dim=1)):
+                if s is not None and t is not None:
+                    reg = smooth_l1_loss(s.float(), t.float(), self.smooth_l1_beta).sum(dim=2)  # (N, R_l)
+                    reg_loss = reg_loss + (reg * w).sum()
+        return {
+            "loss_distill_cls": self.cls_weight * cls_loss / normalizer,
+            "loss_distill_reg": self.reg_weight * reg_loss / normalizer,
+        }

@@ -57,3 +57,23 @@ def smooth_l1_loss(
         loss (Tensor[..., 4]): unreduced.
     """
     return F.smooth_l1_loss(pred_deltas, gt_deltas, reduction="none", beta=beta)
+
+
+def soft_focal_loss(pred_logits: Tensor, target_probs: Tensor, gamma: float = 2.0) -> Tensor:
+    """Binary cross-entropy against soft targets, scaled by ``|p - t|^gamma`` per element: the
+    quality focal loss of GFL (Li et al., NeurIPS 2020), used here to match a teacher's scores.
+    Like the focal loss it lets the many anchors that already agree fall silent; it is 0 where the
+    prediction equals the target.
+
+    Args:
+        pred_logits (Tensor[...]): classification logits.
+        target_probs (Tensor[...]): target probabilities in [0, 1], same shape.
+        gamma: focusing exponent; 0 gives plain soft binary cross-entropy.
+
+    Returns:
+        loss (Tensor[...]): unreduced, >= 0 (the targets' own entropy is subtracted).
+    """
+    target_probs = target_probs.to(pred_logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(pred_logits, target_probs, reduction="none")
+    entropy = F.binary_cross_entropy(target_probs, target_probs, reduction="none")
+    return (bce - entropy).clamp(min=0) * (pred_logits.sigmoid() - target_probs).abs().pow(gamma)

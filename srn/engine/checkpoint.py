@@ -21,6 +21,7 @@ from torch import nn
 from srn.atomic import atomic_save
 from srn.config import ModelConfig, to_dict
 from srn.errors import SRNError, TrainingError, WeightsError, one_line
+from srn.model.layers import separable_from_dense
 from srn.weights import check_state_dict, read_torch_file, read_weights
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 def init_from(model: nn.Module, path: str | Path) -> None:
     """Start from an srn checkpoint's weights: every tensor whose name and shape match the model's
     is loaded, the rest keep their initialisation. The same network loads whole (fine-tuning); a
-    new head on the same backbone loads the backbone (e.g. a light model from the shipped one).
+    new head on the same backbone loads the backbone (e.g. a light model from the shipped one); a
+    model with a depthwise-separable head starts from the factorised dense head
+    (:func:`srn.model.layers.separable_from_dense`).
 
     Raises:
         TrainingError: no tensor of the file matches the model (besides the errors of
@@ -97,9 +100,12 @@ def init_from(model: nn.Module, path: str | Path) -> None:
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise TrainingError(f"{path}: train.init_from has no tensor that matches the model in name and shape")
-    model.load_state_dict(matched, strict=False)
-    logger.info("train.init_from %s: loaded %d of the model's %d tensors (%d of the file's did not match)",
-                path, len(matched), len(own), len(state) - len(matched))
+    # A separable model from a dense one: its depthwise-separable layers start as the nearest
+    # factorisation of the dense kernels.
+    factored = separable_from_dense(state, own)
+    model.load_state_dict({**matched, **factored}, strict=False)
+    logger.info("train.init_from %s: loaded %d of the model's %d tensors, factored %d from dense kernels "
+                "(%d of the file's did not match)", path, len(matched), len(own), len(factored), len(state) - len(matched))
 
 
 def restore_training_state(

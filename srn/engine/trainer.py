@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from srn.atomic import atomic_write_text, remove_stale_partials
 from srn.config import DetectorConfig, TrainingConfig, to_dict
-from srn.criterion import SRNCriterion
+from srn.criterion import DistillationCriterion, SRNCriterion
 from srn.data.build import build_train_dataset, check_training_images, count_dropped_boxes
 from srn.data.datasets import collate
 from srn.data.samplers import ResumableSampler, SeededSamples
@@ -36,7 +36,7 @@ from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_no
 from srn.engine.hooks import Checkpointer, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
 from srn.errors import TrainingError
 from srn.model import SRN
-from srn.weights import save_checkpoint
+from srn.weights import load_model, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,26 @@ class Trainer:
         self.criterion = SRNCriterion.from_config(config.loss, config.model)
         # Normalise by the positives of the whole global batch.
         self.criterion.normalizer_fn = global_normalizer
+        self.teacher: nn.Module | None = None
+        self.distillation: DistillationCriterion | None = None
+        if tc.teacher:
+            self.teacher, teacher_config = load_model(tc.teacher, self.device)
+            shared = ("anchor_scales", "anchor_ratio", "stc_levels", "str_levels")
+            differ = [key for key in shared if getattr(teacher_config.model, key) != getattr(config.model, key)]
+            if differ:
+                raise TrainingError(f"{tc.teacher}: the teacher's {', '.join(differ)} differ from the model's; "
+                                    "distillation needs the same anchors and steps")
+            self.teacher.eval().requires_grad_(False)
+            if tc.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
+            self.distillation = DistillationCriterion(cls_weight=tc.distill_weight, reg_weight=tc.distill_weight)
+        if tc.freeze:
+            frozen = [name for name, p in self.model.named_parameters() if name.startswith(tuple(tc.freeze))]
+            if not frozen:
+                raise TrainingError(f"train.freeze: no parameter name starts with {', '.join(tc.freeze)}")
+            for name, parameter in self.model.named_parameters():
+                if name in frozen:
+                    parameter.requires_grad_(False)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -248,6 +268,10 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                         outputs = self.ddp_model(batch)
                     losses = self.criterion(outputs, targets)
+                    if self.teacher is not None and self.distillation is not None:
+                        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                            teacher_outputs = self.teacher(batch)
+                        losses.update(self.distillation(outputs, teacher_outputs))
                     loss = sum(losses.values())
                 else:
                     # Every image of this micro-batch failed to load: a zero loss still takes part in
