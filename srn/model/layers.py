@@ -57,8 +57,8 @@ def separable_from_dense(state: Mapping[str, Tensor], own: Mapping[str, Tensor])
     - a dense 3x3 ``name.weight``/``name.bias`` that is a :func:`conv3x3` pair ``name.0`` (depthwise)
       and ``name.1`` (pointwise) here: the pointwise layer keeps the dense bias, the depthwise one
       gets a zero bias;
-    - a dense k x l kernel of the same name that is depthwise here (the RFE's): its depthwise factor
-      (the pointwise factor has no layer to go to, since a ReLU follows).
+    - a dense C x C k x l kernel of the same name that is depthwise here (the RFE's): its diagonal,
+      ``W[c, c]``, the depthwise kernel nearest to it when no pointwise layer follows (a ReLU does).
 
     Tensors that already match in name and shape are not returned.
     """
@@ -82,5 +82,5 @@ def separable_from_dense(state: Mapping[str, Tensor], own: Mapping[str, Tensor])
         dense = state.get(name)
         if dense is not None and dense.dim() == 4 and dense.shape[0] == tensor.shape[0] and dense.shape[2:] == tensor.shape[2:] \
                 and dense.shape[1] == dense.shape[0] and dense.shape != tensor.shape:
-            derived[name] = factor_separable(dense)[0]
+            derived[name] = torch.diagonal(dense).permute(2, 0, 1)[:, None].clone()  # (k, l, C) -> (C, 1, k, l)
     return derived

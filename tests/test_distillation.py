@@ -1,0 +1,172 @@
+"""Distillation into a depthwise-separable head: the factorisation, the loss, and the trainer options."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from srn.config import ConfigError, DetectorConfig, ModelConfig
+from srn.criterion import DistillationCriterion
+from srn.engine.checkpoint import init_from
+from srn.engine.trainer import Trainer, TrainingError
+from srn.losses import soft_focal_loss
+from srn.model import SRN
+from srn.model.layers import factor_separable, separable_from_dense
+from srn.model.outputs import SRNOutputs
+from srn.weights import load_model, save_checkpoint
+from tests.test_train import tiny_config
+
+
+def test_factor_separable_is_exact_for_a_rank_one_kernel():
+    """A kernel that is a depthwise-then-pointwise product comes back as that product: the two
+    layers compute the dense convolution."""
+    torch.manual_seed(0)
+    depthwise, pointwise = torch.randn(6, 1, 3, 3), torch.randn(5, 6, 1, 1)
+    dense = pointwise * depthwise.permute(1, 0, 2, 3)  # (5, 6, 1, 1) * (1, 6, 3, 3) -> (5, 6, 3, 3)
+    d, p = factor_separable(dense)
+    x = torch.randn(2, 6, 11, 13)
+    separable = F.conv2d(F.conv2d(x, d, padding=1, groups=6), p)
+    assert_close(separable, F.conv2d(x, dense, padding=1), atol=1e-4, rtol=1e-4)
+
+
+def test_factor_separable_is_the_best_rank_one_slice():
+    """Per input channel the product is the first singular pair (Eckart-Young): its error equals the
+    norm of the remaining singular values."""
+    torch.manual_seed(1)
+    dense = torch.randn(4, 3, 3, 3)
+    d, p = factor_separable(dense)
+    for i in range(3):
+        product = p[:, i, 0, 0, None] * d[i, 0].reshape(1, 9)  # (4, 9)
+        s = torch.linalg.svdvals(dense[:, i].reshape(4, 9))
+        assert_close((dense[:, i].reshape(4, 9) - product).norm(), s[1:].norm(), atol=1e-5, rtol=1e-5)
+
+
+def tiny_config_model(separable: bool) -> ModelConfig:
+    return ModelConfig(backbone="resnet18", width=16, separable_head=separable)
+
+
+def _tiny(separable: bool) -> SRN:
+    return SRN.from_config(tiny_config_model(separable))
+
+
+def test_separable_model_from_a_rank_one_dense_head_computes_the_same_outputs(tmp_path):
+    """When every dense head kernel is a separable product, init_from turns the dense model into a
+    separable one with the same outputs, and leaves no separable tensor at its initialisation."""
+    torch.manual_seed(2)
+    dense = _tiny(False).eval()
+    state = dense.state_dict()
+    for name, tensor in state.items():
+        if name.startswith("head.") and tensor.dim() == 4 and tensor.shape[-2:] != (1, 1):
+            c_out, c_in, k, l = tensor.shape
+            if c_in == c_out and name.split(".")[-2] == "2":  # the RFE's k x l: depthwise in the separable model
+                tensor.copy_(torch.diag_embed(torch.randn(c_in, k, l).permute(1, 2, 0)).permute(2, 3, 0, 1))
+            else:
+                tensor.copy_(torch.randn(c_out, c_in, 1, 1) * torch.randn(1, c_in, k, l))
+    dense.load_state_dict(state)
+    save_checkpoint(dense, DetectorConfig(tiny_config_model(False)), tmp_path / "dense.pt")
+    separable = _tiny(True).eval()
+    derived = separable_from_dense(state, separable.state_dict())
+    unmatched = {k for k, v in separable.state_dict().items() if k not in state or state[k].shape != v.shape}
+    assert unmatched == set(derived)
+    init_from(separable, tmp_path / "dense.pt")
+    x = torch.rand(1, 3, 96, 128) * 255
+    with torch.no_grad():
+        a, b = dense(x), separable(x)
+    for level in range(6):
+        assert_close(b.step2_logits[level], a.step2_logits[level], atol=2e-4, rtol=1e-4)
+        assert_close(b.step2_deltas[level], a.step2_deltas[level], atol=2e-4, rtol=1e-4)
+
+
+def test_soft_focal_loss_values():
+    logits = torch.tensor([0.0, 2.0, -1.0, 3.0])
+    targets = torch.tensor([0.5, 0.2, 0.0, 1.0])
+    p = logits.sigmoid()
+    bce = -(targets * p.log() + (1 - targets) * (1 - p).log())
+    entropy = torch.tensor([math.log(2), -(0.2 * math.log(0.2) + 0.8 * math.log(0.8)), 0.0, 0.0])
+    expected = (bce - entropy) * (p - targets).abs() ** 2
+    assert_close(soft_focal_loss(logits, targets), expected)
+    assert float(soft_focal_loss(logits, targets)[0]) == 0.0  # prediction equals target
+    assert_close(soft_focal_loss(logits, targets, gamma=0.0), bce - entropy)
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_distillation_is_zero_against_itself_and_pulls_a_student_towards_the_teacher():
+    torch.manual_seed(3)
+    teacher, student = _tiny(False).eval(), _tiny(True).eval()
+    with torch.no_grad():  # a teacher with opinions: scores and boxes that vary over the image
+        teacher.head.cls_pred.weight.normal_(std=0.5)
+        teacher.head.box_pred.weight.normal_(std=0.5)
+        teacher.head.cls_pred.bias.zero_()
+    x = torch.rand(2, 3, 96, 128) * 255
+    criterion = DistillationCriterion()
+    same = criterion(_outputs(teacher, x), _outputs(teacher, x))
+    assert float(same["loss_distill_cls"]) == 0.0 and float(same["loss_distill_reg"]) == 0.0
+    target = _outputs(teacher, x)
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3)
+    history = []
+    for _ in range(8):
+        losses = criterion(student(x), target)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append((float(losses["loss_distill_cls"].detach()), float(losses["loss_distill_reg"].detach())))
+    # Gradient steps on the loss make both parts fall at every step.
+    for (cls_before, reg_before), (cls_after, reg_after) in zip(history, history[1:]):
+        assert cls_after < cls_before and reg_after < reg_before, history
+
+
+def test_regression_follows_only_what_the_teacher_scores():
+    """Deltas count where the teacher's final score is at least reg_min_score, weighted by it."""
+    anchors = [torch.zeros(3, 4)]
+    teacher_logits = torch.tensor([[4.0, -4.0, 0.0]])  # scores 0.982, 0.018, 0.5
+    zeros = torch.zeros(1, 3, 4)
+    student_deltas = torch.tensor([[[1.0, 0, 0, 0], [5.0, 0, 0, 0], [2.0, 0, 0, 0]]])
+    teacher = (None,), (None,), [teacher_logits], [zeros], anchors
+    student = (None,), (None,), [teacher_logits.clone()], [student_deltas], anchors
+    losses = DistillationCriterion(reg_min_score=0.3, smooth_l1_beta=0.0)(SRNOutputs(*map(list, student)), SRNOutputs(*map(list, teacher)))
+    scores = teacher_logits.sigmoid()[0]
+    # Two anchors at >= 0.5: the normaliser. |1| * 0.982 + |2| * 0.5 (the 0.018 one is left out).
+    assert_close(losses["loss_distill_reg"], (scores[0] * 1.0 + scores[2] * 2.0) / 2)
+    assert float(losses["loss_distill_cls"]) == 0.0
+
+
+def test_trainer_distils_and_keeps_frozen_parameters(shared_dir, tmp_path):
+    teacher = _tiny(False)
+    save_checkpoint(teacher, DetectorConfig(tiny_config_model(False)), tmp_path / "teacher.pt")
+    config = tiny_config(shared_dir, tmp_path / "run", **{
+        "model.width": 16, "model.separable_head": "true", "train.teacher": str(tmp_path / "teacher.pt"),
+        "train.init_from": str(tmp_path / "teacher.pt"), "train.freeze": "[backbone, fpn]",
+    })
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    image = torch.randint(0, 255, (3, 96, 96), dtype=torch.uint8)
+    face = {"boxes": torch.tensor([[20.0, 20.0, 60.0, 70.0]]), "ignore": torch.zeros(1, dtype=torch.bool)}
+    parts = trainer.train_step([([image, image], [face, face])])
+    assert {"loss_distill_cls", "loss_distill_reg"} <= set(parts) and parts["loss_distill_cls"] > 0
+    after = trainer.model.state_dict()
+    for name, value in after.items():
+        if name.startswith(("backbone.", "fpn.")):
+            assert torch.equal(value, before[name]), name
+    assert not torch.equal(after["head.cls_tower.0.1.weight"], before["head.cls_tower.0.1.weight"])
+    # The teacher does not learn.
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    torch.testing.assert_close(trainer.teacher.state_dict()["head.cls_pred.weight"], load_model(tmp_path / "teacher.pt")[0].state_dict()["head.cls_pred.weight"])
+
+
+def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_errors(shared_dir, tmp_path):
+    save_checkpoint(SRN.from_config(replace(tiny_config_model(False), anchor_ratio=1.0)),
+                    DetectorConfig(replace(tiny_config_model(False), anchor_ratio=1.0)), tmp_path / "other.pt")
+    config = tiny_config(shared_dir, tmp_path / "run", **{"model.width": 16, "train.teacher": str(tmp_path / "other.pt")})
+    with pytest.raises(TrainingError, match=r"other.pt: the teacher's anchor_ratio differ from the model's"):
+        Trainer(config)
+    with pytest.raises(TrainingError, match="train.freeze: no parameter name starts with head.nothing"):
+        Trainer(tiny_config(shared_dir, tmp_path / "run2", **{"train.freeze": "[head.nothing]"}))
+    with pytest.raises(ConfigError, match="train.distill_weight"):
+        tiny_config(shared_dir, tmp_path / "run3", **{"train.distill_weight": "-1"})
