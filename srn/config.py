@@ -122,8 +122,16 @@ class PostProcessConfig:
     pre_nms_top_k: int = 6000  # per level
     nms_iou: float = 0.4
     max_detections: int = 750
+    # Score calibration (Platt scaling): a detection scores sigmoid(score_scale * z + score_shift),
+    # z its final logit, fitted so that a score is the measured chance that the box is a face. The
+    # defaults keep the network's own sigmoid. Candidates are gated and ranked on the network's own
+    # probability, so the calibration changes score values only, not the boxes or their order.
+    score_scale: float = 1.0
+    score_shift: float = 0.0
 
     def __post_init__(self) -> None:
+        _positive("postprocess.score_scale", self.score_scale)
+        _require(math.isfinite(self.score_shift), "postprocess.score_shift", "a finite number", self.score_shift)
         _probability("postprocess.candidate_thresh", self.candidate_thresh)
         _probability("postprocess.stc_theta", self.stc_theta)
         _at_least("postprocess.min_cells_for_thresh", self.min_cells_for_thresh, 0)

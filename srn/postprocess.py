@@ -156,6 +156,10 @@ class PostProcessor:
                 is_candidate = is_candidate & (outputs.step1_logits[level].sigmoid() > 1.0 - config.stc_theta)
             masked = torch.where(is_candidate, scores, torch.full_like(scores, -1.0))
             top_scores, top_idxs = masked.topk(clamped_size(masked, 1, config.pre_nms_top_k), dim=1)  # (N, k)
+            if (config.score_scale, config.score_shift) != (1.0, 0.0):
+                # Platt scaling of the candidates' logits; a monotone map, so the order above stands.
+                calibrated = torch.sigmoid(logits.gather(1, top_idxs) * config.score_scale + config.score_shift)
+                top_scores = torch.where(top_scores >= 0, calibrated, top_scores)
             gather_idxs = top_idxs.unsqueeze(-1).expand(-1, -1, 4)  # (N, k) -> (N, k, 4)
             step2_deltas = outputs.step2_deltas[level].gather(1, gather_idxs)
             # STR: the second step regresses from the anchors the first step refined.

@@ -30,7 +30,6 @@ def test_shipped_weights_are_small_and_load_without_arguments():
     detector = Detector(device="cpu")
     assert isinstance(detector.backend, OnnxBackend) and detector.backend.path == DEFAULT_CPU_WEIGHTS
     assert detector.model is None and detector.config.model.backbone == "mobilenet_v2"
-    assert detector.stride == 128
 
 
 def test_the_cpu_default_is_the_int8_copy_of_the_checkpoint():

@@ -108,11 +108,11 @@ def test_detections_are_one_type_from_the_backend_up_to_faces(detector, image):
     assert bool((faces.boxes[:, 2:] > faces.boxes[:, :2]).all())
 
 
-def test_each_image_is_padded_to_a_multiple_of_the_coarsest_stride(detector, image):
-    assert detector.stride == 128  # strides 4, 8, ..., 128
-    assert detector.padded_size(72, 100) == (128, 128)
-    assert detector.padded_size(128, 129) == (128, 256)
-    # Alone or beside a larger image, the 100x72 image runs as the same 128x128 input.
+def test_each_image_is_padded_to_a_multiple_of_the_backbone_stride(detector, image):
+    assert detector.size_divisor == 32  # the backbone's output stride
+    assert detector.padded_size(72, 100) == (96, 128)
+    assert detector.padded_size(128, 129) == (128, 160)
+    # Alone or beside a larger image, the 100x72 image runs as the same 96x128 input.
     alone = detector.detect(image)
     beside = detector.detect([image, torch.zeros(3, 300, 400, dtype=torch.uint8)])[0]
     assert_close(beside.boxes, alone.boxes, rtol=0, atol=0)
@@ -148,8 +148,8 @@ def test_bad_min_size_is_one_line(checkpoint, settings, message):
 def test_raw_outputs_are_reachable(detector, image):
     raw = detector.raw_outputs(image)
     assert isinstance(raw, SRNOutputs) and raw._fields == ("step1_logits", "step1_deltas", "step2_logits", "step2_deltas", "anchors")
-    # 100x72 runs padded to 128x128: 32x32 cells of stride 4, two anchors each.
-    assert raw.step1_logits[0].shape == raw.step2_logits[0].shape == (1, 32 * 32 * 2)
+    # 100x72 runs padded to 128x96 (W x H): 24x32 cells of stride 4, two anchors each.
+    assert raw.step1_logits[0].shape == raw.step2_logits[0].shape == (1, 24 * 32 * 2)
     assert raw.step2_deltas[5].shape[-1] == 4
 
 

@@ -248,3 +248,34 @@ def test_one_post_processor_on_the_shipped_model(astronaut):
     for runner in (Runner(model, config, 0.05), Runner(model, config, 0.05, static_postprocess=True)):
         assert runner.postprocessor == post
         assert_same_detections(runner(image), [found])
+
+
+def test_score_calibration_maps_scores_and_keeps_the_boxes():
+    """Platt scaling: sigmoid(a * z + b) of each detection's logit z. Candidates are still gated on
+    the network's own probability, so the same boxes come out in the same order."""
+    out = make_outputs()
+    out.step2_logits[0][0, 3] = logit(0.9)
+    out.step1_logits[0][0, 3] = logit(0.5)
+    out.step2_logits[0][0, 8] = logit(0.06)  # a candidate (> 0.05) whose calibrated score is below 0.05
+    out.step1_logits[0][0, 8] = logit(0.5)
+    out.step2_logits[3][0, 1] = logit(0.6)
+    (plain,) = PostProcessor((0, 1, 2), (3, 4, 5))(out)
+    config = PostProcessConfig(score_scale=2.0, score_shift=0.5)
+    (calibrated,) = PostProcessor((0, 1, 2), (3, 4, 5), config=config)(out)
+    assert_close(calibrated.boxes, plain.boxes)
+    expected = [1 / (1 + math.exp(-(2 * logit(p) + 0.5))) for p in (0.9, 0.6, 0.06)]
+    assert_close(plain.scores, torch.tensor([0.9, 0.6, 0.06]))
+    assert_close(calibrated.scores, torch.tensor(expected))
+    assert expected[2] < 0.05 and expected[0] > 0.99
+    # min_score compares the calibrated scores.
+    (above,) = PostProcessor((0, 1, 2), (3, 4, 5), config=config)(out, min_score=0.5)
+    assert_close(above.scores, torch.tensor(expected[:2]))  # 0.9 -> 0.993, 0.6 -> 0.787
+
+
+@pytest.mark.parametrize("key, value", [("score_scale", 0.0), ("score_scale", -1.0), ("score_scale", math.inf),
+                                        ("score_shift", math.nan), ("score_shift", -math.inf)])
+def test_score_calibration_must_be_finite_and_increasing(key, value):
+    from srn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"postprocess.{key}: must be"):
+        PostProcessConfig(**{key: value})

@@ -43,10 +43,6 @@ class Backend(Protocol):
         """The colour (Tensor[3, 1, 1], float [0, 1]) that padding takes: 0 after normalisation."""
         ...
 
-    def coarsest_stride(self) -> int:
-        """The largest stride of the network's levels: the Detector pads inputs to multiples of it."""
-        ...
-
     def detections(self, batch: Tensor, score_thresh: float) -> list[Detections]:
         """Detections of each image of a float [0, 1] batch (Tensor[N, 3, H, W]), in the batch's pixels."""
         ...
@@ -88,9 +84,6 @@ class TorchBackend:
 
     def pad_value(self) -> Tensor:
         return self.model.pixel_mean.reshape(3, 1, 1)
-
-    def coarsest_stride(self) -> int:
-        return max(self.model.anchor_generator.strides)
 
     def detections(self, batch: Tensor, score_thresh: float) -> list[Detections]:
         return self.runner(score_thresh)(batch)
@@ -153,9 +146,6 @@ class OnnxBackend:
 
     def pad_value(self) -> Tensor:
         return self._pad
-
-    def coarsest_stride(self) -> int:
-        return max(self.metadata.strides)
 
     def run(self, batch: Tensor) -> dict[str, np.ndarray]:
         """``session.run`` on the batch: output name -> array."""

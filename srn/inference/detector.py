@@ -12,8 +12,8 @@ about twice as fast as the fp32 network (``benchmarks/RESULTS.md``); on a GPU th
 (:data:`DEFAULT_WEIGHTS`).
 
 **A photo's answer does not depend on what runs beside it.** Each fitted image is padded bottom/right
-with the mean colour to its own *canonical size*, its sides rounded up to a multiple of the network's
-coarsest stride (:meth:`Detector.padded_size`), and a forward pass only ever holds images that share
+with the mean colour to its own *canonical size*, its sides rounded up to a multiple of 32, the
+backbone's output stride (:meth:`Detector.padded_size`), and a forward pass only ever holds images that share
 that size. Padding a photo to the size of a larger neighbour would change the features near its right
 and bottom edges, so its boxes would move with its batch. On the CPU every image also runs alone
 (one image per forward pass is no slower there and does the same arithmetic whatever the batch), so the
@@ -54,6 +54,11 @@ CHANNEL_ORDERS = ("rgb", "bgr")  # of numpy arrays and tensors given to detect
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "srn_mobilenet_v2.pt"
 # The same model, quantised to int8 by tools/export_default_int8.py: the default on the CPU.
 DEFAULT_CPU_WEIGHTS = DEFAULT_WEIGHTS.with_name("srn_mobilenet_v2.int8.onnx")
+# Canonical sizes are multiples of the backbone's output stride, so that the backbone's maps (and
+# the FPN levels built on them) are exact fractions of the input. Rounding up to the coarsest level
+# stride (128) instead pads 29% more pixels on the held-out photos and is 15% slower, at the same AP
+# within 0.002 (benchmarks/RESULTS.md, "Padding rule").
+SIZE_DIVISOR = 32
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +182,9 @@ class Detector:
         return getattr(self.backend, "model", None)
 
     @property
-    def stride(self) -> int:
-        """The network's coarsest stride, in pixels: every padded input is a multiple of it."""
-        return self.backend.coarsest_stride()
+    def size_divisor(self) -> int:
+        """Every padded input is a multiple of this many pixels (:data:`SIZE_DIVISOR`)."""
+        return SIZE_DIVISOR
 
     # -- inputs --------------------------------------------------------------------------------
     @staticmethod
@@ -218,9 +223,9 @@ class Detector:
         return image.to(self.backend.device, non_blocking=True).float().div_(255.0), scale
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """The canonical size of a fitted image: each side rounded up to a multiple of :attr:`stride`."""
-        stride = self.stride
-        return -(-height // stride) * stride, -(-width // stride) * stride
+        """The canonical size of a fitted image: each side rounded up to a multiple of :attr:`size_divisor`."""
+        divisor = self.size_divisor
+        return -(-height // divisor) * divisor, -(-width // divisor) * divisor
 
     def _batch(self, images: Sequence[Tensor], size: tuple[int, int] | None = None) -> Tensor:
         """Pad images bottom/right with the mean colour (0 after normalisation) to ``size``
