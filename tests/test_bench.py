@@ -88,7 +88,12 @@ def test_sizes_are_width_by_height_and_bad_ones_fail(capsys):
 
 
 def test_onnxruntime_backend_has_every_number_of_the_torch_backend(results, ort_results):
-    assert ort_results["settings"]["backend"] == "onnxruntime" and results["settings"]["backend"] == "torch"
+    assert ort_results["settings"]["backend"] == "onnxruntime" and results["settings"]["backend"] is None
+    # What ran: a random network has no file; with the onnxruntime backend it was exported to fp32 ONNX.
+    assert (results["srn_backend"], results["srn_weights"], results["srn_exported"], results["quantization"]) == (
+        "torch", None, False, None)
+    assert (ort_results["srn_backend"], ort_results["srn_weights"], ort_results["srn_exported"], ort_results["quantization"]) == (
+        "onnxruntime", None, True, None)
     assert key_paths(ort_results) == key_paths(results) | {"device.onnxruntime"}
     srn = ort_results["srn"]
     assert srn["params_m"] == results["srn"]["params_m"]
@@ -104,7 +109,7 @@ def test_onnxruntime_backend_has_every_number_of_the_torch_backend(results, ort_
     assert 0 < srn["throughput"]["postprocess_share"] < 1
     assert all(math.isfinite(v) for k, v in ort_results["ratios"].items() if not k.startswith("peak_memory"))
     json.dumps(ort_results, allow_nan=False)
-    assert "SRN on onnxruntime" in format_table(ort_results)
+    assert "SRN on onnxruntime" in format_table(ort_results) and "exported to fp32 ONNX" in format_table(ort_results)
     assert "SRN on torch" in format_table(results)
 
 
@@ -182,7 +187,7 @@ def test_the_shipped_model_is_measured_by_default_and_srn_r50_on_request():
     parser = argparse.ArgumentParser()
     add_bench_args(parser)
     shipped = config_from_args(parser.parse_args([]))
-    assert (shipped.model, shipped.weights) == ("shipped", None)
+    assert (shipped.model, shipped.weights, shipped.backend) == ("shipped", None, None)
     r50 = config_from_args(parser.parse_args(["--model", "srn_r50"]))
     assert (r50.model, r50.backbone, r50.width) == ("srn_r50", "resnet50", 256)
     small = config_from_args(parser.parse_args(["--backbone", "resnet18", "--width", "32"]))
@@ -193,9 +198,109 @@ def test_the_shipped_model_is_measured_by_default_and_srn_r50_on_request():
     model, _, model_config = _build_srn(shipped, torch.device("cpu"))
     assert model_config.backbone == "mobilenet_v2"
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(2.6e6, rel=0.05)
-    results = run_benchmark(replace(shipped, device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=0, peer=False))
+    results = run_benchmark(replace(shipped, device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=0, peer=False,
+                                    backend="torch"))
     assert results["srn"]["model"] == "shipped" and results["srn"]["params_m"] == pytest.approx(2.6, rel=0.05)
-    assert "SRN on torch (shipped)" in format_table(results)
+    assert "SRN on torch (shipped, srn_mobilenet_v2.pt)" in format_table(results)
+
+
+SHIPPED_TINY = BenchConfig(device="cpu", sizes=((64, 64),), warmup=0, iters=1, batch=0, peer=False)
+
+
+def test_on_the_cpu_the_default_times_the_shipped_int8_file_in_onnxruntime(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from srn.inference.detector import DEFAULT_CPU_WEIGHTS, DEFAULT_WEIGHTS
+
+    if not DEFAULT_CPU_WEIGHTS.is_file():
+        pytest.skip(f"{DEFAULT_CPU_WEIGHTS} is not installed")
+    opened = []
+    monkeypatch.setattr(bench._TorchSRN, "phases", lambda self, *args, **kwargs: pytest.fail("PyTorch SRN timed"))
+    # No export: the shipped file is run as it is.
+    monkeypatch.setattr("srn.export.onnx.export_onnx", lambda *args, **kwargs: pytest.fail("exported"))
+    original = bench._OrtNetwork.reset
+
+    def spy(self):
+        opened.append(self.path)
+        original(self)
+
+    monkeypatch.setattr(bench._OrtNetwork, "reset", spy)
+    results = run_benchmark(SHIPPED_TINY)
+    assert results["settings"]["backend"] is None  # asked: what srn detect runs
+    assert opened and set(opened) == {DEFAULT_CPU_WEIGHTS}
+    assert results["srn_backend"] == "onnxruntime" and results["srn_weights"] == str(DEFAULT_CPU_WEIGHTS)
+    assert results["srn_exported"] is False and results["quantization"] == "int8-qdq-per-channel"
+    assert "onnxruntime" in results["device"]
+    monkeypatch.undo()
+    # FLOPs and parameters of the shipped checkpoint that the int8 file was quantised from.
+    torch_results = run_benchmark(replace(SHIPPED_TINY, backend="torch"))
+    assert torch_results["srn_backend"] == "torch" and torch_results["srn_weights"] == str(DEFAULT_WEIGHTS)
+    assert torch_results["quantization"] is None
+    assert results["srn"]["gflops"] == torch_results["srn"]["gflops"] and positive(results["srn"]["gflops"]["64x64"])
+    assert results["srn"]["params_m"] == pytest.approx(torch_results["srn"]["params_m"]) == pytest.approx(2.6, rel=0.05)
+    assert positive(results["srn"]["latency_ms"]["64x64"]["end_to_end"]) and positive(results["srn"]["tflops"]["64x64"])
+    table = format_table(results)
+    assert f"SRN on onnxruntime {results['device']['onnxruntime']} (shipped, srn_mobilenet_v2.int8.onnx, int8-qdq-per-channel)" in table
+    json.dumps(results, allow_nan=False)
+
+
+def test_the_default_is_torch_where_srn_detect_runs_torch(monkeypatch):
+    # A random network, and bf16 (which the Detector runs in PyTorch): the torch backend, no ONNX.
+    monkeypatch.setattr(bench._OrtNetwork, "reset", lambda self: pytest.fail("onnxruntime opened"))
+    for config in (replace(TINY, batch=0, peer=False), replace(SHIPPED_TINY, dtype="bf16")):
+        results = run_benchmark(config)
+        assert results["srn_backend"] == "torch" and results["quantization"] is None and "onnxruntime" not in results["device"]
+
+
+def test_without_onnxruntime_the_default_falls_back_to_torch_with_a_notice(monkeypatch):
+    from srn.inference.detector import DEFAULT_WEIGHTS
+
+    find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    messages = []
+    results = run_benchmark(SHIPPED_TINY, log=messages.append)
+    assert results["srn_backend"] == "torch" and results["srn_weights"] == str(DEFAULT_WEIGHTS)
+    notices = [m for m in messages if "onnxruntime" in m]
+    assert len(notices) == 1 and "\n" not in notices[0] and "PyTorch" in notices[0]
+
+
+def test_an_onnx_file_runs_as_it_is_and_its_flops_are_not_counted(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from srn.export.onnx import export_onnx
+    from srn.model import build_model
+    from srn.config import ModelConfig
+
+    path = tmp_path / "small.onnx"
+    torch.manual_seed(0)
+    export_onnx(build_model(ModelConfig(backbone="resnet18", width=32)).eval(), path, sample_size=(64, 64), backbone="resnet18")
+    config = replace(SHIPPED_TINY, weights=str(path), batch=2)
+    results = run_benchmark(config)
+    assert results["srn_backend"] == "onnxruntime" and results["srn_weights"] == str(path)
+    assert results["srn_exported"] is False and results["quantization"] is None
+    srn = results["srn"]
+    assert srn["model"] == str(path) and srn["params_m"] is None
+    assert srn["gflops"] == {"64x64": None} and srn["tflops"] == {"64x64": None} and srn["throughput"]["tflops"] is None
+    assert positive(srn["latency_ms"]["64x64"]["end_to_end"]) and positive(srn["throughput"]["images_per_s"])
+    json.dumps(results, allow_nan=False)
+    table = format_table(results)
+    assert f"SRN on onnxruntime {results['device']['onnxruntime']} ({path})" in table
+    assert re.search(r"GFLOP 64x64 +n/a", table)
+    # The command line says the same, and writes it as JSON.
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--weights", str(path), "--device", "cpu", "--sizes", "64x64", "--iters", "1", "--warmup", "0",
+                 "--batch", "0", "--no-peer", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["srn_backend"] == "onnxruntime"
+    assert "SRN on onnxruntime" in capsys.readouterr().out
+
+
+def test_an_onnx_file_with_the_torch_backend_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some.onnx").write_bytes(b"x")  # never read: the settings are refused first
+    message = "some.onnx: an ONNX file needs the onnxruntime backend, not torch"
+    with pytest.raises(SRNError, match=re.escape(message)):
+        run_benchmark(replace(SHIPPED_TINY, weights="some.onnx", backend="torch"))
+    assert main(["bench", "--weights", "some.onnx", "--backend", "torch", "--device", "cpu", "--sizes", "64x64"]) == 2
+    assert capsys.readouterr().err == f"srn bench: error: {message}\n"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -219,6 +324,10 @@ def test_the_cli_spells_the_librarys_names_and_defaults():
     assert tuple(command.DEFAULT_SIZES) == defaults.sizes
     assert (command.DEFAULT_BACKBONE, command.DEFAULT_WIDTH, command.DEFAULT_PEER_CLASSES) == (
         defaults.backbone, defaults.width, defaults.peer_classes)
+    assert command.DEFAULT_BACKEND is defaults.backend is None  # None: what srn detect runs on that device
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    assert config_from_args(parser.parse_args([])).backend is None
 
 
 def test_a_share_of_the_yardstick_above_one_is_never_printed_as_a_share(results):

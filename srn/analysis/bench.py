@@ -17,7 +17,9 @@ Measured for both models, at each ``--sizes`` entry (W x H):
 
 What is measured is the model that ``srn detect`` uses by default (``model="shipped"``), the paper's
 SRN-R50 with random weights (``model="srn_r50"``: speed does not depend on the weights' values,
-only post-processing does, see below), or ``weights``.
+only post-processing does, see below), or ``weights``: an srn checkpoint, the release's ``SRN.pth``,
+or an ``.onnx`` file from ``srn export onnx`` (raw layout, fp32 or int8), which the onnxruntime
+backend runs as it is.
 
 The peer is ``retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)``: one face
 class, which is the 415 GFLOP model (docs/design.md, Network) at 1024x1024 (the COCO default of 91 classes costs 496).
@@ -36,19 +38,40 @@ Inputs are uniform noise unless ``--image`` names a photo, which is then resized
 repeated for the batch); a trained model on noise finds many weak candidates, so use a photo to
 measure the post-processing share of a trained model.
 
-``--backend`` chooses what runs SRN's network; the peer always runs in PyTorch.
+``--backend`` chooses what runs SRN's network; the peer always runs in PyTorch. By default
+(``backend=None``) it is what :class:`srn.inference.Detector` runs on that device: on the CPU, for the
+shipped model, its int8 copy ``srn/assets/srn_mobilenet_v2.int8.onnx``
+(:data:`srn.inference.detector.DEFAULT_CPU_WEIGHTS`) through onnxruntime; for an ``.onnx`` ``weights``
+file, onnxruntime; otherwise (a GPU, another model, or settings that only PyTorch honours: bf16,
+``torch.compile``, channels_last, CUDA graphs) PyTorch. Without onnxruntime (or without the int8
+file) the shipped model falls back to PyTorch on the CPU, as the Detector does, with a one-line
+notice through ``log``. The results say what was timed: ``srn_weights`` (the file, None for a random
+network), ``srn_backend``, ``srn_exported`` (True where a PyTorch network was exported to a temporary
+fp32 ONNX file to be timed) and ``quantization`` (the ONNX file's ``quantization`` metadata, e.g.
+``"int8-qdq-per-channel"``, else None).
 
-- ``torch`` (default): the :class:`srn.model.SRN` module, eagerly or through ``torch.compile``.
-- ``onnxruntime``: the network exported by :func:`srn.export.onnx.export_onnx` (raw layout, normalisation
-  in the graph, traced at the first size) into a temporary folder and run by onnxruntime's CPU
-  provider (all graph optimisations, ``--threads`` or torch's thread count within an op, one across
-  ops), as :class:`srn.inference.backends.OnnxBackend` runs it. The forward phase is ``session.run`` on the
-  float32 [0, 1] images; the post-processing phase converts its outputs with
+- ``torch``: the :class:`srn.model.SRN` module, eagerly or through ``torch.compile``.
+- ``onnxruntime``: an ``.onnx`` ``weights`` file as it is, or else the PyTorch network exported by
+  :func:`srn.export.onnx.export_onnx` (raw layout, normalisation in the graph, traced at the first
+  size, fp32: the shipped model's fp32 checkpoint, not its int8 copy) into a temporary folder; run by
+  onnxruntime's CPU provider (all graph optimisations, ``--threads`` or torch's thread count within
+  an op, one across ops), as :class:`srn.inference.backends.OnnxBackend` runs it. The forward phase is
+  ``session.run`` on the float32 [0, 1] images; the post-processing phase converts its outputs with
   :func:`srn.inference.onnx_format.onnx_outputs_to_torch` (which also rebuilds the anchors, as OnnxBackend does on
-  every call) and applies the same :class:`srn.postprocess.PostProcessor`. CPU and fp32 only, and
-  neither ``--compile`` nor ``--channels-last``. Each memory-measured block opens a fresh session, so
-  that its peak RSS includes the growth of onnxruntime's memory arena, which a session never gives
-  back. FLOPs are counted on the PyTorch module and the matrix rate is PyTorch's.
+  every call) and applies the :class:`srn.postprocess.PostProcessor` of the file's metadata. CPU and
+  fp32 inputs only, and neither ``--compile`` nor ``--channels-last``; a file must be in the raw layout
+  (post-processing outside the graph). Each memory-measured block opens a fresh session, so that its
+  peak RSS includes the growth of onnxruntime's memory arena, which a session never gives back. The
+  matrix rate is PyTorch's.
+
+FLOPs (and the parameter count) are counted on a PyTorch network: the module itself, or the module
+that was exported. An ONNX file's metadata does not describe its whole network (the head's layout,
+the number of tower convolutions and separable convolutions are not stored), so for a given
+``.onnx`` file they are not counted and are reported as None (null in JSON), as are the FLOP rates
+derived from them; only for the shipped int8 file are they counted on the network of the shipped
+checkpoint that it was quantised from (``srn/assets/srn_mobilenet_v2.pt`` beside it, when its
+backbone and width agree with the file's metadata). Quantisation does not change the multiply-adds,
+only their type, so those are the int8 graph's multiply-adds too.
 
 Randomly initialised weights score every anchor near the 0.01 prior, so almost no anchor passes
 the candidate threshold and post-processing looks free. ``postprocess_dense`` therefore also times
@@ -78,7 +101,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from srn.config import ModelConfig, PostProcessConfig
-from srn.errors import ConfigError
+from srn.errors import ConfigError, printable
 from srn.inference import resolve_device
 from srn.model.outputs import SRNOutputs
 from srn.inference.runner import PRECISIONS, Runner
@@ -103,12 +126,14 @@ class BenchConfig:
     model: str = "shipped"  # one of MODELS: the shipped default model, or a random SRN of backbone and width
     backbone: str = "resnet50"  # model="srn_r50": the random network's backbone and head width
     width: int = 256
-    weights: str | None = None  # an srn checkpoint or SRN.pth instead of model
+    weights: str | None = None  # an srn checkpoint, SRN.pth or .onnx file (srn export onnx, raw layout) instead of model
     peer: bool = True
     peer_classes: int = 2
     matmul_size: int | None = None  # n of the GPU's n x n x n bf16 matmul yardstick; default 8192
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
-    backend: str = "torch"  # what runs SRN's network: "torch" or "onnxruntime" (CPU, fp32)
+    # what runs SRN's network: "torch", "onnxruntime" (CPU, fp32 inputs), or None: what srn detect runs
+    # on that device (the shipped int8 ONNX file through onnxruntime on the CPU; see the module doc)
+    backend: str | None = None
     cuda_graphs: bool = False  # SRN's network and post-processing as CUDA graphs (srn.inference.runner)
     image: str | None = None  # a photo, resized to every size, instead of noise
     throughput_size: tuple[int, int] | None = None  # (H, W) of the throughput run; None: the first size
@@ -307,21 +332,43 @@ class _TorchSRN:
 
 
 class _OrtNetwork:
-    """SRN's network exported to ``path`` and run by onnxruntime's CPU provider.
+    """A raw-layout ONNX file of SRN's network, run by onnxruntime's CPU provider: an existing file
+    (:meth:`from_file`) or a PyTorch module exported first (:meth:`from_module`).
 
     ``__call__`` is ``session.run`` alone; ``to_torch`` turns its outputs into SRN's layout with
     :func:`srn.inference.onnx_format.onnx_outputs_to_torch`, as :class:`srn.inference.backends.OnnxBackend` does.
     """
 
-    def __init__(self, model: nn.Module, path: Path, sample_size: tuple[int, int], post_config: PostProcessConfig,
-                 backbone: str, threads: int) -> None:
-        from srn.export.onnx import export_onnx
-
-        export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
+    def __init__(self, path: Path, threads: int) -> None:
+        """Open ``path``; see :meth:`from_file` and :meth:`from_module`."""
         self.path = path
         self.threads = threads
         self.backend: Any = None
         self.reset()
+        if self.backend.metadata.postprocess_in_graph:
+            raise ConfigError(f"{printable(path)}: post-processing is built into this graph; the benchmark times "
+                              "a raw-layout export (post-processing outside the graph)")
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int) -> _OrtNetwork:
+        """An existing file written by ``srn export onnx`` (fp32 or int8), run as it is."""
+        return cls(Path(path), threads)
+
+    @classmethod
+    def from_module(cls, model: nn.Module, path: Path, sample_size: tuple[int, int], post_config: PostProcessConfig,
+                    backbone: str, threads: int) -> _OrtNetwork:
+        """``model`` exported to ``path`` (fp32, raw layout, traced at ``sample_size``), then opened."""
+        from srn.export.onnx import export_onnx
+
+        export_onnx(model, path, sample_size=sample_size, postprocess_config=post_config, backbone=backbone)
+        return cls(path, threads)
+
+    @property
+    def quantization(self) -> str | None:
+        """The file's ``quantization`` metadata (e.g. "int8-qdq-per-channel"), None for an fp32 file."""
+        from srn.export.quantize import QUANTIZATION_KEY
+
+        return self.backend.session.get_modelmeta().custom_metadata_map.get(QUANTIZATION_KEY) or None
 
     def reset(self) -> None:
         """Open a fresh session: a session's memory arena only grows, so a block that reused the
@@ -366,13 +413,41 @@ class _OrtNetwork:
         return run
 
 
-def _check_backend(config: BenchConfig, device: torch.device) -> None:
-    """The settings that the chosen backend cannot honour, as one-line errors."""
-    if config.backend not in BACKENDS:
+def _is_onnx(weights: str | None) -> bool:
+    return weights is not None and Path(weights).suffix.lower() == ".onnx"
+
+
+def _resolve_backend(config: BenchConfig, device: torch.device, log: Callable[[str], None]) -> tuple[str, Path | None]:
+    """The backend that runs SRN's network, and the existing ONNX file that it runs as it is (None:
+    a PyTorch network, run as it is or exported). ``config.backend=None`` is what
+    :class:`srn.inference.Detector` runs on ``device`` (see the module doc)."""
+    from srn.inference.detector import DEFAULT_CPU_WEIGHTS
+
+    if config.backend is not None and config.backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
+    if _is_onnx(config.weights):
+        if config.backend == "torch":
+            raise ConfigError(f"{printable(config.weights)}: an ONNX file needs the onnxruntime backend, not torch")
+        return "onnxruntime", Path(config.weights)
+    if config.backend is not None:
+        return config.backend, None
+    torch_only = config.dtype != "fp32" or config.compile or config.channels_last or config.cuda_graphs
+    if config.weights or config.model != "shipped" or device.type != "cpu" or torch_only:
+        return "torch", None
+    if not DEFAULT_CPU_WEIGHTS.is_file():
+        log(f"{DEFAULT_CPU_WEIGHTS.name} is not installed; timing the shipped model in PyTorch, as srn detect then runs it")
+        return "torch", None
+    if importlib.util.find_spec("onnxruntime") is None:
+        log("onnxruntime is not installed; timing the shipped model in PyTorch, as srn detect then runs it")
+        return "torch", None
+    return "onnxruntime", DEFAULT_CPU_WEIGHTS
+
+
+def _check_backend(config: BenchConfig, backend: str, onnx_file: Path | None, device: torch.device) -> None:
+    """The settings that the chosen backend cannot honour, as one-line errors."""
     if config.cuda_graphs and device.type != "cuda":
         raise ConfigError("CUDA graphs need a CUDA device")
-    if config.backend != "onnxruntime":
+    if backend != "onnxruntime":
         return
     if config.cuda_graphs:
         raise ConfigError("CUDA graphs need the torch backend")
@@ -381,11 +456,26 @@ def _check_backend(config: BenchConfig, device: torch.device) -> None:
     if config.compile:
         raise ConfigError("torch.compile needs the torch backend; onnxruntime optimises the exported graph itself")
     if config.dtype != "fp32":
-        raise ConfigError(f"{config.dtype} needs the torch backend; the exported graph is float32")
+        raise ConfigError(f"{config.dtype} needs the torch backend; an ONNX graph takes float32 images and runs as exported")
     if config.channels_last:
         raise ConfigError("channels_last needs the torch backend; onnxruntime chooses its own layouts")
-    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+    if onnx_file is not None:  # run as it is: no export, so onnxruntime alone
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError(f"{printable(onnx_file)}: running an ONNX file needs onnxruntime: install the 'export' extra")
+    elif importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
         raise ConfigError("the onnxruntime backend needs onnx and onnxruntime: install the 'export' extra")
+
+
+def _described_network(onnx_file: Path) -> ModelConfig | None:
+    """The PyTorch network that an ONNX file is known to run, for FLOPs and parameters: the shipped
+    checkpoint's for the shipped int8 file, None for any other file (its metadata does not describe
+    the whole network; see the module doc)."""
+    from srn.inference.detector import DEFAULT_CPU_WEIGHTS, DEFAULT_WEIGHTS
+    from srn.weights import read_weights
+
+    if onnx_file.resolve() != DEFAULT_CPU_WEIGHTS.resolve() or not DEFAULT_WEIGHTS.is_file():
+        return None
+    return read_weights(DEFAULT_WEIGHTS)[0].model
 
 
 def _images(batch: int, size: tuple[int, int], device: torch.device, channels_last: bool, photo: Tensor | None) -> Tensor:
@@ -410,7 +500,8 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
     if config.model not in MODELS:
         raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {config.model!r}")
     device = resolve_device(config.device)
-    _check_backend(config, device)
+    backend, onnx_file = _resolve_backend(config, device, log)
+    _check_backend(config, backend, onnx_file, device)
     batch = config.batch if config.batch is not None else (16 if device.type == "cuda" else 2)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -427,12 +518,25 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                          "batch": batch, "device": str(device)},
             "device": _describe(device),
         }
-        if config.backend == "onnxruntime":
+        if backend == "onnxruntime":
             import onnxruntime
 
             results["device"]["onnxruntime"] = onnxruntime.__version__
+        ort_threads = config.threads or torch.get_num_threads()
         # Read the user's files first, so that a bad one fails before anything is measured.
-        srn_model, post_config, model_config = _build_srn(config, device)
+        srn_model: nn.Module | None = None
+        network: _TorchSRN | _OrtNetwork | None = None
+        model_config: ModelConfig | None
+        if onnx_file is not None:
+            network = _OrtNetwork.from_file(onnx_file, ort_threads)
+            model_config = _described_network(onnx_file)
+            metadata = network.backend.metadata
+            if model_config is not None and (model_config.backbone, model_config.width) != (metadata.backbone, metadata.width):
+                model_config = None  # the checkpoint beside it is not the network this file was made from
+            srn_weights: str | None = str(onnx_file)
+        else:
+            srn_model, post_config, model_config = _build_srn(config, device)
+            srn_weights = _srn_weights(config)
         photo = None
         if config.image:
             from srn.data.image_io import read_image
@@ -445,17 +549,31 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
             results["matmul"] = matmul_tflops(device, config.matmul_size)
             rate = results["matmul"]["tflops"] * 1e12
 
-        srn_model = srn_model.to(memory_format=memory_format)
-        network: _TorchSRN | _OrtNetwork
-        if config.backend == "onnxruntime":
-            log("exporting SRN to ONNX ...")
-            folder = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="srn-bench-")))
-            network = _OrtNetwork(srn_model, folder / "srn.onnx", config.sizes[0], post_config, model_config.backbone,
-                                  config.threads or torch.get_num_threads())
+        if srn_model is not None:
+            srn_model = srn_model.to(memory_format=memory_format)
+            if backend == "onnxruntime":
+                log("exporting SRN to ONNX ...")
+                folder = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="srn-bench-")))
+                network = _OrtNetwork.from_module(srn_model, folder / "srn.onnx", config.sizes[0], post_config,
+                                                  model_config.backbone, ort_threads)
+            else:
+                network = _TorchSRN(srn_model, post_config, config)
+            params_m: float | None = sum(p.numel() for p in srn_model.parameters()) / 1e6
         else:
-            network = _TorchSRN(srn_model, post_config, config)
+            params_m = None if model_config is None else sum(p.numel() for p in _meta_srn(model_config).parameters()) / 1e6
+        assert network is not None
+        results["srn_weights"] = srn_weights
+        results["srn_backend"] = backend
+        results["srn_exported"] = backend == "onnxruntime" and onnx_file is None
+        results["quantization"] = network.quantization if isinstance(network, _OrtNetwork) else None
 
-        srn: dict[str, Any] = {"model": _model_name(config), "params_m": sum(p.numel() for p in srn_model.parameters()) / 1e6,
+        def srn_gflops(size: tuple[int, int]) -> float | None:
+            """None where the network is not known (an ONNX file; see the module doc)."""
+            if model_config is None:
+                return None
+            return count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
+
+        srn: dict[str, Any] = {"model": _model_name(config), "params_m": params_m,
                                "gflops": {}, "latency_ms": {}, "peak_memory_mb": {}, "tflops": {}}
         peer: dict[str, Any] = {"params_m": None, "gflops": {}, "latency_ms": {}, "peak_memory_mb": {}, "tflops": {}}
         if rate is not None:
@@ -480,7 +598,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
             for size in config.sizes:
                 name = size_name(size)
                 images = _images(1, size, device, config.channels_last, photo)
-                srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
+                srn["gflops"][name] = srn_gflops(size)
                 log(f"SRN {name} ...")
                 network.reset()
                 with peak_memory_mb(device) as memory:
@@ -493,7 +611,7 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                     "postprocess_dense": dense_ms, "postprocess_dense_share": dense_ms / (forward_ms + dense_ms),
                 }
                 srn["peak_memory_mb"][name] = memory["mb"]
-                _rate(srn, name, srn["gflops"][name] * 1e9 / (end_to_end / 1e3), rate)
+                _rate(srn, name, srn["gflops"][name], end_to_end, rate)
                 if peer_model is None:
                     continue
                 peer["gflops"][name] = count_gflops(lambda: _build_peer(config, size), _peer_network, size)
@@ -503,14 +621,14 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
                     (peer_ms,) = _median_ms(clock, peer_phases(images), config.warmup, config.iters, 1)
                 peer["latency_ms"][name] = {"end_to_end": peer_ms}
                 peer["peak_memory_mb"][name] = memory["mb"]
-                _rate(peer, name, peer["gflops"][name] * 1e9 / (peer_ms / 1e3), rate)
+                _rate(peer, name, peer["gflops"][name], peer_ms, rate)
 
             if batch > 0:
                 size = config.throughput_size or config.sizes[0]
                 name = size_name(size)
                 images = _images(batch, size, device, config.channels_last, photo)
                 if name not in srn["gflops"]:
-                    srn["gflops"][name] = count_gflops(lambda: _meta_srn(model_config), lambda m, x: m(x), size)
+                    srn["gflops"][name] = srn_gflops(size)
                     if peer_model is not None:
                         peer["gflops"][name] = count_gflops(lambda: _build_peer(config, size), _peer_network, size)
                 log(f"SRN throughput, batch {batch} at {name} ...")
@@ -551,6 +669,15 @@ def _peer_network(model: nn.Module, images: Tensor) -> None:
     model.head(list(features.values()))
 
 
+def _srn_weights(config: BenchConfig) -> str | None:
+    """The weights file of the PyTorch network that :func:`_build_srn` builds (None: random weights)."""
+    from srn.inference.detector import DEFAULT_WEIGHTS
+
+    if config.weights:
+        return str(config.weights)
+    return str(DEFAULT_WEIGHTS) if config.model == "shipped" else None
+
+
 def _model_name(config: BenchConfig) -> str:
     """What was measured, in words: the weights file, "shipped", "srn_r50", or the random network's shape."""
     if config.weights:
@@ -560,28 +687,32 @@ def _model_name(config: BenchConfig) -> str:
     return config.model
 
 
-def _rate(entry: dict[str, Any], name: str, flops_per_s: float, rate: float | None) -> None:
-    """Record the FLOP rate reached at size ``name``, and its share of the matmul yardstick where there is one."""
-    entry["tflops"][name] = flops_per_s / 1e12
+def _rate(entry: dict[str, Any], name: str, gflops: float | None, ms: float, rate: float | None) -> None:
+    """Record the FLOP rate reached at size ``name`` (``gflops`` in ``ms``), and its share of the
+    matmul yardstick where there is one; None where the FLOPs are not known."""
+    flops_per_s = None if gflops is None else gflops * 1e9 / (ms / 1e3)
+    entry["tflops"][name] = None if flops_per_s is None else flops_per_s / 1e12
     if rate is not None:
-        entry["matmul_share"][name] = flops_per_s / rate
+        entry["matmul_share"][name] = None if flops_per_s is None else flops_per_s / rate
 
 
-def _throughput(batch: int, name: str, ms: float, gflops: float, rate: float | None, memory_mb: float) -> dict[str, Any]:
+def _throughput(batch: int, name: str, ms: float, gflops: float | None, rate: float | None, memory_mb: float) -> dict[str, Any]:
     images_per_s = batch / (ms / 1e3)
+    flops_per_s = None if gflops is None else gflops * 1e9 * images_per_s
     result = {"batch": batch, "size": name, "ms_per_batch": ms, "images_per_s": images_per_s,
-              "peak_memory_mb": memory_mb, "tflops": gflops * 1e9 * images_per_s / 1e12}
+              "peak_memory_mb": memory_mb, "tflops": None if flops_per_s is None else flops_per_s / 1e12}
     if rate is not None:
-        result["matmul_share"] = gflops * 1e9 * images_per_s / rate
+        result["matmul_share"] = None if flops_per_s is None else flops_per_s / rate
     return result
 
 
-def _ratios(srn: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
-    """SRN / peer for every matching number (latency > 1: SRN is slower; throughput > 1: faster)."""
+def _ratios(srn: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    """SRN / peer for every matching number (latency > 1: SRN is slower; throughput > 1: faster);
+    None where SRN's number is not known."""
     ratios = {}
     for name, latency in srn["latency_ms"].items():
         ratios[f"latency_{name}"] = latency["end_to_end"] / peer["latency_ms"][name]["end_to_end"]
-        ratios[f"gflops_{name}"] = srn["gflops"][name] / peer["gflops"][name]
+        ratios[f"gflops_{name}"] = None if srn["gflops"][name] is None else srn["gflops"][name] / peer["gflops"][name]
         ratios[f"peak_memory_{name}"] = srn["peak_memory_mb"][name] / peer["peak_memory_mb"][name] if peer["peak_memory_mb"][name] else math.nan
     if "throughput" in srn and "throughput" in peer:
         ratios["throughput"] = srn["throughput"]["images_per_s"] / peer["throughput"]["images_per_s"]
@@ -614,16 +745,17 @@ def format_table(results: dict[str, Any]) -> str:
     srn, peer = results["srn"], results.get("peer")
     rows = [("metric", "SRN", "RetinaNet-R50" if peer else "", "ratio" if peer else "")]
 
+    # SRN's None: not known (the FLOPs of an ONNX file); the peer's None: no peer.
     def add(label: str, ours: float | None, theirs: float | None, fmt: str = "{:.1f}") -> None:
         ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else ""
-        rows.append((label, fmt.format(ours) if ours is not None else "", fmt.format(theirs) if theirs is not None else "", ratio))
+        rows.append((label, fmt.format(ours) if ours is not None else "n/a", fmt.format(theirs) if theirs is not None else "", ratio))
 
-    def add_share(label: str, ours: float, theirs: float | None) -> None:
+    def add_share(label: str, ours: float | None, theirs: float | None) -> None:
         # A share of a yardstick above 1 measures the yardstick, not the model: not printed as a share.
         def cell(value: float | None) -> str:
             return "" if value is None else (f"{value:.1%}" if value <= 1 else "above it")
 
-        rows.append((label, cell(ours), cell(theirs), ""))
+        rows.append((label, cell(ours) if ours is not None else "n/a", cell(theirs), ""))
 
     for name, latency in srn["latency_ms"].items():
         their = peer["latency_ms"][name]["end_to_end"] if peer else None
@@ -645,11 +777,19 @@ def format_table(results: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     device = results["device"]
-    backend = results["settings"].get("backend", "torch")
-    if "onnxruntime" in device:
+    backend = results.get("srn_backend") or results["settings"].get("backend") or "torch"
+    if backend == "onnxruntime" and "onnxruntime" in device:
         backend += f" {device['onnxruntime']}"
+    timed = [srn.get("model", "shipped")]  # what was timed: the model, its file, how it ran
+    weights = results.get("srn_weights")
+    if weights and weights != timed[0]:
+        timed.append(Path(weights).name)
+    if results.get("srn_exported"):
+        timed.append("exported to fp32 ONNX")
+    if results.get("quantization"):
+        timed.append(results["quantization"])
     header = (f"{device['name']} ({device['type']}, {device['threads']} threads), {results['settings']['dtype']}, "
-              f"SRN on {backend} ({srn.get('model', 'shipped')})")
+              f"SRN on {backend} ({', '.join(timed)})")
     if "matmul" in results:
         matmul = results["matmul"]
         header += f", {matmul['dtype']} matmul rate {matmul['tflops']:.2f} TFLOP/s ({matmul['n']}^3)"

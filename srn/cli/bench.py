@@ -14,9 +14,11 @@ from srn.paths import check_input_file, check_output_file
 BENCH_HELP = """\
 Benchmark SRN against torchvision's RetinaNet-R50-FPN on this device.
 
-By default it measures the model that srn detect uses, the one shipped with the package;
---model srn_r50 measures the paper's SRN-R50 with random weights (its speed does not depend on
-them), --weights FILE any checkpoint. The peer always has random weights.
+By default it measures what srn detect runs: the model shipped with the package, on the CPU its
+int8 ONNX copy through onnxruntime, on a GPU its PyTorch checkpoint. --model srn_r50 measures the
+paper's SRN-R50 with random weights (its speed does not depend on them), --weights FILE any
+checkpoint or any .onnx file from srn export onnx (run as it is by onnxruntime; its FLOPs are not
+counted, except for the shipped int8 file's). The peer always has random weights.
 
 Printed: latency per size (network and post-processing), GFLOP, peak memory, the FLOP rate reached
 (TFLOP/s) and throughput. On a GPU also that rate as a share of a large bf16 matmul measured in the
@@ -27,6 +29,8 @@ Examples:
   srn bench --model srn_r50 --device cuda --dtype bf16 --channels-last --json bench.json
   srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
   srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
+  srn bench --device cpu --backend torch --threads 1 --sizes 640x480 --batch 0
+  srn bench --weights model.int8.onnx --device cpu --threads 1 --sizes 640x480
 """
 
 # srn.analysis.bench's names and BenchConfig's defaults, spelled out: importing it would import
@@ -37,6 +41,7 @@ BACKENDS = ("torch", "onnxruntime")
 DEFAULT_SIZES = [(480, 640), (1024, 1024)]
 DEFAULT_WARMUP, DEFAULT_ITERS = 2, 10
 DEFAULT_BACKBONE, DEFAULT_WIDTH, DEFAULT_PEER_CLASSES = "resnet50", 256, 2
+DEFAULT_BACKEND = None  # what srn detect runs on that device
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -60,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODELS, default=None,
                         help="shipped: the model srn detect uses; srn_r50: the paper's SRN-R50, random weights (default: shipped)")
-    parser.add_argument("--weights", help="benchmark this srn checkpoint or SRN.pth instead of --model")
+    parser.add_argument("--weights", help="benchmark this srn checkpoint, SRN.pth or .onnx file (srn export onnx, "
+                        "run by onnxruntime as it is) instead of --model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: SRN's bf16 inference copy, the peer under autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
@@ -76,8 +82,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip RetinaNet")
     parser.add_argument("--peer-classes", type=int_at_least(1), default=DEFAULT_PEER_CLASSES, help="RetinaNet classes (2: one face class; 91: COCO)")
     parser.add_argument("--threads", type=int_at_least(1), help="CPU threads (default: torch's; 1 gives repeatable numbers on a shared machine)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="onnxruntime runs SRN's network through onnxruntime's CPU provider; the peer stays in PyTorch")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="torch, or onnxruntime (its CPU provider; --model and .pt weights are exported to fp32 ONNX "
+                        "first); the peer stays in PyTorch (default: what srn detect runs on that device: the shipped "
+                        "int8 ONNX file through onnxruntime on the CPU, torch on a GPU)")
     parser.add_argument("--matmul-size", type=int_at_least(1), help="n of the n x n x n bf16 matmul that the GPU's rate is measured with (default 8192)")
     parser.add_argument("--cuda-graphs", action="store_true", help="run SRN's network and post-processing as CUDA graphs (srn.inference.runner)")
     parser.add_argument("--image", metavar="PHOTO", help="time on this photo, resized to each size (default: noise)")
