@@ -141,7 +141,7 @@ class Trainer:
             self.optimizer,
             lambda it: lr_factor(it, self.steps_per_epoch, tuple(tc.lr_steps), tc.lr_gamma, tc.warmup_iters, tc.warmup_factor),
         )
-        self.use_amp = tc.amp and self.device.type == "cuda"
+        self.use_amp = tc.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and tc.cpu_bf16))
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         self.iteration = 0
