@@ -212,12 +212,18 @@ def test_paper_network_is_unchanged_by_the_light_fields():
     assert state["fpn.outputs.4.weight"].shape == (256, 256, 3, 3)
 
 
-def test_checkpoint_config_without_the_light_fields_loads():
+def test_checkpoint_config_without_the_light_fields_loads(tmp_path):
     """Checkpoints saved before the light fields existed rebuild the same dense network."""
-    config = from_dict(ModelConfig, {"backbone": "mobilenet_v2", "width": 48, "init": "scaled"})
+    fields = {"backbone": "mobilenet_v2", "width": 48, "init": "scaled"}
+    config = from_dict(ModelConfig, fields)
     assert (config.tower_convs, config.separable_head, config.separable_fpn) == (2, False, False)
-    model, _ = load_model(SHIPPED)
-    assert set(model.state_dict()) == set(SRN.from_config(config).state_dict())
+    dense = SRN.from_config(config)
+    state = dense.state_dict()
+    torch.save({"format": "srn", "version": 1, "config": {"model": fields}, "model": state}, tmp_path / "old.pt")
+    model, loaded = load_model(tmp_path / "old.pt")
+    assert loaded.model == config
+    assert set(model.state_dict()) == set(state)
+    assert not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.head.modules())  # dense
 
 
 def test_lite_model_starts_from_the_shipped_backbone():
