@@ -1,10 +1,10 @@
 """Fit the score calibration of a checkpoint on the held-out photos that tools/pack_faces.py writes,
-and write a copy of the checkpoint that carries it.
+and write a copy of the checkpoint that carries it (:mod:`srn.evaluation.calibration`).
 
 A detection's score becomes ``sigmoid(a * z + b)``, ``z`` the network's final logit (Platt scaling;
 ``postprocess.score_scale`` = a, ``postprocess.score_shift`` = b), with a and b the maximum-likelihood
 fit of "this detection is a labelled face" (greedy matching at IoU 0.5, best score first) over every
-detection scoring 0.05 or more on the 452 held-out photos. The map is monotone, so boxes, their order
+detection that the network itself scores 0.05 or more on the 452 held-out photos. The map is monotone, so boxes, their order
 and every AP stay as they are; only what a score *says* changes.
 
 These photos are partially labelled: a detection of an unlabelled face counts as a miss, so the
@@ -30,57 +30,11 @@ import torch
 from torchvision.ops import box_iou
 
 from srn.data.formats import parse_wider_file
+from srn.evaluation.calibration import fit_platt, reliability, true_positives
 from srn.evaluation.run import detect_images, eval_detector
 from srn.weights import load_model, save_checkpoint
 
 MIN_SCORE = 0.05
-BINS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0001)
-
-
-def true_positives(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """For each detection (any order), whether it takes a still-free labelled face at IoU >= 0.5,
-    detections taken best score first."""
-    order = torch.argsort(scores, descending=True)
-    hits = np.zeros(len(boxes), dtype=bool)
-    if len(boxes) and len(labels):
-        iou = box_iou(boxes.double(), labels.double())
-        taken = torch.zeros(len(labels), dtype=torch.bool)
-        for index in order.tolist():
-            row = torch.where(taken, -1.0, iou[index])
-            best = int(row.argmax())
-            if row[best] >= 0.5:
-                taken[best] = True
-                hits[index] = True
-    return hits
-
-
-def fit_platt(logits: np.ndarray, hits: np.ndarray) -> tuple[float, float]:
-    """(a, b) maximising the likelihood of ``hits`` under ``sigmoid(a * logits + b)``."""
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(hits, dtype=torch.float64)
-    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(params[0] * z + params[1], y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(params[0].detach()), float(params[1].detach())
-
-
-def reliability(scores: np.ndarray, hits: np.ndarray) -> tuple[list[dict], float]:
-    """Per score bin: detections, mean score, share of true faces; and the expected calibration error."""
-    rows, ece = [], 0.0
-    for low, high in zip(BINS, BINS[1:]):
-        inside = (scores >= low) & (scores < high)
-        if inside.any():
-            mean, share = float(scores[inside].mean()), float(hits[inside].mean())
-            rows.append({"bin": [low, min(high, 1.0)], "detections": int(inside.sum()), "mean_score": mean, "true_share": share})
-            ece += inside.sum() / len(scores) * abs(mean - share)
-    return rows, float(ece)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -105,10 +59,10 @@ def main() -> None:
         if data / record.image_path not in results:
             continue
         boxes, scores = results[data / record.image_path]
-        keep = scores >= MIN_SCORE
-        boxes, scores = boxes[keep], scores[keep].double()
         # Back to the network's own logit, whatever calibration the checkpoint already has.
-        raw = (torch.logit(scores) - post.score_shift) / post.score_scale
+        raw = (torch.logit(scores.double()) - post.score_shift) / post.score_scale
+        keep = torch.sigmoid(raw) >= MIN_SCORE
+        boxes, scores, raw = boxes[keep], scores[keep].double(), raw[keep]
         found = true_positives(boxes, scores, record.boxes)
         logits.append(raw.numpy())
         hits.append(found)

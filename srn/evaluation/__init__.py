@@ -5,6 +5,7 @@
 - :mod:`~srn.evaluation.facebox`: AFW and PASCAL Face AP against the face-eval re-annotations;
 - :mod:`~srn.evaluation.common`: VOC AP, file reading helpers and the JSON form of the results;
 - :mod:`~srn.evaluation.plots`: PR curves and the ROC as image files (the one matplotlib user);
+- :mod:`~srn.evaluation.calibration`: Platt scaling of scores, fitted on labelled photos;
 - :mod:`~srn.evaluation.tta` and :mod:`~srn.evaluation.run`: the release's test-time augmentation
   and the detection runs that feed the evaluators.
 
