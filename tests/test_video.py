@@ -140,11 +140,14 @@ def test_jsonl_only_and_bad_inputs(weights, clip, tmp_path, capsys):
 def test_stdout_and_dev_null_for_a_video(weights, clip, capsys):
     assert main(["detect", str(clip), "--out", "-", "--weights", weights, "--device", "cpu"]) == 0
     captured = capsys.readouterr()
-    assert [json.loads(line)["frame"] for line in captured.out.splitlines()] == list(range(FRAMES))
-    assert captured.err == f"{clip}: 12 frames\n"
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["frame"] for r in records] == list(range(FRAMES))
+    faces = sum(len(r["faces"]) for r in records)
+    summary = f"{clip}: 12 frames, {faces} face{'' if faces == 1 else 's'}\n"
+    assert captured.err == summary
     assert main(["detect", str(clip), "--out", "/dev/null", "--weights", weights, "--device", "cpu"]) == 0
     captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", f"{clip}: 12 frames\n")
+    assert (captured.out, captured.err) == ("", summary)
 
 
 def test_an_image_suffix_is_not_a_video_output(weights, clip, tmp_path, capsys):

@@ -448,11 +448,12 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
         sink = stack.enter_context(open(os.devnull, "w")) if is_devnull(args.out) else None  # noqa: SIM115
         for path, targets in zip(paths, plans):
             try:
-                frames = detect_video(detector, path, targets, args.batch_size, stream=sink)
+                frames, faces = detect_video(detector, path, targets, args.batch_size, stream=sink)
             except torch.OutOfMemoryError:
                 raise UserError("out of memory; lower --max-size or --batch-size") from None
             written = [str(p) for p in targets.videos] + ([str(targets.jsonl)] if targets.jsonl else [])
-            print(f"{path}: {plural(frames, 'frame')}" + (f" -> {', '.join(written)}" if written else ""), file=sys.stderr)
+            print(f"{path}: {plural(frames, 'frame')}, {plural(faces, 'face')}" + (f" -> {', '.join(written)}" if written else ""),
+                  file=sys.stderr)
     return 0
 
 

@@ -466,7 +466,8 @@ class VideoTargets:
     jsonl: Path | None
 
 
-def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int, stream: TextIO | None = None) -> int:
+def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int,
+                 stream: TextIO | None = None) -> tuple[int, int]:
     """Faces in every frame of ``path``: JSON lines and annotated videos as ``targets`` says.
 
     Every output file is written atomically: all of them appear complete, or none does.
@@ -475,7 +476,7 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         stream: where the JSON lines go when ``targets.jsonl`` is None (default: stdout).
 
     Returns:
-        The number of frames processed.
+        The number of frames processed and the number of faces found in them.
     """
     stdout = stream if stream is not None else sys.stdout
     with contextlib.ExitStack() as stack:
@@ -483,7 +484,11 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
         jsonl = stack.enter_context(open(jsonl_tmp, "w")) if jsonl_tmp else stdout  # noqa: SIM115 - the stack closes it
 
+        found = 0
+
         def write_record(frame: Frame, faces: Any) -> None:
+            nonlocal found
+            found += len(faces)
             record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
                       "width": faces.width, "height": faces.height, "faces": faces.to_records()}
             jsonl.write(json.dumps(record) + "\n")
@@ -495,4 +500,4 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         for extra in targets.videos[1:]:
             with atomic_output(extra) as tmp:
                 shutil.copyfile(video_tmp, tmp)
-    return count
+    return count, found
