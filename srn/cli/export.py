@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx_parser.add_argument("--out", required=True, help="the .onnx file to write")
     onnx_parser.add_argument("--opset", type=int_at_least(11), default=DEFAULT_OPSET, help=f"ONNX opset, at least 11: the graph's Resize needs it (default {DEFAULT_OPSET})")
     onnx_parser.add_argument("--postprocess", action="store_true", help="build STC/STR decoding, top-k and NMS into the graph")
-    onnx_parser.add_argument("--input-size", type=int_at_least(32), nargs=2, default=(480, 640), metavar=("H", "W"), help="size of the tracing sample (the file takes any size)")
-    onnx_parser.add_argument("--min-score", type=float_in(0.0, 1.0), default=0.0, help="with --postprocess: drop detections below this in the graph")
+    onnx_parser.add_argument("--input-size", type=int_at_least(32), nargs=2, default=(480, 640), metavar=("H", "W"), help="size of the tracing sample; the file takes any size (default 480 640)")
+    onnx_parser.add_argument("--min-score", type=float_in(0.0, 1.0), default=0.0, help="with --postprocess: drop detections below this in the graph (default 0: keep all)")
     onnx_parser.add_argument("--int8", action="store_true", help="write a static int8 model (needs --calibration; not with --postprocess)")
     onnx_parser.add_argument("--calibration", metavar="DIR", help="with --int8: folder of photos to calibrate activation ranges on (searched recursively)")
     onnx_parser.add_argument("--calibration-count", type=int_at_least(1), default=DEFAULT_CALIBRATION_COUNT, metavar="N",
