@@ -42,7 +42,7 @@ import torch
 
 from srn.atomic import atomic_output
 from srn.data.image_io import read_image
-from srn.errors import ExportError, ImageReadError, one_line
+from srn.errors import ExportError, ImageReadError, MissingDependencyError, one_line
 from srn.inference import Detector
 from srn.paths import IMAGE_SUFFIXES, check_input_dir, check_output_file
 
@@ -267,7 +267,7 @@ def quantize_onnx(
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise ExportError(f"{out_path}: int8 quantisation needs onnx and onnxruntime: install the 'export' extra") from None
+        raise MissingDependencyError("int8 quantisation needs onnx: pip install 'srn-face[export]'") from None
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if activation_type not in ACTIVATION_TYPES:
         raise ExportError(f"{out_path}: activation type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}")

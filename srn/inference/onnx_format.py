@@ -24,7 +24,7 @@ import torch
 from srn.version import __version__
 from srn.anchors import AnchorGenerator
 from srn.config import PostProcessConfig, from_dict, to_dict
-from srn.errors import ExportError
+from srn.errors import ExportError, MissingDependencyError
 from srn.model.outputs import SRNOutputs
 from srn.postprocess import PostProcessor
 
@@ -85,7 +85,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX files need the onnx package: install the 'export' extra") from None
+        raise MissingDependencyError("ONNX files need the onnx package: pip install 'srn-face[export]'") from None
     return onnx
 
 
