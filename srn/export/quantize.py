@@ -260,6 +260,7 @@ def quantize_onnx(
         ExportError: the input is missing, corrupt, not an srn model, already quantised or
             post-processed; no calibration photo is given; or onnxruntime fails.
         OutputPathError: ``out_path`` cannot be written, or is ``fp32_path``.
+        MissingDependencyError: the onnx package is not installed.
         ImageReadError: none of the calibration photos can be read (naming the first).
     """
     try:
