@@ -496,7 +496,9 @@ class DistillationCriterion(nn.Module):
       so that only what the teacher takes for a face steers the boxes.
 
     Both are divided by the number of anchors that the teacher scores at 0.5 or more in the batch
-    (at least 1), the teacher's count of positives, as the ground-truth losses divide by theirs.
+    (at least 1), the teacher's count of positives, as the ground-truth losses divide by theirs;
+    ``normalizer_fn``, when set, turns that count into the divisor (the trainer sums it over DDP
+    processes, as it does for :class:`SRNCriterion`).
     """
 
     def __init__(self, cls_weight: float = 1.0, reg_weight: float = 1.0, gamma: float = 2.0,
@@ -504,6 +506,7 @@ class DistillationCriterion(nn.Module):
         super().__init__()
         self.cls_weight, self.reg_weight, self.gamma = cls_weight, reg_weight, gamma
         self.reg_min_score, self.smooth_l1_beta = reg_min_score, smooth_l1_beta
+        self.normalizer_fn: Callable[[Tensor], Tensor] | None = None
 
     def extra_repr(self) -> str:
         return f"cls_weight={self.cls_weight}, reg_weight={self.reg_weight}, gamma={self.gamma}, reg_min_score={self.reg_min_score}"
@@ -513,7 +516,8 @@ class DistillationCriterion(nn.Module):
             raise ValueError("student and teacher must have the same levels and anchors per level")
         final = torch.cat([t.float().sigmoid() for t in teacher.step2_logits], dim=1)  # (N, R)
         weight = final * (final >= self.reg_min_score)
-        normalizer = (final >= 0.5).sum().clamp(min=1).to(final.dtype)
+        positives = (final >= 0.5).sum().to(final.dtype)
+        normalizer = self.normalizer_fn(positives) if self.normalizer_fn is not None else positives.clamp(min=1)
         cls_loss = final.new_zeros(())
         reg_loss = final.new_zeros(())
         levels = [a.shape[0] for a in teacher.anchors]

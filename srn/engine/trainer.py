@@ -106,13 +106,13 @@ class Trainer:
             if tc.channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
             self.distillation = DistillationCriterion(cls_weight=tc.distill_weight, reg_weight=tc.distill_weight)
+            self.distillation.normalizer_fn = global_normalizer
         if tc.freeze:
-            frozen = [name for name, p in self.model.named_parameters() if name.startswith(tuple(tc.freeze))]
+            frozen = [p for name, p in self.model.named_parameters() if name.startswith(tuple(tc.freeze))]
             if not frozen:
                 raise TrainingError(f"train.freeze: no parameter name starts with {', '.join(tc.freeze)}")
-            for name, parameter in self.model.named_parameters():
-                if name in frozen:
-                    parameter.requires_grad_(False)
+            for parameter in frozen:
+                parameter.requires_grad_(False)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
