@@ -109,7 +109,7 @@ def test_detect_help_shows_max_size_and_what_it_does(capsys):
         main(["detect", "-h"])
     text = " ".join(capsys.readouterr().out.split())
     assert "is shrunk to it before detection" in text and "(default: 2100)" in text
-    assert "(default: 0.4)" in text and "(default: 8)" in text
+    assert "(default: 0.3)" in text and "(default: 8)" in text
 
 
 # -- say what it did ----------------------------------------------------------------------------------

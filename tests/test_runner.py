@@ -89,8 +89,8 @@ def test_bf16_finds_the_same_faces(shipped, crowd):
 
 def test_folded_channels_last_fp32_copy_finds_the_same_faces(shipped, crowd):
     model, post = shipped
-    ((boxes, scores),) = Runner(model, post, 0.01)(crowd)
-    runner = Runner(model, post, 0.01, fold=True)
+    ((boxes, scores),) = Runner(model, post, 0.001)(crowd)
+    runner = Runner(model, post, 0.001, fold=True)
     ((folded_boxes, folded_scores),) = runner(crowd)
     assert batchnorms(runner.net) == 0 and batchnorms(model) > 0  # a copy: the model keeps its BatchNorms
     assert next(runner.net.parameters()).dtype == torch.float32
@@ -118,9 +118,11 @@ def test_bad_settings_fail_clearly(shipped, shared_dir, capsys):
 
 def test_detector_follows_a_new_score_thresh(shared_dir):
     detector = Detector(device="cpu", score_thresh=0.5, precision="bf16")
-    assert len(detector.detect(shared_dir / CROWD)) == 6
-    detector.score_thresh = 0.99
-    assert len(detector.detect(shared_dir / CROWD)) == 0
+    found = detector.detect(shared_dir / CROWD)
+    assert len(found) == 6
+    detector.score_thresh = float(found.scores.median())
+    above = int((found.scores >= detector.score_thresh).sum())
+    assert 0 < above < 6 and len(detector.detect(shared_dir / CROWD)) == above
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

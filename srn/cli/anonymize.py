@@ -74,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help="hide the ellipse inside the grown box, or the whole box")
     parser.add_argument("--mask-scale", type=float_in(0.0, MAX_MASK_SCALE, low_open=True), default=1.3,
                         help=f"grow each box this many times around its centre before hiding it, in (0, {MAX_MASK_SCALE:g}]")
-    parser.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.3,
-                        help="hide faces scoring at least this, in [0, 1] (default 0.3: better a blurred elbow than a missed face)")
+    parser.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.2,
+                        help="hide faces scoring at least this, in [0, 1] (default 0.2: better a blurred elbow than a missed face)")
     parser.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=None, help="NMS IoU, in (0, 1] (default: the model's, 0.4)")
     parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "

@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
                              "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
-    detect.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.4, help="keep faces scoring at least this, in [0, 1]")
+    detect.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.3, help="keep faces scoring at least this, in [0, 1]")
     detect.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=None, help="NMS IoU, in (0, 1] (default: the model's, 0.4)")
     add_detector_args(detect)
     detect.set_defaults(func=run)

@@ -56,13 +56,13 @@ def records(out: Path) -> list[dict]:
 def test_a_run_writes_its_manifest_beside_the_file(first_run, small_weights, photos):
     manifest = RunManifest.read(first_run)
     assert manifest is not None and manifest_path(first_run).name == "faces.jsonl.manifest.json"
-    assert manifest.settings["score_thresh"] == 0.4 and manifest.settings["max_size"] == 2100
+    assert manifest.settings["score_thresh"] == 0.3 and manifest.settings["max_size"] == 2100
     assert manifest.settings["weights"].startswith("sha256:")
     assert manifest.inputs == (str(photos.resolve()),) and manifest.cwd == str(photos.parent)
 
 
 @pytest.mark.parametrize("change, difference", [
-    (["--score-thresh", "0.3"], "score_thresh 0.4 there, 0.3 here"),
+    (["--score-thresh", "0.2"], "score_thresh 0.3 there, 0.2 here"),
     (["--max-size", "1024"], "max_size 2100 there, 1024 here"),
     (["--nms-iou", "0.5"], "nms_iou unset there, 0.5 here"),
 ])
@@ -132,6 +132,6 @@ def test_a_file_without_a_manifest_resumes_with_a_warning(first_run, small_weigh
 
 
 def test_a_new_run_replaces_the_manifest(first_run, small_weights, capsys):
-    code, lines = run(capsys, "photos", "--out", first_run, "--score-thresh", "0.3", "--weights", small_weights, *CPU)
+    code, lines = run(capsys, "photos", "--out", first_run, "--score-thresh", "0.2", "--weights", small_weights, *CPU)
     assert code == 0, lines
-    assert RunManifest.read(first_run).settings["score_thresh"] == 0.3
+    assert RunManifest.read(first_run).settings["score_thresh"] == 0.2
