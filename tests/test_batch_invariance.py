@@ -81,7 +81,7 @@ def make_detector(request):
 
     def make(batch_size: int) -> Detector:
         # A low threshold, so that many boxes (and their NMS) are compared, not just the clear faces.
-        return Detector(weights, device="cpu", score_thresh=0.01, batch_size=batch_size, threads=1)
+        return Detector(weights, device="cpu", score_thresh=0.001, batch_size=batch_size, threads=1)
 
     return make
 
@@ -105,7 +105,7 @@ def test_batch_size_neighbours_and_order_change_nothing(photos, make_detector):
 
 
 def test_decoding_workers_change_nothing(photos):
-    detector = Detector(device="cpu", score_thresh=0.01, threads=1)
+    detector = Detector(device="cpu", score_thresh=0.001, threads=1)
     runs = {}
     for workers, batch_size in ((0, 1), (2, 8)):
         runs[workers] = [item.faces for batch in detect_files(detector, photos, batch_size, workers) for item in batch]

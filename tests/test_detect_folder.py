@@ -122,7 +122,7 @@ def test_torchrun_on_mixed_sizes_equals_one_process_exactly(tmp_path):
     from tests.test_batch_invariance import write_mixed_photos
 
     photos = write_mixed_photos(tmp_path / "mixed")
-    base = ["-m", "srn", "detect", str(tmp_path / "mixed"), "--threads", "1", "--device", "cpu", "--score-thresh", "0.01"]
+    base = ["-m", "srn", "detect", str(tmp_path / "mixed"), "--threads", "1", "--device", "cpu", "--score-thresh", "0.001"]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     runs = [
         [sys.executable, *base, "--out", str(one), "--batch-size", "8", "--workers", "2"],
