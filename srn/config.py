@@ -436,8 +436,8 @@ class TrainConfig:
     max_iters: int | None = None  # stop early (smoke runs); None = the full schedule
     max_minutes: float | None = None  # stop (with a checkpoint and model.pt) after this long
     amp: bool = True  # bf16 autocast on CUDA; on the CPU only with cpu_bf16
-    # bf16 autocast on the CPU as well: about 2.8x faster training steps on a CPU with AVX-512 BF16
-    # (benchmarks/RESULTS.md, "bf16 training on the CPU"), slower on one without.
+    # bf16 autocast on the CPU as well: 2.2x the training images per second on a CPU with AVX-512 BF16
+    # (benchmarks/RESULTS.md, "bf16 training on the CPU"); not measured on CPUs without it.
     cpu_bf16: bool = False
     channels_last: bool = True
     freeze_bn: bool = True  # BN statistics frozen (ImageNet values): exact under DDP, small batches
