@@ -9,7 +9,9 @@ Every image is re-encoded as JPEG with its longer side at most ``--side`` pixels
 for the WIDER images), and its boxes are
 scaled to match. The held-out split is fixed: every 5th WIDER image (30 of 150) and every 12th photo
 of each ``faces/`` source. Output: ``OUT/images/...`` and four WIDER-style lists
-``OUT/{train,val}_{wider,faces}.txt`` (path, count, ``x y w h``).
+``OUT/{train,val}_{wider,faces}.txt`` (path, count, ``x y w h``), and the ``faces/`` lists once more per
+source, ``OUT/{train,val}_faces_<source>.txt`` (the same split), so that a recipe can weight crowd
+photos against portraits and the held-out protocol can report each source.
 
     python tools/pack_faces.py --shared ../shared --out .gpu/data --side 304 --quality 50 --wider-side 640
 """
@@ -85,7 +87,9 @@ def main() -> None:
         (out / name).write_bytes(blob)
         total_bytes += len(blob)
         boxes = [(x1 * scale, y1 * scale, (x2 - x1) * scale, (y2 - y1) * scale) for x1, y1, x2, y2 in record.boxes.tolist()]
-        splits["val_faces" if position % 12 == 0 else "train_faces"].append((name, boxes))
+        split = "val_faces" if position % 12 == 0 else "train_faces"
+        splits[split].append((name, boxes))
+        splits.setdefault(f"{split}_{source}", []).append((name, boxes))
 
     for split, entries in splits.items():
         n_boxes = write_list(out / f"{split}.txt", entries)
