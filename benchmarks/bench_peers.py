@@ -68,16 +68,18 @@ import numpy as np
 from PIL import Image
 
 # -- everything this script takes from srn (the package is being restructured: adapt here) -----
-from srn.data.datasets import parse_wider_file
-from srn.evaluation import facebox, widerface
+from srn.evaluation import facebox
 
 from srn.inference import Detector  # one class for .pt and .onnx weights
 # ------------------------------------------------------------------------------------------------
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import heldout  # noqa: E402  (the held-out protocol: sources, face sizes, the shipping rule)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "peer_worker.py"
 DEFAULT_WEIGHTS = ROOT / "srn" / "assets" / "srn_mobilenet_v2.pt"
-PEER_NAMES = ("centerface", "yunet", "retinaface")
+PEER_NAMES = ("centerface", "yunet", "retinaface", "scrfd", "yolov8face")
 RUNTIMES = ("onnxruntime", "pytorch")
 # Our detector's input policy: the image as it is, downscaled only past this longer side (the
 # Detector's default; no held-out image comes near it).
@@ -97,14 +99,6 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
-def wider_prediction(boxes: np.ndarray, scores: np.ndarray, packed_width: int, original_width: int) -> np.ndarray:
-    """Boxes found on a packed WIDER image -> ``(K, 5)`` x y w h score in the original image, as
-    ``tools/eval_default_model.py`` maps them (one scale, original width / packed width)."""
-    scale = original_width / packed_width
-    xywh = xyxy_to_xywh(np.asarray(boxes, dtype=np.float64) * scale)
-    return np.concatenate([xywh, np.asarray(scores, dtype=np.float64).reshape(-1, 1)], axis=1)
-
-
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """Milliseconds per image: median (the number reported), mean, 10th and 90th percentiles (the
     held-out photos range from about 0.03 to 0.26 megapixels), count."""
@@ -121,8 +115,8 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 
 
 TABLE_HEADER = (
-    "| detector | runtime | input size policy | WIDER Easy | WIDER Medium | WIDER Hard | photo AP@0.5 | median ms/img | latency score thr |",
-    "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    "| detector | runtime | input size policy | WIDER Easy | WIDER Medium | WIDER Hard | photo AP@0.5 | crowd AP@0.5 | crowd <16 / 16-32 AP | median ms/img | latency score thr |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 )
 
 
@@ -135,9 +129,11 @@ def format_table(rows: Sequence[dict[str, Any]], reference: str | None = None) -
         lines = [lines[0] + f" x {reference} |", lines[1] + "---:|"]
     for row in rows:
         wider, latency = row["wider_ap"], row["latency"]
+        crowd = row.get("sources", {}).get("crowd")
+        crowd_cells = (f"{crowd['all']['ap']:.4f} | {crowd['<16']['ap']:.3f} / {crowd['16-32']['ap']:.3f}" if crowd else "- | -")
         line = (
             f"| {row['name']} | {row['runtime']} | {row['input_policy']} | {wider['easy']:.4f} | {wider['medium']:.4f} "
-            f"| {wider['hard']:.4f} | {row['photo_ap']:.4f} | {latency['median_ms']:.1f} | {row['latency_thresh']:g} |"
+            f"| {wider['hard']:.4f} | {row['photo_ap']:.4f} | {crowd_cells} | {latency['median_ms']:.1f} | {row['latency_thresh']:g} |"
         )
         if base is not None:
             line += f" {latency['median_ms'] / base:.2f} |"
@@ -320,56 +316,36 @@ class OurDetector:
 # ---------------------------------------------------------------------------------------------
 
 
-class HeldOut:
-    """The held-out split and its ground truth."""
+class HeldOut(heldout.HeldOut):
+    """The held-out protocol's split (``tools/heldout.py``), plus the pooled photo AP of earlier runs."""
 
     def __init__(self, data: Path, shared: Path, limit: int | None = None) -> None:
-        lists = [data / "val_wider.txt", data / "val_faces.txt"]
-        missing = [str(p) for p in lists if not p.is_file()]
-        if missing:
-            raise SystemExit(
-                f"missing {', '.join(missing)}: run python tools/pack_faces.py --shared ../shared --out {data} --side 512 --quality 90 --wider-side 1024"
-            )
-        original = {Path(r.image_path).name: r for r in parse_wider_file(shared / "data/widerface/val_subset/labels_original.txt")}
-        self.wider = parse_wider_file(lists[0])[:limit]
-        self.faces = parse_wider_file(lists[1])[:limit]
-        self.wider_paths = [data / r.image_path for r in self.wider]
-        self.photo_paths = [data / r.image_path for r in self.faces]
-        self.wider_keys, self.original_widths, self.packed_widths = [], [], []
-        for path in self.wider_paths:
-            record = original[path.name]
-            event, name = record.image_path.split("/")
-            self.wider_keys.append((event, Path(name).stem))
-            self.original_widths.append(record.image_size[1])
-            with Image.open(path) as im:
-                self.packed_widths.append(im.width)
-        self.gt = widerface.load_wider_gt(shared / "data/widerface/eval_gt")
+        super().__init__(data, shared, limit)
+        n = len(self.records["wider"])
+        self.wider_paths, self.photo_paths = self.paths[:n], self.paths[n:]
+        photos = [r for source in self.order[1:] for r in self.records[source]]
+        self.photo_keys = [facebox.image_key(r.image_path) for r in photos]
         self.annotations = {
-            facebox.image_key(r.image_path): facebox.FaceboxImage(r.image_path, (0, 0), r.boxes.double().numpy(), np.zeros(len(r.boxes), bool))
-            for r in self.faces
+            key: facebox.FaceboxImage(r.image_path, (0, 0), r.boxes.double().numpy(), np.zeros(len(r.boxes), bool))
+            for key, r in zip(self.photo_keys, photos)
         }
-        self.photo_keys = [facebox.image_key(r.image_path) for r in self.faces]
 
     def score(self, detections: Detections) -> dict[str, Any]:
-        """AP-pass detections (WIDER images first, then the photos) -> the two evaluations."""
+        """AP-pass detections in :attr:`paths` order -> the protocol's report and the pooled photo AP."""
+        report = super().score(detections)
         n = len(self.wider_paths)
-        predictions = {
-            key: wider_prediction(boxes, scores, packed, original)
-            for key, (boxes, scores), packed, original in zip(self.wider_keys, detections[:n], self.packed_widths, self.original_widths)
-        }
-        wider = widerface.evaluate(predictions, self.gt, subset=True)
         photos = facebox.evaluate_facebox(dict(zip(self.photo_keys, detections[n:])), self.annotations)
-        return {"wider": wider.to_dict(curves=False), "photos": photos.to_dict(curves=False)}
+        return {"protocol": report, "photos": photos.to_dict(curves=False)}
 
 
 def score_detector(meta: dict[str, Any], detections: Detections, seconds: Sequence[float], held_out: HeldOut) -> dict[str, Any]:
     """One table row: the detector's description, its APs and its latency summary."""
     scores = held_out.score(detections)
     row = {k: meta[k] for k in ("name", "runtime", "package", "input_policy", "latency_thresh", "details")}
-    row["wider_ap"] = {k: float(v) for k, v in scores["wider"]["ap"].items()}
+    row["wider_ap"] = dict(scores["protocol"]["wider"]["official"])
     row["photo_ap"] = float(scores["photos"]["ap"])
     row["latency"] = latency_summary(seconds)
-    row["wider_eval"], row["photos_eval"] = scores["wider"], scores["photos"]
+    row["sources"], row["photos_eval"] = scores["protocol"], scores["photos"]
     return row
 
 
@@ -388,7 +364,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], ti
     x = [row["latency"]["median_ms"] for row in rows]
     labels = [f"{row['name']} ({row['runtime']})" for row in rows]
     panels = [
-        ("photo AP@0.5 (held-out photos)", [("photos", lambda r: r["photo_ap"], "o")]),
+        ("AP@0.5: held-out photos (o), crowd photos (s)", [("photos", lambda r: r["photo_ap"], "o"), ("crowd", lambda r: r["sources"]["crowd"]["all"]["ap"], "s")]),
         ("WIDER AP (held-out subset, official protocol)", [(s, lambda r, s=s: r["wider_ap"][s], m) for s, m in (("easy", "o"), ("medium", "s"), ("hard", "^"))]),
     ]
     ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if min(x) / 1.5 <= t <= max(x) * 1.5]
@@ -473,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp_name:
         tmp = Path(tmp_name)
         print(f"decoding {len(held_out.wider_paths)} WIDER images and {len(held_out.photo_paths)} photos", file=sys.stderr)
-        decoded = decode_all(held_out.wider_paths + held_out.photo_paths, tmp / "images")
+        decoded = decode_all(held_out.paths, tmp / "images")
         latency_images = decoded[len(held_out.wider_paths) :][: args.latency_images]
         detectors: list[PeerDetector | OurDetector] = []
         try:

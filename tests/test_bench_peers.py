@@ -38,9 +38,30 @@ def test_box_format_round_trip():
 
 def test_wider_prediction_maps_back_to_original_pixels():
     # a 1024-wide packed image of a 2048-wide original: everything doubles
-    out = bench.wider_prediction(np.array([[10.0, 20.0, 30.0, 60.0]]), np.array([0.75]), packed_width=1024, original_width=2048)
+    out = bench.heldout.wider_prediction(np.array([[10.0, 20.0, 30.0, 60.0]]), np.array([0.75]), scale=2048 / 1024)
     np.testing.assert_array_equal(out, [[20.0, 40.0, 40.0, 80.0, 0.75]])
-    assert bench.wider_prediction(np.zeros((0, 4)), np.zeros(0), 512, 1024).shape == (0, 5)
+    assert bench.heldout.wider_prediction(np.zeros((0, 4)), np.zeros(0), 2.0).shape == (0, 5)
+
+
+def _report(crowd_ap: float, tiny_ap: float, hard: float) -> dict:
+    def bins(all_ap, tiny):
+        return {"all": {"faces": 10, "ap": all_ap, "recall": {"0.3": 0.5, "0.2": 0.6}},
+                "<16": {"faces": 4, "ap": tiny, "recall": {"0.3": 0.25, "0.2": 0.5}},
+                "16-32": {"faces": 0, "ap": math.nan, "recall": {"0.3": math.nan, "0.2": math.nan}}, "images": 3}
+    return {"crowd": bins(crowd_ap, tiny_ap), "portraits": bins(0.8, 0.1),
+            "wider": {**bins(0.5, 0.2), "official": {"easy": 0.7, "medium": 0.6, "hard": hard}}}
+
+
+def test_shipping_rule():
+    reference = _report(0.60, 0.30, 0.50)
+    assert bench.heldout.verdict(_report(0.62, 0.30, 0.495), reference) == (True, [])
+    # a small-face regression in the crowd split blocks it although the crowd AP gains
+    assert bench.heldout.verdict(_report(0.65, 0.28, 0.50), reference) == (False, ["crowd <16 ap: 0.3000 -> 0.2800"])
+    # no gain on crowds
+    ships, reasons = bench.heldout.verdict(_report(0.60, 0.30, 0.50), reference)
+    assert not ships and reasons == ["crowd all ap does not gain: 0.6000 -> 0.6000"]
+    # the official WIDER Hard counts too
+    assert bench.heldout.verdict(_report(0.62, 0.30, 0.48), reference) == (False, ["wider hard: 0.5000 -> 0.4800"])
 
 
 def test_latency_summary():
@@ -66,10 +87,10 @@ def _row(**overrides):
 def test_format_table():
     table = bench.format_table([_row(), _row(name="SRN x", runtime="pytorch", latency_thresh=0.02)])
     assert table == (
-        "| detector | runtime | input size policy | WIDER Easy | WIDER Medium | WIDER Hard | photo AP@0.5 | median ms/img | latency score thr |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
-        "| Peer | onnxruntime | native | 0.9000 | 0.8500 | 0.5123 | 0.7000 | 12.3 | 0.5 |\n"
-        "| SRN x | pytorch | native | 0.9000 | 0.8500 | 0.5123 | 0.7000 | 12.3 | 0.02 |\n"
+        "| detector | runtime | input size policy | WIDER Easy | WIDER Medium | WIDER Hard | photo AP@0.5 | crowd AP@0.5 | crowd <16 / 16-32 AP | median ms/img | latency score thr |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| Peer | onnxruntime | native | 0.9000 | 0.8500 | 0.5123 | 0.7000 | - | - | 12.3 | 0.5 |\n"
+        "| SRN x | pytorch | native | 0.9000 | 0.8500 | 0.5123 | 0.7000 | - | - | 12.3 | 0.02 |\n"
     )
 
 
@@ -132,3 +153,22 @@ def test_pack_unpack():
     for (b, s), (b2, s2) in zip(results, back):
         np.testing.assert_array_equal(b, b2)
         np.testing.assert_array_equal(s, s2)
+
+
+def test_letterbox_geometry():
+    # ultralytics: centred, aspect kept
+    assert worker.letterbox_geometry(480, 640, 640, centre=True) == (1.0, 480, 640, 80, 0)
+    assert worker.letterbox_geometry(1000, 500, 640, centre=True) == (0.64, 640, 320, 0, 160)
+    # insightface's SCRFD: top-left, sizes truncated
+    assert worker.letterbox_geometry(480, 640, 640, centre=False) == (1.0, 480, 640, 0, 0)
+    assert worker.letterbox_geometry(1000, 500, 640, centre=False) == (0.64, 640, 320, 0, 0)
+
+
+def test_scrfd_anchors_and_decoding():
+    centres = worker.scrfd_anchor_centres(32, 16)
+    np.testing.assert_array_equal(centres, [[0, 0], [0, 0], [16, 0], [16, 0], [0, 16], [0, 16], [16, 16], [16, 16]])
+    boxes, scores = worker.scrfd_decode(
+        np.array([[0.4], [0.6]]), np.array([[1.0, 1.0, 1.0, 2.0], [1.0, 0.5, 2.0, 1.0]]), np.array([[16.0, 16.0], [32.0, 16.0]]), stride=8, score_thresh=0.5
+    )
+    np.testing.assert_array_equal(boxes, [[24.0, 12.0, 48.0, 24.0]])
+    np.testing.assert_array_equal(scores, [0.6])
