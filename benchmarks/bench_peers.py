@@ -34,7 +34,7 @@ With CenterFace in the run, every row's latency is also given as a ratio of Cent
 
 Create the peer environment once (outside the repository):
 
-    python3 -m venv /work/peers-venv && /work/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt
+    benchmarks/setup_peers.sh PEERS_DIR     (default PEERS_DIR: $SRN_PEERS, else ../peers-venv beside the checkout)
 
 and the held-out split (if ``.gpu/data512`` is missing):
 
@@ -43,7 +43,7 @@ and the held-out split (if ``.gpu/data512`` is missing):
 then, in the project's venv:
 
     python benchmarks/bench_peers.py --data .gpu/data512 --shared ../shared --threads 1 \\
-        --peer-python /work/peers-venv/bin/python --json benchmarks/peers_results.json \\
+        --peer-python PEERS_DIR/bin/python --json benchmarks/results/peers.json \\
         --int8 srn/assets/srn_mobilenet_v2.int8.onnx --min-sizes 0 768 \\
         --table /tmp/peers_table.md --plot docs/peers_pareto.png
 """
@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--int8", type=Path, nargs="*", default=[], help="ONNX files of ours run as they are (e.g. srn/assets/srn_mobilenet_v2.int8.onnx)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0], help="--int8 files run once per value: the Detector's min_size (0: none)")
     parser.add_argument("--peers", nargs="*", choices=PEER_NAMES, default=list(PEER_NAMES))
-    parser.add_argument("--peer-python", default="/work/peers-venv/bin/python", help="the peer venv's python")
+    default_peers = Path(os.environ.get("SRN_PEERS") or ROOT.parent / "peers-venv")
+    parser.add_argument("--peer-python", default=str(default_peers / "bin" / "python"), help="the peer venv's python (default: $SRN_PEERS/bin/python, else ../peers-venv beside the checkout)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every detector (1 for the published table)")
     parser.add_argument("--ap-thresh", type=float, default=0.02, help="score threshold of the AP pass, the same for every detector")
     parser.add_argument("--latency-images", type=int, default=None, help="time only the first N held-out photos (default: all)")
@@ -433,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.peers and not Path(args.peer_python).is_file():
-        parser.error(f"{args.peer_python}: no peer venv; create it with: python3 -m venv /work/peers-venv && /work/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt")
+        parser.error(f"{args.peer_python}: no peer venv; create it with: benchmarks/setup_peers.sh DIR, then pass --peer-python DIR/bin/python or set SRN_PEERS=DIR")
 
     import torch
 

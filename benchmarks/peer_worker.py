@@ -3,7 +3,7 @@
 It runs with the peer virtual environment's python (see ``bench_peers.py`` for how to create it),
 never imports ``srn``, and serves one peer for the life of the process:
 
-    /work/peers-venv/bin/python benchmarks/peer_worker.py {centerface,yunet,retinaface,scrfd,yolov8face} --threads 1
+    PEERS_DIR/bin/python benchmarks/peer_worker.py {centerface,yunet,retinaface,scrfd,yolov8face} --threads 1
 
 Once the peer is loaded it writes one JSON line to stdout (package, version, input policy, normal
 score threshold). Then each JSON line on stdin is a pass::

@@ -191,18 +191,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights", nargs="+", required=True, help="candidate models (.pt or .onnx)")
     parser.add_argument("--reference", default=str(ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx"), help="the shipped model")
+    parser.add_argument("--min-sizes", type=int, nargs="+", default=[0],
+                        help="run each candidate once per value: the Detector's min_size, a test-time scale policy (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="smoke test: the first N images of each list (not a result)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     held_out = HeldOut(args.data, args.shared, args.limit)
     rows = []
-    for weights in [args.reference, *args.weights]:
-        print(f"{weights}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
-        rows.append((weights, held_out.score(detect_all(weights, held_out.paths, args.threads))))
+    runs = [(args.reference, 0)] + [(w, m) for w in args.weights for m in args.min_sizes]
+    for weights, min_size in runs:
+        name = weights + (f" min_size {min_size}" if min_size else "")
+        print(f"{name}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
+        rows.append((name, held_out.score(detect_all(weights, held_out.paths, args.threads, min_size=min_size or None))))
     reference = rows[0][1]
     verdicts = {name: verdict(report, reference) for name, report in rows[1:]}
-    print(format_report([(Path(n).name, r) for n, r in rows]), end="")
+    print(format_report([(n.rsplit("/", 1)[-1], r) for n, r in rows]), end="")
     for name, (ships, reasons) in verdicts.items():
         print(f"{name}: {'ships' if ships else 'does not ship'}" + "".join(f"\n  {r}" for r in reasons))
     if args.json:
