@@ -16,7 +16,7 @@ load from other processes on the machine falls on every variant alike; the table
 of each and the ratio to the first variant's median, from the same run.
 
     python benchmarks/bench_detect_folder.py --photos ../shared/data/faces --count 100 --repeats 3 \\
-        --out benchmarks/detect_folder.md
+        --out benchmarks/results/detect_folder.md
     python benchmarks/bench_detect_folder.py --compare defaults --count 30 --repeats 2
 """
 

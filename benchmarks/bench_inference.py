@@ -7,7 +7,7 @@ unrepeatable; pass ``--threads N`` to override.
 With ``--gpu``: 640x480 and 1024x1024, throughput at batch 16, bf16 (SRN: its bf16 inference copy,
 the peer: autocast), channels_last. ``benchmarks/gpu_inference.sh`` adds CUDA graphs and 1024x1024 throughput.
 
-    python benchmarks/bench_inference.py                       # CPU, writes benchmarks/bench_inference_cpu.json
+    python benchmarks/bench_inference.py                       # CPU, writes benchmarks/results/bench_inference_cpu.json
     python benchmarks/bench_inference.py --gpu --json gpu.json
 
 Any ``srn bench`` option given after these overrides the preset.

@@ -22,7 +22,7 @@ given with ``--calibration`` (checked for held-out images all the same).
 
     python tools/pack_faces.py --shared ../shared --out .gpu/data512 --side 512 --quality 90 --wider-side 1024
     python benchmarks/bench_int8.py --data .gpu/data512 --shared ../shared --threads 1 \\
-        --activations quint8 qint8 --json benchmarks/int8_results.json
+        --activations quint8 qint8 --json benchmarks/results/int8_results.json
 
 ``--limit 5`` makes a dry run on the first images of each list (not a result).
 """
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed images per model before the latency pass")
     parser.add_argument("--chunk", type=int, default=8, help="images per turn of a model in the latency pass")
     parser.add_argument("--keep", type=Path, help="keep the fp32 and int8 ONNX files in this folder")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/int8_results.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/int8_results.json"))
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")

@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="smoke test: only the first N images of each list (not a result)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed images per detector before the latency pass")
     parser.add_argument("--chunk", type=int, default=8, help="images per turn of a detector in the latency pass")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/peers_results.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/peers_results.json"))
     parser.add_argument("--table", type=Path, help="also write the markdown table here")
     parser.add_argument("--plot", type=Path, help="AP-versus-latency scatter plot (PNG), e.g. docs/peers_pareto.png")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of this project in one prepared run (results in benchmarks/RESULTS.md):
 #   1. training throughput, SRN-R50 vs torchvision RetinaNet-R50, 1024x1024, bf16, batch 16;
-#   2. training the shipped default model (tools/default_model.yaml) in the time that is left.
+#   2. training the shipped default model (recipes/default_model.yaml) in the time that is left.
 # Inference (srn bench) was measured in an earlier device run: python benchmarks/bench_inference.py --gpu
 # Usage (repository root, with .gpu/ packed by tools/pack_faces.py):
 #   bash benchmarks/gpu_suite.sh OUT_DIR [BUDGET_SECONDS] [quick]
@@ -34,7 +34,7 @@ timeout 70 python benchmarks/bench_train.py --device $device $train_args --json 
 left=$(( budget - ($(date +%s) - start) - 40 ))
 minutes=$(python -c "print(max(0.5, $left / 60))")
 echo "== train default model for at most $minutes min $(date -u +%T)" >> "$log"
-timeout $(( left + 25 )) python -m srn train tools/default_model.yaml train.output_dir=/tmp/srn_default \
+timeout $(( left + 25 )) python -m srn train recipes/default_model.yaml train.output_dir=/tmp/srn_default \
   train.max_minutes=$minutes $extra 2>&1 | tr '\r' '\n' | tail -60 >> "$log"
 if [ ! -f /tmp/srn_default/model.pt ] && [ -f /tmp/srn_default/last.pt ]; then
   # Stopped early (time or a non-finite loss): keep the last checkpoint's weights, without the optimizer.

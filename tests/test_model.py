@@ -257,7 +257,7 @@ def test_model_constants_are_declared_once():
     homes = {"NUM_LEVELS": "srn/model/srn.py", "IMAGENET_MEAN": "srn/model/srn.py",
              "IMAGENET_STD": "srn/model/srn.py", "PRECISIONS": "srn/inference/runner.py"}
     found = []
-    for path in sorted([*root.glob("srn/**/*.py"), *root.glob("benchmarks/*.py"), *root.glob("tools/*.py")]):
+    for path in sorted([*root.glob("srn/**/*.py"), *root.glob("benchmarks/*.py"), *root.glob("experiments/*.py"), *root.glob("tools/*.py")]):
         name = path.relative_to(root).as_posix()
         for node in ast.walk(ast.parse(path.read_text(), filename=name)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []

@@ -7,7 +7,7 @@ post-processing), the median of ``--iters`` runs on one thread, in PyTorch and i
 raw-output graph, exported as ``srn export onnx`` does). The ratios are against the shipped model in the same run, so
 they hold even though absolute times drift with the machine's load.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_lite_design.py --out benchmarks/lite_design.md
+    OMP_NUM_THREADS=1 python experiments/bench_lite_design.py --out experiments/lite_design.md
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        command = "OMP_NUM_THREADS=1 python benchmarks/bench_lite_design.py " + " ".join(sys.argv[1:])
+        command = "OMP_NUM_THREADS=1 python experiments/bench_lite_design.py " + " ".join(sys.argv[1:])
         text = (
             "# SRN-Lite: FLOPs and CPU latency of the design choices\n\n"
             f"```\n{command}\n```\n\n"

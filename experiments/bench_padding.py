@@ -10,7 +10,7 @@ not, once images share a batch). For each: WIDER AP (subset mode) and photo AP a
 ``Detector.detect`` on the decoded held-out photos at the default threshold, one thread; the three
 take turns image by image.
 
-    python benchmarks/bench_padding.py --data .gpu/data512 --shared ../shared --json /tmp/padding.json
+    python experiments/bench_padding.py --data .gpu/data512 --shared ../shared --json /tmp/padding.json
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         bench_peers.write_json(args.json, {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python", *(sys.argv if argv is None else ["benchmarks/bench_padding.py", *argv])]),
+            "command": " ".join(["python", *(sys.argv if argv is None else ["experiments/bench_padding.py", *argv])]),
             "machine": bench_peers.machine_description(),
             "load_average_1min": load,
             "rows": rows,

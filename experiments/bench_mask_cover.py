@@ -12,7 +12,7 @@ with the label:
   shape a face has (FDDB annotates faces as ellipses);
 - hidden outside the labelled box, as a multiple of its area: what is hidden that is not the face.
 
-    python benchmarks/bench_mask_cover.py --data .gpu/data512 --labels val_faces.txt
+    python experiments/bench_mask_cover.py --data .gpu/data512 --labels val_faces.txt
 
 The data folder is made by ``tools/pack_faces.py`` (README, "The shipped default model"); it is not
 in the repository.

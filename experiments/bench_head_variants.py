@@ -2,7 +2,7 @@
 their values), exported and quantised as the shipped file is, median of 15 alternating runs on a
 512x640 input, one thread, one run (benchmarks/RESULTS.md, "Where the int8 network time goes").
 
-    python benchmarks/bench_head_variants.py
+    python experiments/bench_head_variants.py
 """
 import time, glob, numpy as np, onnxruntime as ort
 from srn.weights import load_model

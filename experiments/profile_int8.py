@@ -1,7 +1,7 @@
 """onnxruntime profile of the shipped int8 file: kernel time by op type, by node, and grouped by model part and
 head level, one thread, random input of H x W (benchmarks/RESULTS.md, "Where the int8 network time goes").
 
-    python benchmarks/profile_int8.py 512 640
+    python experiments/profile_int8.py 512 640
 """
 import onnxruntime as ort, numpy as np, json, collections, sys, time
 so = ort.SessionOptions(); so.intra_op_num_threads=1; so.inter_op_num_threads=1

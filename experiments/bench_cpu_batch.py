@@ -3,7 +3,7 @@ canonical size (512x384, noise) as one batch of 8 against 8 batches of one, one 
 shipped model's PyTorch path (BatchNorm folded, channels_last) and its int8 ONNX file; the two
 ways take turns, ``--rounds`` times, and the median is reported.
 
-    python benchmarks/bench_cpu_batch.py --rounds 5
+    python experiments/bench_cpu_batch.py --rounds 5
 """
 
 from __future__ import annotations
