@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-face", type=float, default=24.0)
     parser.add_argument("--changed", type=float, default=0.7)
     parser.add_argument("--srn-args", default="", help="more options for srn anonymize")
+    parser.add_argument("--no-deface", action="store_true", help="measure srn anonymize only (a setting beside an earlier run)")
     parser.add_argument("--limit", type=int, help="smoke test: the first N images of each list")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out = heldout.HeldOut(args.data, args.shared, args.limit)
     peers_python = Path(args.peer_python)
     deface = peers_python.parent / "deface"
-    if not deface.is_file():
+    if not deface.is_file() or not peers_python.is_file():
         raise SystemExit(f"{deface}: missing; run benchmarks/setup_peers.sh")
     started = time.time()
     report: dict = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -148,14 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.time()
         subprocess.run(command, check=True, cwd=ROOT)
         outputs["srn anonymize" + (f" {args.srn_args}" if args.srn_args else "")] = (lambda name: srn_out / name, time.time() - t0)
-        deface_in = tmp / "deface"
-        subprocess.run(["cp", "-r", str(tmp / "in"), str(deface_in)], check=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        env.pop("PYTHONPATH", None)
-        t0 = time.time()
-        files = sorted(str(p) for p in deface_in.rglob("*.png"))
-        subprocess.run([str(deface), *files], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        outputs[f"deface (CenterFace) defaults"] = (lambda name: deface_in / name.replace(".png", "_anonymized.png"), time.time() - t0)
+        if not args.no_deface:
+            deface_in = tmp / "deface"
+            subprocess.run(["cp", "-r", str(tmp / "in"), str(deface_in)], check=True)
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            env.pop("PYTHONPATH", None)
+            t0 = time.time()
+            files = sorted(str(p) for p in deface_in.rglob("*.png"))
+            subprocess.run([str(deface), *files], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            outputs["deface (CenterFace) defaults"] = (lambda name: deface_in / name.replace(".png", "_anonymized.png"), time.time() - t0)
 
         for label, (where, seconds) in outputs.items():
             per_set = {}
