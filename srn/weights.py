@@ -28,6 +28,7 @@ from torch import Tensor
 from srn.atomic import atomic_save
 from srn.config import ConfigError, DetectorConfig, ModelConfig, PostProcessConfig, from_dict, to_dict
 from srn.errors import WeightsError, one_line
+from srn.model.backbone import check_backbone
 from srn.paths import check_input_file, check_output_file
 
 FORMAT = "srn"
@@ -205,9 +206,10 @@ def _tensor_dict(value: Any, path: str | Path, entry: str) -> dict[str, Tensor]:
 def _checkpoint_config(data: Any, path: str | Path) -> DetectorConfig:
     try:
         config = _detector_config(data)
+        check_backbone(config.model.backbone)
     except (ConfigError, TypeError, ValueError) as exc:
         raise WeightsError(f"{path}: bad config in checkpoint: {one_line(exc)}") from None
-    return config  # an unknown backbone is a ConfigError of ModelConfig, reported above
+    return config
 
 
 def read_weights(path: str | Path) -> tuple[DetectorConfig, dict[str, Tensor]]:

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  srn eval afw --images afw/ --annotations new_annotations_AFW.mat --weights W",
         formatter_class=HelpFormatter,
     )
-    evaluate.add_argument("benchmark", choices=("wider", "fddb", "afw", "pascal"))
+    evaluate.add_argument("benchmark", choices=tuple(_INPUTS))
     evaluate.add_argument("--images", help="the benchmark's image folder (detection is run)")
     evaluate.add_argument("--pred-dir", help="wider: evaluate this submission folder instead of detecting")
     evaluate.add_argument("--detections", nargs="+", help="fddb: detection files; afw/pascal: a detections.json, instead of detecting")
@@ -128,7 +128,8 @@ def _facebox_inputs(args: argparse.Namespace) -> tuple[list, list | None]:
     return list(args.annotations), list(args.detections) if args.detections else None
 
 
-# Each benchmark's flags: its ground truth, and its predictions when they are given instead of detected.
+# Each benchmark of srn.evaluation.evaluator.EVALUATORS that the command offers, and the flags that
+# give its ground truth and, instead of a detection run, its predictions.
 _INPUTS = {"wider": _wider_inputs, "fddb": _fddb_inputs, "afw": _facebox_inputs, "pascal": _facebox_inputs}
 
 
