@@ -94,7 +94,7 @@ class ModelConfig:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        _require(bool(self.backbone.strip()), "model.backbone", "the name of a backbone", self.backbone)
+        _require(isinstance(self.backbone, str) and bool(self.backbone.strip()), "model.backbone", "the name of a backbone", self.backbone)
         # The RFE splits the width into four branches of width // 4 channels.
         _require(4 <= self.width <= 4096, "model.width", "a whole number of channels from 4 to 4096", self.width)
         for key in ("stc_levels", "str_levels"):
@@ -365,7 +365,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         # The name is checked against srn.data.formats.FORMATS when the source is read.
-        _require(bool(self.format.strip()), "data.train.format", "the name of an annotation format", self.format)
+        _require(isinstance(self.format, str) and bool(self.format.strip()), "data.train.format", "the name of an annotation format", self.format)
         _positive("data.train.repeat", self.repeat)
 
 

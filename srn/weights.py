@@ -28,7 +28,6 @@ from torch import Tensor
 from srn.atomic import atomic_save
 from srn.config import ConfigError, DetectorConfig, ModelConfig, PostProcessConfig, from_dict, to_dict
 from srn.errors import WeightsError, one_line
-from srn.model.backbone import check_backbone
 from srn.paths import check_input_file, check_output_file
 
 FORMAT = "srn"
@@ -204,6 +203,8 @@ def _tensor_dict(value: Any, path: str | Path, entry: str) -> dict[str, Tensor]:
 
 
 def _checkpoint_config(data: Any, path: str | Path) -> DetectorConfig:
+    from srn.model.backbone import check_backbone
+
     try:
         config = _detector_config(data)
         check_backbone(config.model.backbone)

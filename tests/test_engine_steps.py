@@ -129,7 +129,6 @@ def test_evaluation_hook_replaces_best_only_when_better(tmp_path):
 
 def test_backbones_are_one_registry():
     from srn.model.backbone import BACKBONES, build_backbone, check_backbone, register_backbone
-    from srn.weights import read_weights
 
     assert list(BACKBONES) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"]
     for name, spec in BACKBONES.items():

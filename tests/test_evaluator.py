@@ -86,3 +86,11 @@ def test_written_predictions_read_back_to_the_same_numbers(tmp_path):
     evaluator.load_predictions([evaluator.write_predictions(tmp_path / evaluator.predictions_name)])
     after = evaluator.evaluate()
     assert after.to_json() == before.to_json() and not math.isnan(after.ap["hard"])
+
+
+def test_build_evaluator_reads_the_ground_truth_and_options(tmp_path):
+    ellipses = tmp_path / "fold-ellipseList.txt"
+    ellipses.write_text("2002/a\n1\n30.0 20.0 0.0 50.0 50.0 1\n")
+    evaluator = build_evaluator("fddb", [ellipses], EvaluatorOptions(height_scale=1.2))
+    assert isinstance(evaluator, FddbEvaluator) and evaluator.height_scale == 1.2
+    assert evaluator.image_ids() == ["2002/a"] and evaluator.predictions_name == "detections.txt"

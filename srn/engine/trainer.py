@@ -1,7 +1,10 @@
 """The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume.
 
-The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints and the non-finite
-guard are hooks (:mod:`srn.engine.hooks`). The data, its checks and the order it is drawn in come from
+The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints, evaluation and the
+non-finite guard are hooks (:mod:`srn.engine.hooks`). What it trains is built by steps a subclass may
+replace, as detectron2's ``DefaultTrainer``: ``build_model``, ``build_criterion`` (the loss, with the
+teacher inside it when distilling), ``build_dataset``, ``build_data_loader``, ``build_optimizer``,
+``build_lr_scheduler`` and ``build_hooks``. The data, its checks and the order it is drawn in come from
 :mod:`srn.data.build` and :mod:`srn.data.samplers`; the loss from :meth:`SRNCriterion.from_config`;
 checkpoints, resume and ``train.init_from`` from :mod:`srn.engine.checkpoint`.
 """
@@ -58,7 +61,8 @@ class Trainer:
     starts several).
 
     :meth:`fit` runs the optimizer steps; the hooks of :meth:`build_hooks`, and any added with
-    :meth:`register_hooks`, log, checkpoint and guard around them (:mod:`srn.engine.hooks`).
+    :meth:`register_hooks`, log, checkpoint, evaluate and guard around them (:mod:`srn.engine.hooks`).
+    Each step computes ``criterion(outputs, targets, images)`` and sums the loss dict.
 
     Args:
         config: the resolved training config.
