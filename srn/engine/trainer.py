@@ -113,6 +113,8 @@ class Trainer:
                 "lower train.batch_size or train.batch_per_device"
             )
 
+        # The held-out list is read now, so that a bad one stops the run before its folder is made.
+        self.eval_hook = self.build_eval_hook() if tc.eval_annotations and self.dist.is_main else None
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_lr_scheduler(self.optimizer)
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
@@ -232,7 +234,7 @@ class Trainer:
         )
 
     def build_hooks(self) -> list[HookBase]:
-        """The guard on every process; the metrics log, TensorBoard and checkpoints on the main one."""
+        """The guard on every process; the metrics log, TensorBoard, checkpoints and evaluation on the main one."""
         tc = self.config.train
         hooks: list[HookBase] = [NonFiniteGuard()]
         if self.dist.is_main:
@@ -240,8 +242,8 @@ class Trainer:
             if tc.tensorboard:
                 hooks.append(TensorBoardWriter(self.output_dir / "tb"))
             hooks.append(Checkpointer(tc.checkpoint_every))
-            if tc.eval_annotations:
-                hooks.append(self.build_eval_hook())
+            if self.eval_hook is not None:
+                hooks.append(self.eval_hook)
         return hooks
 
     def build_eval_hook(self) -> EvalHook:
