@@ -167,3 +167,10 @@ def test_a_checkpoint_resumes_into_a_fresh_trainer(synthetic_faces, tmp_path):
     Trainer(tiny_config(synthetic_faces, run, **{"train.max_iters": 1})).fit()
     resumed = Trainer(tiny_config(synthetic_faces, run, **{"train.max_iters": 2}), resume="auto")
     assert resumed.iteration == 1
+
+
+def test_a_bad_held_out_list_stops_the_run_before_its_folder_is_made(synthetic_faces, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.eval_format: must be one of wider, fddb, coco, got 'voc'"):
+        Trainer(tiny_config(synthetic_faces, run, **{"train.eval_annotations": str(synthetic_faces), "train.eval_format": "voc"}))
+    assert not run.exists()
