@@ -30,9 +30,9 @@ from srn.paths import check_input_file
 
 T = TypeVar("T")
 
-# What srn.model builds, for the checks here (this floor cannot import the model's floor; a test
-# holds these equal to srn.model.backbone's depths and srn.model.srn.NUM_LEVELS).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
+# The levels srn.model builds, for the checks here (this floor cannot import the model's floor; a
+# test holds this equal to srn.model.srn.NUM_LEVELS). The backbone's name is checked against the one
+# list of backbones, srn.model.backbone.BACKBONES, when a network is built or a checkpoint read.
 _LEVELS = 6
 MAX_TRAIN_SIZE = 8192  # data.size: a square input of 8192 px already needs tens of GB per image
 
@@ -75,7 +75,7 @@ def _interval(key: str, value: tuple[float, ...], low: float, high: float, rule:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet18/34/50/101/152 or mobilenet_v2
+    backbone: str = "resnet50"  # a name of srn.model.backbone.BACKBONES: resnet18/34/50/101/152, mobilenet_v2
     width: int = 256  # channels of the FPN, the first-step features and the head
     stc_levels: tuple[int, ...] = (0, 1, 2)  # selective two-step classification levels
     str_levels: tuple[int, ...] = (3, 4, 5)  # selective two-step regression levels
@@ -94,8 +94,7 @@ class ModelConfig:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        _require(isinstance(self.backbone, str) and bool(self.backbone.strip()), "model.backbone", "the name of a backbone", self.backbone)
         # The RFE splits the width into four branches of width // 4 channels.
         _require(4 <= self.width <= 4096, "model.width", "a whole number of channels from 4 to 4096", self.width)
         for key in ("stc_levels", "str_levels"):
@@ -358,14 +357,15 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
 class DatasetSpec:
     """One training source."""
 
-    format: str = "wider"  # wider (official or list format), fddb, coco
+    format: str = "wider"  # a name of srn.data.formats.FORMATS: wider (official or list format), fddb, coco
     annotations: str = ""  # the annotation file (fddb: a glob or comma-separated list of ellipse files)
     images: str | None = None  # image root; default: the annotation file's folder
     repeat: float = 1.0  # over- (>1) or under-sampling (<1) of this source per epoch
     ignore_invalid: bool = True  # WIDER's `invalid` faces become ignore regions
 
     def __post_init__(self) -> None:
-        _require(self.format in ("wider", "fddb", "coco"), "data.train.format", "one of wider, fddb, coco", self.format)
+        # The name is checked against srn.data.formats.FORMATS when the source is read.
+        _require(isinstance(self.format, str) and bool(self.format.strip()), "data.train.format", "the name of an annotation format", self.format)
         _positive("data.train.repeat", self.repeat)
 
 
@@ -455,6 +455,14 @@ class TrainConfig:
     # Parameters kept as they are: names starting with any of these (e.g. backbone, fpn).
     freeze: tuple[str, ...] = ()
     tensorboard: bool = True
+    # Evaluation during training (srn.engine.hooks.EvalHook): every eval_every steps, and at the end,
+    # the detector on a held-out annotation file (eval_format: as data.train's format; eval_images:
+    # its image folder) scores AP at IoU 0.5, logged to eval.jsonl; the best model is kept as best.pt.
+    eval_annotations: str | None = None
+    eval_images: str | None = None
+    eval_format: str = "wider"
+    eval_every: int = 1000
+    eval_max_size: int = 1024  # the detector's max_size on the held-out images
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir.strip()), "train.output_dir", "the path of a folder", self.output_dir)
@@ -478,6 +486,10 @@ class TrainConfig:
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.log_every", self.log_every, 1)
         _non_negative("train.distill_weight", self.distill_weight)
+        _at_least("train.eval_every", self.eval_every, 1)
+        _at_least("train.eval_max_size", self.eval_max_size, 32)
+        if self.eval_annotations is not None:
+            _require(bool(self.eval_annotations.strip()), "train.eval_annotations", "null or an annotation file", self.eval_annotations)
         _require(all(isinstance(p, str) and p.strip() for p in self.freeze), "train.freeze",
                  "a list of parameter-name prefixes (e.g. backbone, fpn)", self.freeze)
 

@@ -160,8 +160,9 @@ class SRNCriterion(nn.Module):
             f"stc_theta={self.stc_theta}, step1={self.step1_matcher}, step2={self.step2_matcher}"
         )
 
-    def forward(self, outputs: SRNOutputs, targets: list[Target]) -> dict[str, Tensor]:
-        """Compute the four losses.
+    def forward(self, outputs: SRNOutputs, targets: list[Target], images: Tensor | None = None) -> dict[str, Tensor]:
+        """Compute the four losses. ``images``, the batch the outputs are of, is not used: it is part
+        of the call so that a criterion that needs it (:class:`TeacherDistillation`) takes its place.
 
         Args:
             outputs: the model's per-level lists (levels 0..L-1, :class:`srn.model.SRNOutputs`):
@@ -536,3 +537,40 @@ class DistillationCriterion(nn.Module):
             "loss_distill_cls": self.cls_weight * cls_loss / normalizer,
             "loss_distill_reg": self.reg_weight * reg_loss / normalizer,
         }
+
+
+class TeacherDistillation(nn.Module):
+    """A ground-truth criterion plus distillation from a teacher network, in one call
+    (docs/design.md, Training recipe, "Distillation"), in the manner of DETR's ``SetCriterion``: the
+    training step computes ``criterion(outputs, targets, images)`` whether or not a teacher is used.
+
+    The teacher runs on the same ``images``, without gradients, in eval mode, under bf16 autocast
+    when ``autocast`` is set (as the student does); its outputs and the student's go to
+    ``distillation``. The loss dict is ``criterion``'s four losses followed by ``distillation``'s.
+
+    Args:
+        criterion: the ground-truth criterion (:class:`SRNCriterion`).
+        teacher: the trained network; frozen and kept in eval mode here.
+        distillation: :class:`DistillationCriterion`.
+        autocast: run the teacher under bf16 autocast on the images' device type.
+    """
+
+    def __init__(self, criterion: nn.Module, teacher: nn.Module, distillation: DistillationCriterion, autocast: bool = False) -> None:
+        super().__init__()
+        self.criterion, self.teacher, self.distillation = criterion, teacher, distillation
+        self.autocast = autocast
+        self.teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TeacherDistillation:
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm and outputs never change
+        return self
+
+    def forward(self, outputs: SRNOutputs, targets: list[Target], images: Tensor | None = None) -> dict[str, Tensor]:
+        if images is None:
+            raise ValueError("distillation needs the images the outputs are of")
+        losses = self.criterion(outputs, targets)
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            teacher_outputs = self.teacher(images)
+        losses.update(self.distillation(outputs, teacher_outputs))
+        return losses

@@ -203,11 +203,14 @@ def _tensor_dict(value: Any, path: str | Path, entry: str) -> dict[str, Tensor]:
 
 
 def _checkpoint_config(data: Any, path: str | Path) -> DetectorConfig:
+    from srn.model.backbone import check_backbone
+
     try:
         config = _detector_config(data)
+        check_backbone(config.model.backbone)
     except (ConfigError, TypeError, ValueError) as exc:
         raise WeightsError(f"{path}: bad config in checkpoint: {one_line(exc)}") from None
-    return config  # an unknown backbone is a ConfigError of ModelConfig, reported above
+    return config
 
 
 def read_weights(path: str | Path) -> tuple[DetectorConfig, dict[str, Tensor]]:

@@ -17,7 +17,7 @@ from srn.model import SRN
 from srn.model.layers import factor_separable, separable_from_dense
 from srn.model.outputs import SRNOutputs
 from srn.weights import load_model, save_checkpoint
-from tests.test_train import tiny_config
+from tests.test_train import synthetic_faces, tiny_config  # noqa: F401 - synthetic_faces is a fixture
 
 
 def test_factor_separable_is_exact_for_a_rank_one_kernel():
@@ -137,10 +137,10 @@ def test_regression_follows_only_what_the_teacher_scores():
     assert float(losses["loss_distill_cls"]) == 0.0
 
 
-def test_trainer_distils_and_keeps_frozen_parameters(shared_dir, tmp_path):
+def test_trainer_distils_and_keeps_frozen_parameters(synthetic_faces, tmp_path):
     teacher = _tiny(False)
     save_checkpoint(teacher, DetectorConfig(tiny_config_model(False)), tmp_path / "teacher.pt")
-    config = tiny_config(shared_dir, tmp_path / "run", **{
+    config = tiny_config(synthetic_faces, tmp_path / "run", **{
         "model.width": 16, "model.separable_head": "true", "train.teacher": str(tmp_path / "teacher.pt"),
         "train.init_from": str(tmp_path / "teacher.pt"), "train.freeze": "[backbone, fpn]",
     })
@@ -156,17 +156,17 @@ def test_trainer_distils_and_keeps_frozen_parameters(shared_dir, tmp_path):
             assert torch.equal(value, before[name]), name
     assert not torch.equal(after["head.cls_tower.0.1.weight"], before["head.cls_tower.0.1.weight"])
     # The teacher does not learn.
-    assert all(not p.requires_grad for p in trainer.teacher.parameters())
-    torch.testing.assert_close(trainer.teacher.state_dict()["head.cls_pred.weight"], load_model(tmp_path / "teacher.pt")[0].state_dict()["head.cls_pred.weight"])
+    assert all(not p.requires_grad for p in trainer.criterion.teacher.parameters())
+    torch.testing.assert_close(trainer.criterion.teacher.state_dict()["head.cls_pred.weight"], load_model(tmp_path / "teacher.pt")[0].state_dict()["head.cls_pred.weight"])
 
 
-def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_errors(shared_dir, tmp_path):
+def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_errors(synthetic_faces, tmp_path):
     save_checkpoint(SRN.from_config(replace(tiny_config_model(False), anchor_ratio=1.0)),
                     DetectorConfig(replace(tiny_config_model(False), anchor_ratio=1.0)), tmp_path / "other.pt")
-    config = tiny_config(shared_dir, tmp_path / "run", **{"model.width": 16, "train.teacher": str(tmp_path / "other.pt")})
+    config = tiny_config(synthetic_faces, tmp_path / "run", **{"model.width": 16, "train.teacher": str(tmp_path / "other.pt")})
     with pytest.raises(TrainingError, match=r"other.pt: the teacher's anchor_ratio differ from the model's"):
         Trainer(config)
     with pytest.raises(TrainingError, match="train.freeze: no parameter name starts with head.nothing"):
-        Trainer(tiny_config(shared_dir, tmp_path / "run2", **{"train.freeze": "[head.nothing]"}))
+        Trainer(tiny_config(synthetic_faces, tmp_path / "run2", **{"train.freeze": "[head.nothing]"}))
     with pytest.raises(ConfigError, match="train.distill_weight"):
-        tiny_config(shared_dir, tmp_path / "run3", **{"train.distill_weight": "-1"})
+        tiny_config(synthetic_faces, tmp_path / "run3", **{"train.distill_weight": "-1"})

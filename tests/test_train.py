@@ -23,12 +23,42 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "srn" / "configs"
 
 
-def tiny_config(shared_dir, output_dir, **overrides):
-    """A small SRN (ResNet-18, width 32) on the 150 real WIDER val images at 96 px."""
+def write_synthetic_faces(folder: Path, count: int = 24, size: int = 128, seed: int = 0) -> Path:
+    """``count`` images of noise with one to three bright rectangles as faces, and their WIDER-style
+    list (image path, count, ``x y w h``), written into ``folder``; returns the list's path."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(count):
+        image = torch.randint(0, 80, (size, size, 3), dtype=torch.uint8, generator=generator)
+        faces = []
+        for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
+            w, h = (int(v) for v in torch.randint(16, 48, (2,), generator=generator))
+            x, y = int(torch.randint(0, size - w, (1,), generator=generator)), int(torch.randint(0, size - h, (1,), generator=generator))
+            image[y : y + h, x : x + w] = torch.tensor([230, 200, 170], dtype=torch.uint8)
+            faces.append(f"{x} {y} {w} {h}")
+        name = f"face_{index:03d}.png"
+        Image.fromarray(image.numpy()).save(folder / name)
+        lines += [name, str(len(faces)), *faces]
+    labels = folder / "labels.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels
+
+
+@pytest.fixture(scope="session")
+def synthetic_faces(tmp_path_factory) -> Path:
+    """A small synthetic WIDER-style training list, so that the trainer's tests run on any checkout."""
+    return write_synthetic_faces(tmp_path_factory.mktemp("synthetic_faces"))
+
+
+def tiny_config(labels, output_dir, **overrides):
+    """A small SRN (ResNet-18, width 32) on the synthetic faces of ``labels`` at 96 px."""
     base = {
         "model": {"backbone": "resnet18", "width": 32},
         "data": {
-            "train": [{"format": "wider", "annotations": str(shared_dir / "data/widerface/val_subset/labels_416.txt")}],
+            "train": [{"format": "wider", "annotations": str(labels)}],
             "size": 96,
             "workers": 0,
             "photometric": False,
@@ -59,9 +89,9 @@ def test_presets_load_and_unknown_keys_are_refused():
         load_yaml(TrainingConfig, PRESETS / "srn_r50_widerface.yaml", ["train.epochs=many"])
 
 
-def test_every_parameter_gets_a_gradient(shared_dir, tmp_path):
+def test_every_parameter_gets_a_gradient(synthetic_faces, tmp_path):
     for levels in ({}, {"model.stc_levels": "[]", "model.str_levels": "[]", "model.rfe": "false"}):
-        trainer = Trainer(tiny_config(shared_dir, tmp_path / "g", **levels))
+        trainer = Trainer(tiny_config(synthetic_faces, tmp_path / "g", **levels))
         batch = torch.randint(0, 255, (2, 3, 256, 256), dtype=torch.uint8)
         outputs = trainer.model(batch)
         # One face exactly on an anchor of every level, so both steps have positives everywhere.
@@ -72,8 +102,8 @@ def test_every_parameter_gets_a_gradient(shared_dir, tmp_path):
         assert missing == [], missing
 
 
-def test_face_less_image_trains(shared_dir, tmp_path):
-    trainer = Trainer(tiny_config(shared_dir, tmp_path / "f"))
+def test_face_less_image_trains(synthetic_faces, tmp_path):
+    trainer = Trainer(tiny_config(synthetic_faces, tmp_path / "f"))
     image = torch.randint(0, 255, (3, 96, 96), dtype=torch.uint8)
     empty = {"boxes": torch.zeros(0, 4), "ignore": torch.zeros(0, dtype=torch.bool)}
     parts = trainer.train_step([([image, image], [empty, empty])])
@@ -92,21 +122,21 @@ def _ddp_worker(rank, world_size, port, config, out):
     torch.set_num_threads(1)
     trainer = Trainer(config)
     for _ in range(2):
-        trainer.train_step([next(iter(trainer._loader(0, trainer.iteration)))])
+        trainer.train_step([next(iter(trainer.build_data_loader(0, trainer.iteration)))])
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out)
     cleanup()
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_match_one_process(shared_dir, tmp_path):
+def test_two_ddp_processes_match_one_process(synthetic_faces, tmp_path):
     # Global batch 4: two processes x 2 images, against one process x 4 images.
-    ddp = tiny_config(shared_dir, tmp_path / "ddp", **{"train.batch_per_device": 2, "train.batch_size": 4})
+    ddp = tiny_config(synthetic_faces, tmp_path / "ddp", **{"train.batch_per_device": 2, "train.batch_size": 4})
     mp.spawn(_ddp_worker, args=(2, _free_port(), ddp, tmp_path / "ddp.pt"), nprocs=2, join=True)
-    single = Trainer(tiny_config(shared_dir, tmp_path / "one", **{"train.batch_per_device": 4, "train.batch_size": 4}))
+    single = Trainer(tiny_config(synthetic_faces, tmp_path / "one", **{"train.batch_per_device": 4, "train.batch_size": 4}))
     initial = {k: v.detach().clone() for k, v in single.model.state_dict().items()}
     for _ in range(2):
-        single.train_step([next(iter(single._loader(0, single.iteration)))])
+        single.train_step([next(iter(single.build_data_loader(0, single.iteration)))])
     got = torch.load(tmp_path / "ddp.pt", weights_only=True)
     moved = 0
     for name, value in single.model.state_dict().items():
@@ -166,18 +196,18 @@ trainer.fit()
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_the_same_losses(shared_dir, tmp_path):
+def test_sigkill_then_resume_gives_the_same_losses(synthetic_faces, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # A checkpoint every 2 steps and a kill after step 5: the run loses step 5, whose loss is
     # already logged; the resume must drop that line and redo the step from the checkpoint of step 4.
-    overrides = {"train.max_iters": 8, "train.deterministic": "true", "train.checkpoint_every": 2}
-    straight = _write_config(tiny_config(shared_dir, tmp_path / "straight", **overrides), tmp_path / "straight.yaml")
+    overrides = {"train.max_iters": 8, "train.epochs": 2, "train.deterministic": "true", "train.checkpoint_every": 2}
+    straight = _write_config(tiny_config(synthetic_faces, tmp_path / "straight", **overrides), tmp_path / "straight.yaml")
     subprocess.run(_train_command(straight), check=True, env=env, capture_output=True, timeout=600)
     expected = _losses(tmp_path / "straight")
     assert sorted(expected) == list(range(1, 9))
 
     run_dir = tmp_path / "killed"
-    killed = _write_config(tiny_config(shared_dir, run_dir, **overrides), tmp_path / "killed.yaml")
+    killed = _write_config(tiny_config(synthetic_faces, run_dir, **overrides), tmp_path / "killed.yaml")
     proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_KILL, str(killed), "5"], env=env, capture_output=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert sorted(_losses(run_dir)) == [1, 2, 3, 4, 5]
@@ -204,15 +234,15 @@ def test_a_resumed_metrics_log_keeps_the_records_up_to_the_checkpoint(tmp_path):
     assert not log.exists()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shared_dir, tmp_path):
-    trainer = Trainer(tiny_config(shared_dir, tmp_path / "nan", **{"train.max_iters": 3}))
-    trainer.train_step([next(iter(trainer._loader(0, 0)))])
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(synthetic_faces, tmp_path):
+    trainer = Trainer(tiny_config(synthetic_faces, tmp_path / "nan", **{"train.max_iters": 3}))
+    trainer.train_step([next(iter(trainer.build_data_loader(0, 0)))])
     trainer.save_checkpoint()
     before = (tmp_path / "nan" / "last.pt").read_bytes()
     original = trainer.criterion.forward
 
-    def poisoned(outputs, targets):
-        losses = original(outputs, targets)
+    def poisoned(outputs, targets, images=None):
+        losses = original(outputs, targets, images)
         losses["loss_step2_cls"] = losses["loss_step2_cls"] * float("nan")
         return losses
 
@@ -239,16 +269,16 @@ class _Recorder(HookBase):
         self.calls.append(("after_train", self.trainer.iteration, self.trainer.completed))
 
 
-def test_checkpoint_holds_everything_and_is_a_weights_file(shared_dir, tmp_path):
+def test_checkpoint_holds_everything_and_is_a_weights_file(synthetic_faces, tmp_path):
     from srn.weights import load_model
 
-    trainer = Trainer(tiny_config(shared_dir, tmp_path / "c", **{"train.max_iters": 2}))
+    trainer = Trainer(tiny_config(synthetic_faces, tmp_path / "c", **{"train.max_iters": 2}))
     assert [type(h).__name__ for h in trainer.hooks] == ["NonFiniteGuard", "MetricsLogger", "Checkpointer"]
     recorder = _Recorder()
     trainer.register_hooks([recorder])
     final = trainer.fit()
     losses = ["loss", "loss_step1_cls", "loss_step1_reg", "loss_step2_cls", "loss_step2_reg"]
-    # The run stops inside the first epoch (37 steps of 4 images), which ends the epoch too.
+    # The run stops inside the first epoch (6 steps of 4 images), which ends the epoch too.
     assert recorder.calls == [("before_train", 0), ("after_step", 1, losses, 4), ("after_step", 2, losses, 4),
                               ("after_epoch", 2), ("after_train", 2, True)]
     state = load_training_checkpoint(tmp_path / "c" / "last.pt")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from srn.atomic import atomic_write_text
 from srn.cli.common import HelpFormatter, UserError, add_detector_args, build_detector, default_workers, float_in, int_at_least
-from srn.errors import PredictionFormatError
 from srn.paths import check_input_dir, check_output_dir, check_output_file
 
 
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  srn eval afw --images afw/ --annotations new_annotations_AFW.mat --weights W",
         formatter_class=HelpFormatter,
     )
-    evaluate.add_argument("benchmark", choices=("wider", "fddb", "afw", "pascal"))
+    evaluate.add_argument("benchmark", choices=tuple(_INPUTS))
     evaluate.add_argument("--images", help="the benchmark's image folder (detection is run)")
     evaluate.add_argument("--pred-dir", help="wider: evaluate this submission folder instead of detecting")
     evaluate.add_argument("--detections", nargs="+", help="fddb: detection files; afw/pascal: a detections.json, instead of detecting")
@@ -102,146 +101,64 @@ def _report(args: argparse.Namespace, table: str, result, plot) -> None:
         atomic_write_text(Path(args.json), result.to_json(curves=False) + "\n")
 
 
-def run(args: argparse.Namespace) -> int:
-    args.out = args.out or f"eval_{args.benchmark}"
-    if args.benchmark == "wider":
-        return _eval_wider(args)
-    if args.benchmark == "fddb":
-        return _eval_fddb(args)
-    return _eval_facebox(args)
-
-
-def _eval_wider(args: argparse.Namespace) -> int:
-    from srn.evaluation import widerface
-    from srn.evaluation.plots import plot_wider_pr
-
+def _wider_inputs(args: argparse.Namespace) -> tuple[list, list | None]:
     if not args.gt_dir:
         raise UserError("wider needs --gt-dir (the folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat)")
     if not args.pred_dir and not args.images:
         raise UserError("wider needs --images DIR (to detect) or --pred-dir DIR (to evaluate)")
     gt_dir = check_input_dir(args.gt_dir, what="ground-truth folder")
-    if args.pred_dir:
-        pred_dir = check_input_dir(args.pred_dir, what="prediction folder")
-    else:
-        root = check_input_dir(args.images, what="image folder")
-    gt = widerface.load_wider_gt(gt_dir)
-    if args.pred_dir:
-        predictions = widerface.read_predictions(pred_dir)
-        _check_outputs(args, inputs=[gt_dir, pred_dir])
-    else:
-        out = _check_outputs(args, inputs=[gt_dir, root], written=("predictions",))
-        paths = [root / event / f"{name}.jpg" for event, name in gt.image_keys]
-        results = _eval_detections(args, paths)
-        pred_dir = out / "predictions"
-        records = {f"{path.parent.name}/{path.stem}": (b.numpy(), s.numpy()) for path, (b, s) in results.items()}
-        widerface.write_prediction_folder(pred_dir, records)  # this run's files only, none left from another
-        print(f"predictions: {pred_dir}")
-        predictions = widerface.read_predictions(pred_dir)
-    result = widerface.evaluate(predictions, gt, subset=args.subset)
-
-    matched = result.num_images if args.subset else result.num_images - result.num_missing
-    extra = ""
-    if result.extra:
-        event, name = result.extra[0]
-        extra = (f"{_count(result.num_extra, 'prediction file')} for images that are not in the ground truth, "
-                 f"e.g. {pred_dir / event / name}.txt")
-    if matched == 0:
-        problem = "no prediction file matches an image of the ground truth"
-        detail = f" ({extra})" if extra else " (it holds no <event>/<image>.txt file)"
-        if args.subset:
-            raise PredictionFormatError(pred_dir, None, problem + detail)
-        _warn(f"{pred_dir}: {problem}{detail}; every image counts as having no detections")
-    else:
-        if extra:
-            _warn(f"{extra} (not evaluated)")
-        if result.num_missing:
-            _warn(f"{result.num_missing} of {result.num_images} images have no prediction file "
-                  "(counted as no detections, as the official code counts them)")
-    _report(args, widerface.format_table(result), result, plot_wider_pr)
-    return 0
+    return [gt_dir], [check_input_dir(args.pred_dir, what="prediction folder")] if args.pred_dir else None
 
 
-def _eval_fddb(args: argparse.Namespace) -> int:
-    from srn.evaluation import fddb
-    from srn.evaluation.plots import plot_fddb_roc
-
+def _fddb_inputs(args: argparse.Namespace) -> tuple[list, list | None]:
     if not args.annotations:
         raise UserError("fddb needs --annotations (FDDB-fold-XX-ellipseList.txt files or the corrected list)")
     if not args.detections and not args.images:
         raise UserError("fddb needs --images DIR (to detect) or --detections FILE (to evaluate)")
-    root = None if args.detections else check_input_dir(args.images, what="image folder")
-    annotations = fddb.read_fddb_ellipses(args.annotations)
-    if args.detections:
-        detections = fddb.read_fddb_detections(args.detections)
-        _check_outputs(args, inputs=[*args.annotations, *args.detections])
-    else:
-        out = _check_outputs(args, inputs=[*args.annotations, root], written=("detections.txt",))
-        paths = {name: root / f"{name}.jpg" for name in annotations}
-        results = _eval_detections(args, list(paths.values()))
-        by_path = {path: name for name, path in paths.items()}
-        records = {by_path[p]: (b.numpy(), s.numpy()) for p, (b, s) in results.items()}
-        det_file = out / "detections.txt"
-        fddb.write_fddb_detections(det_file, records)
-        detections = fddb.read_fddb_detections(det_file)
-    result = fddb.evaluate_fddb(detections, annotations, height_scale=args.height_scale)
-
-    source = ", ".join(args.detections) if args.detections else str(Path(args.out) / "detections.txt")
-    if result.num_missing == result.num_images:
-        if not detections:
-            raise PredictionFormatError(source, None, "holds no detection entry")
-        raise PredictionFormatError(
-            source, None, f"no detection entry is for an annotated image (e.g. {result.extra[0]} is not in the "
-            "annotations: detections of another fold?)"
-        )
-    if result.extra:
-        _warn(f"{source}: {_count(result.num_extra, 'detection entry', 'detection entries')} for images that are "
-              f"not annotated (ignored), e.g. {result.extra[0]}")
-    if result.num_missing and args.detections:  # a detection run has already named the missing images
-        _warn(f"{result.num_missing} of {result.num_images} annotated images have no detection entry "
-              "(counted as no detections)")
-    _report(args, fddb.format_table(result), result, plot_fddb_roc)
-    return 0
+    return list(args.annotations), list(args.detections) if args.detections else None
 
 
-def _eval_facebox(args: argparse.Namespace) -> int:
-    import json
-
-    from srn.evaluation import facebox
-    from srn.evaluation.plots import plot_facebox_pr
-
+def _facebox_inputs(args: argparse.Namespace) -> tuple[list, list | None]:
     if not args.annotations or len(args.annotations) != 1:
         raise UserError(f"{args.benchmark} needs one --annotations .mat file (the face-eval re-annotations)")
     if args.detections and len(args.detections) != 1:
         raise UserError(f"{args.benchmark} takes one --detections file (a detections.json)")
     if not args.detections and not args.images:
         raise UserError(f"{args.benchmark} needs --images DIR (to detect) or --detections FILE (to evaluate)")
-    root = None if args.detections else check_input_dir(args.images, what="image folder")
-    annotations = facebox.load_facebox_annotations(args.annotations[0])
-    if args.detections:
-        detections = facebox.read_facebox_detections(args.detections[0])
-        _check_outputs(args, inputs=[args.annotations[0], args.detections[0]])
-    else:
-        out = _check_outputs(args, inputs=[args.annotations[0], root], written=("detections.json",))
-        paths = {key: root / image.name for key, image in annotations.items()}
-        results = _eval_detections(args, list(paths.values()))
-        by_path = {path: key for key, path in paths.items()}
-        detections = {by_path[p]: (b.numpy(), s.numpy()) for p, (b, s) in results.items()}
-        dump = {k: {"boxes": b.tolist(), "scores": s.tolist()} for k, (b, s) in detections.items()}
-        atomic_write_text(out / "detections.json", json.dumps(dump) + "\n")
-    result = facebox.evaluate_facebox(detections, annotations)
+    return list(args.annotations), list(args.detections) if args.detections else None
 
-    source = args.detections[0] if args.detections else str(Path(args.out) / "detections.json")
-    if result.num_missing == result.num_images:
-        if not detections:
-            raise PredictionFormatError(source, None, "holds no image")
-        raise PredictionFormatError(
-            source, None, f"no image of it is in {args.annotations[0]} (e.g. {result.extra[0]!r})"
-        )
-    if result.extra:
-        _warn(f"{source}: {result.num_extra} of {len(detections)} images are not in {args.annotations[0]} "
-              f"(their detections count as false positives), e.g. {result.extra[0]!r}")
-    if result.num_missing and args.detections:  # a detection run has already named the missing images
-        _warn(f"{result.num_missing} of {result.num_images} annotated images have no entry in {source} "
-              "(counted as no detections)")
-    _report(args, facebox.format_table(result, args.benchmark.upper()), result, plot_facebox_pr)
+
+# Each benchmark of srn.evaluation.evaluator.EVALUATORS that the command offers, and the flags that
+# give its ground truth and, instead of a detection run, its predictions.
+_INPUTS = {"wider": _wider_inputs, "fddb": _fddb_inputs, "afw": _facebox_inputs, "pascal": _facebox_inputs}
+
+
+def run(args: argparse.Namespace) -> int:
+    from srn.evaluation.evaluator import EvaluatorOptions, build_evaluator
+
+    args.out = args.out or f"eval_{args.benchmark}"
+    ground_truth, predictions = _INPUTS[args.benchmark](args)
+    root = None if predictions else check_input_dir(args.images, what="image folder")
+    evaluator = build_evaluator(args.benchmark, ground_truth, EvaluatorOptions(subset=args.subset, height_scale=args.height_scale))
+    if predictions:
+        evaluator.load_predictions(predictions)
+        _check_outputs(args, inputs=[*ground_truth, *predictions])
+        source = ", ".join(map(str, predictions))
+    else:
+        out = _check_outputs(args, inputs=[*ground_truth, root], written=(evaluator.predictions_name,))
+        ids = evaluator.image_ids()
+        paths = [root / name for name in evaluator.image_files()]
+        results = _eval_detections(args, paths)
+        id_of = dict(zip(paths, ids, strict=True))
+        evaluator.process([id_of[path] for path in results], list(results.values()))
+        written = evaluator.write_predictions(out / evaluator.predictions_name)
+        if written.is_dir():
+            print(f"predictions: {written}")
+        # Score what the file says, as the benchmark's own tool would read it.
+        evaluator.load_predictions([written])
+        source = str(Path(args.out) / evaluator.predictions_name)
+    result = evaluator.evaluate()
+    for warning in evaluator.check(result, source, detected=not predictions):
+        _warn(warning)
+    _report(args, evaluator.format_table(result), result, evaluator.plot)
     return 0

@@ -10,6 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from srn.config import ConfigError, DataConfig, DatasetSpec
 from srn.data.datasets import FaceDetectionDataset
+from srn.data.formats import FaceRecord, check_format
 from srn.data.image_io import ImageReadError, read_image
 from srn.data.samplers import RepeatDataset, SeededSamples
 from srn.data.transforms import build_train_transforms
@@ -29,30 +30,42 @@ def train_transforms(config: DataConfig) -> Callable:
     )
 
 
-def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None) -> FaceDetectionDataset:
-    """One source; relative paths are taken from ``base_dir`` (the config file's folder) when given."""
+def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "data.train") -> tuple[list[FaceRecord], Path]:
+    """The records of one source, parsed by its format (:data:`srn.data.formats.FORMATS`), and the
+    folder their image paths are relative to. Relative paths are taken from ``base_dir`` (the config
+    file's folder) when given.
+
+    Raises:
+        ConfigError: one line naming ``key``: an unknown format, no annotations, no matching file, no
+            image folder where the format needs one.
+    """
 
     def resolve(path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() or base_dir is None or p.exists() else base_dir / p
 
+    fmt = check_format(spec.format, f"{key}.format")
     if not spec.annotations:
-        raise ConfigError("data.train: a source needs 'annotations'")
+        raise ConfigError(f"{key}: a source needs 'annotations'")
     images = resolve(spec.images) if spec.images else None
-    if spec.format == "wider":
-        return FaceDetectionDataset.from_wider(resolve(spec.annotations), images, ignore_invalid=spec.ignore_invalid, transforms=transforms)
-    if spec.format == "fddb":
+    if fmt.many_files:
         files = sorted({f for part in spec.annotations.split(",") for f in glob.glob(str(resolve(part.strip())))})
         if not files:
-            raise ConfigError(f"data.train: no FDDB ellipse file matches {spec.annotations!r}")
-        if images is None:
-            raise ConfigError("data.train: an fddb source needs 'images'")
-        return FaceDetectionDataset.from_fddb(files, images, transforms=transforms)
-    if spec.format == "coco":
-        if images is None:
-            raise ConfigError("data.train: a coco source needs 'images'")
-        return FaceDetectionDataset.from_coco(resolve(spec.annotations), images, transforms=transforms)
-    raise ConfigError(f"data.train: unknown format {spec.format!r}; choose wider, fddb or coco")
+            raise ConfigError(f"{key}: no {fmt.file_kind} matches {spec.annotations!r}")
+    else:
+        files = [str(resolve(spec.annotations))]
+    if images is None:
+        if fmt.needs_images:
+            article = "an" if spec.format[0] in "aefhilmnorsx" else "a"  # as the letter's name is spoken: "an fddb"
+            raise ConfigError(f"{key}: {article} {spec.format} source needs 'images'")
+        images = Path(files[0]).parent
+    return fmt.parse(files, spec.ignore_invalid), images
+
+
+def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None) -> FaceDetectionDataset:
+    """One source; relative paths are taken from ``base_dir`` (the config file's folder) when given."""
+    records, images = read_records(spec, base_dir)
+    return FaceDetectionDataset(records, images, transforms)
 
 
 def build_train_dataset(config: DataConfig, base_dir: Path | None = None) -> Dataset:

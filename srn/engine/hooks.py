@@ -15,6 +15,9 @@ at four moments:
 
 Hooks run in the order they are registered. ``Trainer.build_hooks`` puts :class:`NonFiniteGuard`
 first, so the hooks after it never log or checkpoint a step whose loss is not finite.
+
+``trainer`` is a weak proxy (:func:`weakref.proxy`): the trainer holds its hooks, and a hook holding
+the trainer back would keep both, and the model, alive after the trainer is dropped.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from srn.atomic import atomic_write_text
 from srn.errors import TrainingError
 
-__all__ = ["Checkpointer", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
+__all__ = ["Checkpointer", "EvalHook", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +113,7 @@ class MetricsLogger(HookBase):
 
     def keep_records_until(self, iteration: int) -> None:
         """Drop the records after ``iteration`` (all of them for 0), and any line that does not parse."""
-        if iteration == 0:
-            self.path.unlink(missing_ok=True)
-        elif self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if _logged_iteration(line) <= iteration]
-            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+        keep_records_until(self.path, iteration)
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -198,6 +198,94 @@ class Checkpointer(HookBase):
     def after_train(self) -> None:
         if self.trainer.completed:
             self.trainer.save_model()
+
+
+class EvalHook(HookBase):
+    """Every ``period`` steps and after the last one: the model detects faces in held-out images,
+    ``evaluator`` scores them (:class:`srn.evaluation.evaluator.DatasetEvaluator`), the metrics go
+    to the log and as one JSON line to ``path``, and the model becomes ``best.pt`` (weights and
+    detector config, written atomically) whenever the evaluator's ``primary_metric`` beats every
+    earlier evaluation, in the manner of detectron2's ``EvalHook`` with a best checkpointer.
+
+    A resumed run keeps the records up to its checkpoint's iteration (as :class:`MetricsLogger`) and
+    the best value among them, so ``best.pt`` is only replaced by a better model.
+
+    Args:
+        period: steps between evaluations.
+        evaluator: holds the held-out annotations; its image ids are ``image_ids``.
+        paths: the image file of each id, in the same order.
+        path: the JSON-lines file (``eval.jsonl`` in the run folder).
+        max_size, batch_size: the detector's (:class:`srn.inference.Detector`).
+    """
+
+    def __init__(self, period: int, evaluator: Any, paths: Sequence[Path], path: Path, max_size: int = 1024, batch_size: int = 8,
+                 image_ids: Sequence[str] | None = None) -> None:
+        self.period = period
+        self.evaluator = evaluator
+        self.paths = list(paths)
+        self.image_ids = list(image_ids) if image_ids is not None else evaluator.image_ids()
+        if len(self.image_ids) != len(self.paths):
+            raise ValueError(f"{len(self.image_ids)} image ids but {len(self.paths)} paths")
+        self.path = Path(path)
+        self.max_size, self.batch_size = max_size, batch_size
+        self.best: float | None = None
+        self.evaluated_at: int | None = None
+
+    def before_train(self) -> None:
+        keep_records_until(self.path, self.trainer.iteration)
+        key = self.evaluator.primary_metric
+        if self.path.is_file():
+            values = [record[key] for record in map(json.loads, self.path.read_text().splitlines())
+                      if isinstance(record.get(key), (int, float))]
+            self.best = max(values, default=None)
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if trainer.iteration % self.period == 0 or trainer.iteration == trainer.total_iters:
+            self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        """Run the evaluation now; returns the metrics."""
+        from srn.config import DetectorConfig
+        from srn.evaluation.run import detect_images
+        from srn.inference import Detector
+
+        trainer = self.trainer
+        config = DetectorConfig(trainer.config.model, trainer.config.postprocess)
+        # Every detection the release keeps (no final score threshold), as the benchmarks count them.
+        detector = Detector(model=trainer.model, config=config, device=trainer.device, score_thresh=0.0,
+                            max_size=self.max_size, batch_size=self.batch_size)
+        results, failures = detect_images(detector, self.paths)
+        for line in failures:
+            logger.warning("evaluation: %s", line)
+        id_of = dict(zip(self.paths, self.image_ids, strict=True))
+        self.evaluator.reset()
+        self.evaluator.process([id_of[path] for path in results], list(results.values()))
+        metrics = dict(self.evaluator.evaluate().metrics)
+        key = self.evaluator.primary_metric
+        value = metrics[key]
+        improved = math.isfinite(value) and (self.best is None or value > self.best)
+        if improved:
+            self.best = value
+            trainer.save_model("best.pt")
+        record = {"iteration": trainer.iteration, "epoch": trainer.epoch, **metrics, "best": improved}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        logger.info("evaluation at iteration %d: %s%s", trainer.iteration,
+                    ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), " (best so far: best.pt)" if improved else "")
+        trainer.eval_metrics = record
+        self.evaluated_at = trainer.iteration
+        return metrics
+
+
+def keep_records_until(path: Path, iteration: int) -> None:
+    """Drop the records of the JSON-lines file ``path`` after ``iteration`` (all of them for 0), and
+    any line that does not parse: a resume redoes those iterations, and a kill can cut a last line."""
+    if iteration == 0:
+        path.unlink(missing_ok=True)
+    elif path.is_file():
+        kept = [line for line in path.read_text().splitlines() if _logged_iteration(line) <= iteration]
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _logged_iteration(line: str) -> float:

@@ -1,7 +1,10 @@
 """The training loop: DDP, bf16 autocast, gradient accumulation, atomic checkpoints, exact resume.
 
-The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints and the non-finite
-guard are hooks (:mod:`srn.engine.hooks`). The data, its checks and the order it is drawn in come from
+The loop itself only runs optimizer steps; logging, TensorBoard, checkpoints, evaluation and the
+non-finite guard are hooks (:mod:`srn.engine.hooks`). What it trains is built by steps a subclass may
+replace, as detectron2's ``DefaultTrainer``: ``build_model``, ``build_criterion`` (the loss, with the
+teacher inside it when distilling), ``build_dataset``, ``build_data_loader``, ``build_optimizer``,
+``build_lr_scheduler`` and ``build_hooks``. The data, its checks and the order it is drawn in come from
 :mod:`srn.data.build` and :mod:`srn.data.samplers`; the loss from :meth:`SRNCriterion.from_config`;
 checkpoints, resume and ``train.init_from`` from :mod:`srn.engine.checkpoint`.
 """
@@ -13,6 +16,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,15 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from srn.atomic import atomic_write_text, remove_stale_partials
-from srn.config import DetectorConfig, TrainingConfig, to_dict
-from srn.criterion import DistillationCriterion, SRNCriterion
+from srn.config import DatasetSpec, DetectorConfig, TrainingConfig, to_dict
+from srn.criterion import DistillationCriterion, SRNCriterion, TeacherDistillation
 from srn.data.build import build_train_dataset, check_training_images, count_dropped_boxes
 from srn.data.datasets import collate
+from srn.data.formats import check_format
 from srn.data.samplers import ResumableSampler, SeededSamples
 from srn.data.target import Target
 from srn.engine.checkpoint import init_from, restore_training_state, save_training_checkpoint
 from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
-from srn.engine.hooks import Checkpointer, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
+from srn.engine.hooks import Checkpointer, EvalHook, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
 from srn.errors import TrainingError
 from srn.model import SRN
 from srn.weights import load_model, save_checkpoint
@@ -56,7 +61,8 @@ class Trainer:
     starts several).
 
     :meth:`fit` runs the optimizer steps; the hooks of :meth:`build_hooks`, and any added with
-    :meth:`register_hooks`, log, checkpoint and guard around them (:mod:`srn.engine.hooks`).
+    :meth:`register_hooks`, log, checkpoint, evaluate and guard around them (:mod:`srn.engine.hooks`).
+    Each step computes ``criterion(outputs, targets, images)`` and sums the loss dict.
 
     Args:
         config: the resolved training config.
@@ -71,6 +77,7 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig, base_dir: Path | None = None, resume: str | None = None) -> None:
         self.config = config
+        self.base_dir = base_dir
         tc = config.train
         self.dist: DistInfo = init_distributed(tc.device)
         self.device = self.dist.device
@@ -83,44 +90,15 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.output_dir = Path(tc.output_dir)
+        self.use_amp = tc.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and tc.cpu_bf16))
 
-        self.model = SRN.from_config(config.model)
-        if tc.init_from:
-            init_from(self.model, tc.init_from)
-        self.model.to(self.device)
-        if tc.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.criterion = SRNCriterion.from_config(config.loss, config.model)
-        # Normalise by the positives of the whole global batch.
-        self.criterion.normalizer_fn = global_normalizer
-        self.teacher: nn.Module | None = None
-        self.distillation: DistillationCriterion | None = None
-        if tc.teacher:
-            self.teacher, teacher_config = load_model(tc.teacher, self.device)
-            shared = ("anchor_scales", "anchor_ratio", "stc_levels", "str_levels")
-            differ = [key for key in shared if getattr(teacher_config.model, key) != getattr(config.model, key)]
-            if differ:
-                raise TrainingError(f"{tc.teacher}: the teacher's {', '.join(differ)} differ from the model's; "
-                                    "distillation needs the same anchors and steps")
-            self.teacher.eval().requires_grad_(False)
-            if tc.channels_last:
-                self.teacher.to(memory_format=torch.channels_last)
-            self.distillation = DistillationCriterion(cls_weight=tc.distill_weight, reg_weight=tc.distill_weight)
-            self.distillation.normalizer_fn = global_normalizer
-        if tc.freeze:
-            frozen = [p for name, p in self.model.named_parameters() if name.startswith(tuple(tc.freeze))]
-            if not frozen:
-                raise TrainingError(f"train.freeze: no parameter name starts with {', '.join(tc.freeze)}")
-            for parameter in frozen:
-                parameter.requires_grad_(False)
+        self.model = self.build_model()
+        self.criterion = self.build_criterion()
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self.dataset = SeededSamples(build_train_dataset(config.data, base_dir), tc.seed)
-        for warning in check_training_images(self.dataset, [spec.annotations for spec in config.data.train]):
-            if self.dist.is_main:
-                logger.warning("%s", warning)
+        self.dataset = self.build_dataset()
         per_step = tc.batch_per_device * self.dist.world_size
         self.accumulation = max(1, round(tc.batch_size / per_step))
         if self.accumulation * per_step != tc.batch_size and self.dist.is_main:
@@ -135,13 +113,10 @@ class Trainer:
                 "lower train.batch_size or train.batch_per_device"
             )
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda it: lr_factor(it, self.steps_per_epoch, tuple(tc.lr_steps), tc.lr_gamma, tc.warmup_iters, tc.warmup_factor),
-        )
-        self.use_amp = tc.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and tc.cpu_bf16))
+        # The held-out list is read now, so that a bad one stops the run before its folder is made.
+        self.eval_hook = self.build_eval_hook() if tc.eval_annotations and self.dist.is_main else None
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self.build_lr_scheduler(self.optimizer)
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         self.iteration = 0
@@ -153,6 +128,7 @@ class Trainer:
         self.step_losses: dict[str, float] = {}
         self.step_images = 0
         self.metrics: dict[str, Any] | None = None
+        self.eval_metrics: dict[str, Any] | None = None
         self.completed = False
 
         # The run folder is made only now that the model and the data are built: a run that cannot
@@ -176,8 +152,89 @@ class Trainer:
         self.hooks: list[HookBase] = []
         self.register_hooks(self.build_hooks())
 
+    # -- the steps a subclass may replace (detectron2's DefaultTrainer) --------------------------
+    def build_model(self) -> nn.Module:
+        """The network on the training device: ``model.*`` of the config, ``train.init_from``'s
+        weights, channels_last, and the parameters of ``train.freeze`` frozen."""
+        tc = self.config.train
+        model = SRN.from_config(self.config.model)
+        if tc.init_from:
+            init_from(model, tc.init_from)
+        model.to(self.device)
+        if tc.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if tc.freeze:
+            frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(tc.freeze))]
+            if not frozen:
+                raise TrainingError(f"train.freeze: no parameter name starts with {', '.join(tc.freeze)}")
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+        return model
+
+    def build_criterion(self) -> nn.Module:
+        """``criterion(outputs, targets, images) -> loss dict``: :class:`SRNCriterion`, wrapped in
+        :class:`TeacherDistillation` when ``train.teacher`` names a checkpoint. Both normalise by
+        the positives of the whole global batch."""
+        tc = self.config.train
+        criterion = SRNCriterion.from_config(self.config.loss, self.config.model)
+        criterion.normalizer_fn = global_normalizer
+        if not tc.teacher:
+            return criterion
+        teacher, teacher_config = load_model(tc.teacher, self.device)
+        shared = ("anchor_scales", "anchor_ratio", "stc_levels", "str_levels")
+        differ = [key for key in shared if getattr(teacher_config.model, key) != getattr(self.config.model, key)]
+        if differ:
+            raise TrainingError(f"{tc.teacher}: the teacher's {', '.join(differ)} differ from the model's; "
+                                "distillation needs the same anchors and steps")
+        if tc.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        distillation = DistillationCriterion(cls_weight=tc.distill_weight, reg_weight=tc.distill_weight)
+        distillation.normalizer_fn = global_normalizer
+        return TeacherDistillation(criterion, teacher, distillation, autocast=self.use_amp)
+
+    def build_dataset(self) -> SeededSamples:
+        """The training images of ``data.train`` (:mod:`srn.data.build`), checked before training:
+        no usable image is an error, a source with unusable images a warning."""
+        dataset = SeededSamples(build_train_dataset(self.config.data, self.base_dir), self.config.train.seed)
+        for warning in check_training_images(dataset, [spec.annotations for spec in self.config.data.train]):
+            if self.dist.is_main:
+                logger.warning("%s", warning)
+        return dataset
+
+    def build_data_loader(self, epoch: int, start_micro_batch: int) -> DataLoader:
+        """The loader of epoch ``epoch`` from its micro-batch ``start_micro_batch`` on (a resume starts
+        inside an epoch); the sampler's order depends only on the seed and the epoch."""
+        self.sampler.start_at(epoch, start_micro_batch * self.config.train.batch_per_device)
+        self.dataset.set_epoch(epoch)
+        workers = self.config.data.workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.train.batch_per_device,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with momentum and weight decay over the parameters that train."""
+        tc = self.config.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The paper's step schedule by epoch, with the optional linear warmup (:func:`lr_factor`)."""
+        tc = self.config.train
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda it: lr_factor(it, self.steps_per_epoch, tuple(tc.lr_steps), tc.lr_gamma, tc.warmup_iters, tc.warmup_factor),
+        )
+
     def build_hooks(self) -> list[HookBase]:
-        """The guard on every process; the metrics log, TensorBoard and checkpoints on the main one."""
+        """The guard on every process; the metrics log, TensorBoard, checkpoints and evaluation on the main one."""
         tc = self.config.train
         hooks: list[HookBase] = [NonFiniteGuard()]
         if self.dist.is_main:
@@ -185,12 +242,32 @@ class Trainer:
             if tc.tensorboard:
                 hooks.append(TensorBoardWriter(self.output_dir / "tb"))
             hooks.append(Checkpointer(tc.checkpoint_every))
+            if self.eval_hook is not None:
+                hooks.append(self.eval_hook)
         return hooks
+
+    def build_eval_hook(self) -> EvalHook:
+        """Every ``train.eval_every`` steps: the detector on the held-out list ``train.eval_annotations``
+        (any ``data`` format, images under ``train.eval_images``), its AP at IoU 0.5 logged to
+        ``eval.jsonl``, and the best model kept as ``best.pt``."""
+        from srn.data.build import read_records
+        from srn.evaluation.evaluator import FaceboxEvaluator
+
+        tc = self.config.train
+        check_format(tc.eval_format, "train.eval_format")
+        spec = DatasetSpec(format=tc.eval_format, annotations=tc.eval_annotations, images=tc.eval_images)
+        records, image_root = read_records(spec, self.base_dir, key="train.eval_annotations")
+        evaluator = FaceboxEvaluator.from_records(records, name="train.eval_annotations")
+        paths = [image_root / record.image_path for record in records]
+        return EvalHook(tc.eval_every, evaluator, paths, self.output_dir / "eval.jsonl", max_size=tc.eval_max_size,
+                        image_ids=[record.image_path for record in records])
 
     def register_hooks(self, hooks: Sequence[HookBase]) -> None:
         """Append ``hooks``; they run after those already registered."""
         for hook in hooks:
-            hook.trainer = self
+            # A proxy, not the trainer: the trainer holds its hooks, and a hook holding the trainer
+            # back would keep both (and the model) alive in a reference cycle.
+            hook.trainer = weakref.proxy(self)
             self.hooks.append(hook)
 
     def _call_hooks(self, moment: str) -> None:
@@ -221,9 +298,9 @@ class Trainer:
             config=to_dict(self.config),
         )
 
-    def save_model(self) -> Path:
-        """Write ``model.pt``: the weights and the detector config (no training state)."""
-        final = self.output_dir / "model.pt"
+    def save_model(self, name: str = "model.pt") -> Path:
+        """Write ``output_dir/name``: the weights and the detector config (no training state)."""
+        final = self.output_dir / name
         if self.dist.is_main:
             save_checkpoint(self.model, DetectorConfig(self.config.model, self.config.postprocess), final)
         return final
@@ -234,22 +311,6 @@ class Trainer:
             batch = batch.contiguous(memory_format=torch.channels_last)
         targets = [{"boxes": t["boxes"].to(self.device), "ignore": t["ignore"].to(self.device)} for t in targets]
         return batch, targets
-
-    def _loader(self, epoch: int, start_micro_batch: int) -> DataLoader:
-        self.sampler.start_at(epoch, start_micro_batch * self.config.train.batch_per_device)
-        self.dataset.set_epoch(epoch)
-        workers = self.config.data.workers
-        return DataLoader(
-            self.dataset,
-            batch_size=self.config.train.batch_per_device,
-            sampler=self.sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
-        )
 
     def train_step(self, micro_batches: list[tuple[list[torch.Tensor], list[Target]]]) -> dict[str, float]:
         """One optimizer step over ``accumulation`` micro-batches; returns the mean loss parts."""
@@ -267,11 +328,7 @@ class Trainer:
                     batch, targets = self._batch(images, targets)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                         outputs = self.ddp_model(batch)
-                    losses = self.criterion(outputs, targets)
-                    if self.teacher is not None and self.distillation is not None:
-                        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-                            teacher_outputs = self.teacher(batch)
-                        losses.update(self.distillation(outputs, teacher_outputs))
+                    losses = self.criterion(outputs, targets, batch)
                     loss = sum(losses.values())
                 else:
                     # Every image of this micro-batch failed to load: a zero loss still takes part in
@@ -305,7 +362,7 @@ class Trainer:
         try:
             while self.iteration < self.total_iters:
                 self.epoch, step = divmod(self.iteration, self.steps_per_epoch)
-                batches = iter(self._loader(self.epoch, step * self.accumulation))
+                batches = iter(self.build_data_loader(self.epoch, step * self.accumulation))
                 while step < self.steps_per_epoch and self.iteration < self.total_iters:
                     micro = [next(batches) for _ in range(self.accumulation)]
                     loaded = sum(len(images) for images, _ in micro)

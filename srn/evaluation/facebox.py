@@ -224,6 +224,11 @@ class FaceboxResult(JsonResult):
         """Detection entries for images that are not annotated."""
         return len(self.extra)
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The headline number: ``ap``."""
+        return {"ap": float(self.ap)}
+
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ap": self.ap,

@@ -399,6 +399,11 @@ class FddbResult(JsonResult):
         """Detection entries for images that are not annotated."""
         return len(self.extra)
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The headline numbers: the TPR at 1000 false positives, discrete and continuous."""
+        return {"tpr_at_1000": self.tpr_at(1000), "tpr_at_1000_continuous": self.tpr_at(1000, continuous=True)}
+
     def tpr_at(self, max_false_positives: float = 1000, continuous: bool = False) -> float:
         """The best TPR among ROC points with at most ``max_false_positives`` FPs (0 if none)."""
         tpr = self.tpr_continuous if continuous else self.tpr_discrete

@@ -525,6 +525,11 @@ class WiderResult(JsonResult):
         """Predictions for images that are not in the ground truth."""
         return len(self.extra)
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The headline numbers: ``ap_easy``, ``ap_medium``, ``ap_hard``."""
+        return {f"ap_{setting}": float(ap) for setting, ap in self.ap.items()}
+
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         """A JSON-serialisable dict (NaN is None); ``curves=False`` leaves out the PR arrays."""
         out: dict[str, Any] = {

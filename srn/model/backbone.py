@@ -1,9 +1,16 @@
-"""Backbones that return C2..C5 (strides 4, 8, 16, 32), built with torchvision's builders."""
+"""Backbones that return C2..C5 (strides 4, 8, 16, 32), built with torchvision's builders.
+
+:data:`BACKBONES` is the one list of backbones: a name maps to a builder and the channel counts of
+C2..C5. ``model.backbone`` is checked against it (:func:`check_backbone`) when a network is built and
+when a checkpoint's config is read; a new backbone is one :func:`register_backbone` here.
+"""
 
 from __future__ import annotations
 
 import http.client
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,7 +18,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from srn.errors import WeightsError
+from srn.errors import ConfigError, WeightsError
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -82,13 +89,55 @@ class MobileNetV2Backbone(nn.Module):
         return outputs
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    Attributes:
+        build: ``build(frozen_stem) -> module`` whose forward returns ``[C2, C3, C4, C5]`` and whose
+            ``out_channels`` lists their channels.
+        out_channels: the channels of C2..C5 (what the FPN and the first step are built for).
+    """
+
+    build: Callable[[bool], nn.Module]
+    out_channels: tuple[int, int, int, int]
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, out_channels: tuple[int, int, int, int]) -> Callable[[Callable[[bool], nn.Module]], Callable[[bool], nn.Module]]:
+    """Decorator: register ``build(frozen_stem) -> nn.Module`` as backbone ``name``."""
+
+    def register(build: Callable[[bool], nn.Module]) -> Callable[[bool], nn.Module]:
+        BACKBONES[name] = BackboneSpec(build, out_channels)
+        return build
+
+    return register
+
+
+for _depth in RESNET_DEPTHS:
+    _expansion = 4 if _depth >= 50 else 1
+    register_backbone(f"resnet{_depth}", tuple(c * _expansion for c in (64, 128, 256, 512)))(
+        lambda frozen_stem, depth=_depth: ResNetBackbone(depth, frozen_stem=frozen_stem)
+    )
+register_backbone("mobilenet_v2", (24, 32, 96, 320))(lambda frozen_stem: MobileNetV2Backbone(frozen_stem=frozen_stem))
+
+
+def check_backbone(name: str) -> BackboneSpec:
+    """The registered backbone ``name``.
+
+    Raises:
+        ConfigError: ``"model.backbone: unknown backbone 'x'; choose one of ..."``.
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
 def build_backbone(name: str, frozen_stem: bool = True) -> nn.Module:
-    """``resnet18`` .. ``resnet152`` or ``mobilenet_v2``."""
-    if name.startswith("resnet") and name[6:].isdigit():
-        return ResNetBackbone(int(name[6:]), frozen_stem=frozen_stem)
-    if name == "mobilenet_v2":
-        return MobileNetV2Backbone(frozen_stem=frozen_stem)
-    raise ValueError(f"unknown backbone {name!r}; choose resnet18/34/50/101/152 or mobilenet_v2")
+    """The backbone registered as ``name`` (:data:`BACKBONES`)."""
+    return check_backbone(name).build(frozen_stem)
 
 
 def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) -> None:
