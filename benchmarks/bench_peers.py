@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".gpu/data512"), help="tools/pack_faces.py's output")
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
-    parser.add_argument("--weights", type=Path, nargs="+", default=[DEFAULT_WEIGHTS], help="our models (default: the shipped one)")
+    parser.add_argument("--weights", type=Path, nargs="*", default=[DEFAULT_WEIGHTS], help="our models run through --runtimes (default: the shipped one; none: only --int8 files)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="how our models run")
     parser.add_argument("--int8", type=Path, nargs="*", default=[], help="ONNX files of ours run as they are (e.g. srn/assets/srn_mobilenet_v2.int8.onnx)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0], help="--int8 files run once per value: the Detector's min_size (0: none)")
