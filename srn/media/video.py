@@ -32,7 +32,7 @@ import queue
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,12 +42,17 @@ import numpy as np
 
 from srn.atomic import atomic_output
 from srn.errors import InputPathError, MissingDependencyError, OutputPathError
+from srn.inference.loop import BaseSink
+from srn.inference.sinks import register_sink
 from srn.paths import check_input_file
 
 __all__ = [
     "OUTPUT_SUFFIXES",
     "Frame",
     "FrameReader",
+    "RecordLines",
+    "VideoSink",
+    "VideoSource",
     "VideoTargets",
     "VideoWriter",
     "detect_video",
@@ -379,18 +384,93 @@ def _named_layout(stream: Any) -> Any:
     return layout
 
 
-def _batches(items: Iterator[Any], size: int, on_audio: Callable[[Any], None]) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for item in items:
-        if not isinstance(item, Frame):
-            on_audio(item)
-            continue
-        batch.append(item)
-        if len(batch) == size:
+class VideoSource:
+    """The frames of a video file as a source of the run loop (:func:`srn.inference.loop.run`),
+    decoded by a :class:`FrameReader`; each item's ``source`` is ``name`` (default: the path as
+    given), with the frame's number and time. Audio that the reader delivers goes to
+    :attr:`on_audio` (a :class:`VideoSink` copies it into its video).
+
+    Args:
+        path: the video file.
+        max_queued: frames decoded ahead of the detector at most.
+        audio: also read the audio (to copy it into an output).
+    """
+
+    unit = "frame"
+
+    def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False, name: str | None = None) -> None:
+        self.reader = FrameReader(path, max_queued=max_queued, audio=audio)
+        self.name = str(path) if name is None else name
+        self.total: int | None = self.reader.frame_count or None
+        self.on_audio: Callable[[Any], None] = lambda packet: None
+
+    def batches(self, batch_size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
+        import torch
+
+        from srn.inference.loop import Item
+
+        batch: list[Any] = []
+        for thing in self.reader:
+            if not isinstance(thing, Frame):
+                self.on_audio(thing)
+                continue
+            # (H, W, 3) -> (3, H, W), a view
+            batch.append(Item(thing.index, self.name, torch.from_numpy(thing.image).permute(2, 0, 1),
+                              frame=thing.index, time=thing.time, payload=thing))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@register_sink("video", *OUTPUT_SUFFIXES)
+class VideoSink(BaseSink):
+    """An encoded video (:class:`VideoWriter`) of what the run reads, each frame as ``render(image,
+    faces)`` makes it (default: unchanged); made before the run, on the source's reader, and
+    finished by :meth:`close` (:meth:`abort` leaves it unfinished, for the caller to remove).
+
+    Args:
+        path: the file to write (a temporary one, usually).
+        source: a :class:`VideoSource` (its audio is copied too) or a live source's reader.
+        render: ``render(image, faces) -> image`` on RGB uint8 (H, W, 3).
+        name: the path to name in error messages.
+    """
+
+    def __init__(self, path: str | Path, source: Any, render: Render | None = None, name: str | Path | None = None) -> None:
+        reader = getattr(source, "reader", source)
+        self.writer = VideoWriter(path, reader, name)
+        self.render = render
+        if isinstance(source, VideoSource):
+            source.on_audio = self.writer.write_audio
+        self._done = False
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        frame = item.payload
+        self.writer.write(frame, self.render(frame.image, faces) if self.render is not None else frame.image)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self.writer.close()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self.writer.abort()
+
+
+class _OnFrame(BaseSink):
+    """A sink that calls ``on_frame(frame, faces)`` for each frame."""
+
+    def __init__(self, on_frame: Callable[[Frame, Any], None]) -> None:
+        self.on_frame = on_frame
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        self.on_frame(item.payload, faces)
 
 
 def process_video(
@@ -401,8 +481,10 @@ def process_video(
     render: Render | None = None,
     on_frame: Callable[[Frame, Any], None] | None = None,
     output_name: str | Path | None = None,
+    sinks: Sequence[Any] = (),
 ) -> int:
-    """Run ``detector`` (a :class:`srn.inference.Detector`) on every frame of ``path``.
+    """Run ``detector`` (a :class:`srn.inference.Detector`) on every frame of ``path``, through the
+    run loop (:func:`srn.inference.loop.run`).
 
     Args:
         batch_size: frames per call of ``detector.detect``.
@@ -411,39 +493,27 @@ def process_video(
             (H, W, 3) in and out; default: the frame unchanged), e.g. boxes drawn or faces hidden.
         on_frame: called with each :class:`Frame` and its :class:`srn.inference.Faces`, in order.
         output_name: the path to name in errors about ``output`` (when that is a temporary file).
+        sinks: more sinks to write each frame to (before the video).
 
     Returns:
         The number of frames processed.
     """
-    import torch
-    from tqdm import tqdm
+    from srn.inference.loop import run
 
-    reader = FrameReader(path, max_queued=4 * batch_size, audio=output is not None)
-    writer: VideoWriter | None = None
-    count = 0
+    source = VideoSource(path, max_queued=4 * batch_size, audio=output is not None)
     try:
-        writer = VideoWriter(output, reader, output_name) if output is not None else None
-        on_audio = writer.write_audio if writer is not None else (lambda packet: None)
-        with tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, disable=None, desc=reader.path.name) as progress:
-            for batch in _batches(iter(reader), batch_size, on_audio):
-                faces_per_frame = detector.detect([torch.from_numpy(f.image).permute(2, 0, 1) for f in batch])  # (H, W, 3) -> (3, H, W)
-                for frame, faces in zip(batch, faces_per_frame):
-                    if on_frame is not None:
-                        on_frame(frame, faces)
-                    if writer is not None:
-                        writer.write(frame, render(frame.image, faces) if render is not None else frame.image)
-                count += len(batch)
-                progress.update(len(batch))
-        if count == 0:
-            raise InputPathError(reader.path, "has no frame to decode")
-        if writer is not None:
-            writer, finishing = None, writer
-            finishing.close()
-    finally:
-        if writer is not None:
-            writer.abort()
-        reader.close()
-    return count
+        outputs = list(sinks) + ([_OnFrame(on_frame)] if on_frame is not None else [])
+        if output is not None:
+            outputs.append(VideoSink(output, source, render, output_name))
+    except BaseException:
+        source.close()
+        raise
+    summary = run(detector, source, outputs, batch_size, progress=True, desc=source.reader.path.name)
+    if summary.stopped is not None:
+        raise summary.stopped
+    if summary.items == 0:
+        raise InputPathError(source.reader.path, "has no frame to decode")
+    return summary.items
 
 
 def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
@@ -451,6 +521,22 @@ def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
     from srn.inference.draw import draw_faces
 
     return draw_faces(image, faces.boxes, faces.scores)
+
+
+class RecordLines(BaseSink):
+    """Each frame's record (:meth:`srn.inference.Faces.record`) as a JSON line on a text stream,
+    flushed per batch; counts the faces."""
+
+    def __init__(self, stream: TextIO, flush: bool = False) -> None:
+        self.stream, self.flush_each_batch, self.faces = stream, flush, 0
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        self.faces += len(faces)
+        self.stream.write(json.dumps(faces.record()) + "\n")
+
+    def flush(self) -> None:
+        if self.flush_each_batch:
+            self.stream.flush()
 
 
 @dataclass
@@ -483,18 +569,10 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         video_tmp = stack.enter_context(atomic_output(targets.videos[0])) if targets.videos else None
         jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
         jsonl = stack.enter_context(open(jsonl_tmp, "w")) if jsonl_tmp else stdout  # noqa: SIM115 - the stack closes it
-
-        found = 0
-
-        def write_record(frame: Frame, faces: Any) -> None:
-            nonlocal found
-            found += len(faces)
-            record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
-                      "width": faces.width, "height": faces.height, "faces": faces.to_records()}
-            jsonl.write(json.dumps(record) + "\n")
-
-        count = process_video(detector, path, batch_size, video_tmp, draw_render, write_record,
-                              targets.videos[0] if targets.videos else None)
+        lines = RecordLines(jsonl)
+        count = process_video(detector, path, batch_size, video_tmp, draw_render, None,
+                              targets.videos[0] if targets.videos else None, sinks=[lines])
+        found = lines.faces
         if jsonl is not stdout:
             jsonl.close()
         for extra in targets.videos[1:]:
