@@ -23,6 +23,8 @@ class FakeDetector:
     """Finds one face per image, the size of the image's top-left quarter; ``oom_at`` raises
     PyTorch's out-of-memory error on that call."""
 
+    device = torch.device("cpu")
+
     def __init__(self, oom_at: int | None = None) -> None:
         self.calls, self.oom_at = 0, oom_at
 
