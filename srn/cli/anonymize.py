@@ -14,6 +14,7 @@ from srn.cli.common import (
     default_workers,
     float_in,
     int_at_least,
+    live_ending,
     plural,
     worker_death,
 )
@@ -143,7 +144,7 @@ def run_live(args: argparse.Namespace, source: str) -> int:
     outcome = pipeline.anonymize_live(lambda: build_detector(args, args.score_thresh, args.nms_iou), source, target,
                                       Hide(args.method, args.mask, args.mask_scale), args.batch_size)
     report.items, report.faces = outcome.items, outcome.faces
-    how = "stopped by Ctrl-C" if outcome.interrupted else ("the stream broke off" if outcome.error else "the stream ended")
+    how = live_ending(outcome)
     print(f"{source}: {report.summary()}, {how} -> {target}", file=sys.stderr)
     if outcome.error:
         print(f"srn anonymize: {outcome.error}; the frames before it are written", file=sys.stderr)

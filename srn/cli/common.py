@@ -23,6 +23,7 @@ __all__ = [
     "default_workers",
     "float_in",
     "int_at_least",
+    "live_ending",
     "OneLineParser",
     "worker_death",
 ]
@@ -244,6 +245,13 @@ class Report:
                 print(f"  {line}", file=sys.stderr)
             return 1
         return 0
+
+
+def live_ending(summary) -> str:
+    """How a live run (a :class:`srn.inference.loop.RunSummary`) ended, in words."""
+    if summary.interrupted:
+        return "stopped by Ctrl-C"
+    return "the stream broke off" if summary.error else "the stream ended"
 
 
 def worker_death(exc: BaseException) -> str | None:

@@ -20,6 +20,7 @@ from srn.cli.common import (
     default_workers,
     float_in,
     int_at_least,
+    live_ending,
     plural,
     worker_death,
 )
@@ -243,7 +244,7 @@ def run_live(args: argparse.Namespace, source: str, fmt: str) -> int:
                                    args.batch_size, discard=pipeline.is_devnull(args.out))
     report.items, report.faces = outcome.items, outcome.faces
     files = pipeline.written(targets)
-    how = "stopped by Ctrl-C" if outcome.interrupted else ("the stream broke off" if outcome.error else "the stream ended")
+    how = live_ending(outcome)
     print(f"{source}: {report.summary()}, {how}" + (f" -> {', '.join(files)}" if files else ""), file=sys.stderr)
     if outcome.error:
         print(f"srn detect: {outcome.error}; the frames before it are written", file=sys.stderr)

@@ -22,7 +22,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ __all__ = [
     "LIVE_SCHEMES",
     "LiveReader",
     "LiveSource",
+    "run_live",
     "is_live_source",
     "source_name",
     "stop_on_interrupt",
@@ -264,6 +265,25 @@ class LiveSource:
 
     def close(self) -> None:
         self.reader.close()
+
+
+def run_live(source: str, detector_factory: Callable[[], Any], sinks_factory: Callable[[contextlib.ExitStack, LiveSource], list[Any]],
+             batch_size: int) -> Any:
+    """A live source's run (:func:`srn.inference.loop.run`) until the stream ends, breaks off or
+    Ctrl-C, which finishes every output: the source is opened first, then the detector is made by
+    ``detector_factory``, then the sinks by ``sinks_factory(stack, frames)``, whose ``stack`` closes
+    (and commits) what they write once the sinks are closed. Returns the run's summary."""
+    from srn.inference.loop import run
+
+    frames = LiveSource(source, max_queued=4 * batch_size)
+    try:
+        detector = detector_factory()
+        with contextlib.ExitStack() as stack:
+            outputs = sinks_factory(stack, frames)
+            stop = stack.enter_context(stop_on_interrupt())
+            return run(detector, frames, outputs, batch_size, progress=False, stop=stop)
+    finally:
+        frames.close()
 
 
 def refuse_photo_url(source: str) -> None:

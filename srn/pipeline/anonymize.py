@@ -18,10 +18,10 @@ from typing import Any
 
 from srn.atomic import atomic_output
 from srn.errors import OutputCollisionError, OutputPathError, SRNError
-from srn.inference.loop import Observer, RunSummary, failure_line, run, stop_on_interrupt
+from srn.inference.loop import Observer, RunSummary, failure_line, run
 from srn.inference.sources import ImageFileSource
 from srn.media.anonymized import AnonymizedImageSink, Hide
-from srn.media.live import LiveSource
+from srn.media.live import LiveSource, run_live
 from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, process_video
 from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_dir, check_output_file, expand_inputs, is_video, relative_paths
 
@@ -150,13 +150,7 @@ def anonymize_video(detector: Any, path: Path, target: Path, hide: Hide, batch_s
 def anonymize_live(detector_factory: Callable[[], Any], source: str, target: Path, hide: Hide, batch_size: int) -> RunSummary:
     """A live source's anonymised video, until the stream ends, breaks off or Ctrl-C, which
     finishes the file. The detector is made by ``detector_factory`` once the source is open."""
-    frames = LiveSource(source, max_queued=4 * batch_size)
-    try:
-        detector = detector_factory()
-        with contextlib.ExitStack() as stack:
-            tmp = stack.enter_context(atomic_output(target))
-            video = VideoSink(tmp, frames.reader, hide, target)
-            stop = stack.enter_context(stop_on_interrupt())
-            return run(detector, frames, [video], batch_size, progress=False, stop=stop)
-    finally:
-        frames.close()
+    def outputs(stack: contextlib.ExitStack, frames: LiveSource) -> list[Any]:
+        return [VideoSink(stack.enter_context(atomic_output(target)), frames.reader, hide, target)]
+
+    return run_live(source, detector_factory, outputs, batch_size)

@@ -29,12 +29,12 @@ from typing import Any, TextIO
 
 from srn.errors import InputPathError, OutputPathError
 from srn.evaluation.wider_writer import WiderWriter
-from srn.inference.loop import Observer, RunSummary, run, stop_on_interrupt
+from srn.inference.loop import Observer, RunSummary, run
 from srn.inference.sharding import Shard, leftover_parts, merge_parts
 from srn.inference.sinks import CropsSink, DrawnImageSink, sink_class
 from srn.inference.sources import ImageFileSource
 from srn.inference.writers import RunManifest, read_jsonl
-from srn.media.live import LiveSource
+from srn.media.live import LiveSource, run_live
 from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, draw_render
 from srn.paths import check_output_dir, check_output_file, relative_paths
 
@@ -266,23 +266,19 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
     made by ``detector_factory`` once the source is open."""
     from srn.atomic import atomic_output
 
-    frames = LiveSource(source, max_queued=4 * batch_size)
-    try:
-        detector = detector_factory()
-        with contextlib.ExitStack() as stack:
-            if targets.jsonl is not None:
-                lines = stack.enter_context(open(targets.jsonl, "w", encoding="utf-8"))  # streamed: kept as far as it got
-            else:
-                lines = stack.enter_context(open(os.devnull, "w")) if discard else (stdout or sys.stdout)
-            outputs: list[Any] = [RecordLines(lines, flush=True)]
-            if targets.videos:
-                video_tmp = stack.enter_context(atomic_output(targets.videos[0]))
-                outputs.append(VideoSink(video_tmp, frames.reader, draw_render, targets.videos[0]))
-            stop = stack.enter_context(stop_on_interrupt())
-            summary = run(detector, frames, outputs, batch_size, progress=False, stop=stop)
-        for extra in targets.videos[1:]:
-            with atomic_output(extra) as tmp:
-                shutil.copyfile(targets.videos[0], tmp)
-    finally:
-        frames.close()
+    def outputs(stack: contextlib.ExitStack, frames: LiveSource) -> list[Any]:
+        if targets.jsonl is not None:
+            lines = stack.enter_context(open(targets.jsonl, "w", encoding="utf-8"))  # streamed: kept as far as it got
+        else:
+            lines = stack.enter_context(open(os.devnull, "w")) if discard else (stdout or sys.stdout)
+        found: list[Any] = [RecordLines(lines, flush=True)]
+        if targets.videos:
+            video_tmp = stack.enter_context(atomic_output(targets.videos[0]))
+            found.append(VideoSink(video_tmp, frames.reader, draw_render, targets.videos[0]))
+        return found
+
+    summary = run_live(source, detector_factory, outputs, batch_size)
+    for extra in targets.videos[1:]:
+        with atomic_output(extra) as tmp:
+            shutil.copyfile(targets.videos[0], tmp)
     return summary
