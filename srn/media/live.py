@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from srn.errors import InputPathError
 from srn.inference.loop import stop_on_interrupt
-from srn.media.video import put_until_stopped
+from srn.media.video import DecodingThread
 from srn.paths import IMAGE_SUFFIXES
 
 __all__ = [
@@ -92,7 +92,7 @@ def _reason(exc: BaseException) -> str:
     return strerror if strerror else " ".join(str(exc).split())
 
 
-class LiveReader:
+class LiveReader(DecodingThread):
     """Frames of a webcam or network stream, decoded in a background thread.
 
     Iterating yields :class:`srn.media.video.Frame` (``time`` in seconds from the first frame) as
@@ -110,11 +110,10 @@ class LiveReader:
         audio_stream: always None (the sound of a live source is not kept).
     """
 
-    _END = object()
-
     def __init__(self, source: str, max_queued: int = 16, timeout: tuple[float, float] = (OPEN_TIMEOUT_S, READ_TIMEOUT_S)) -> None:
         from srn.media.video import require_av
 
+        super().__init__(max_queued)
         self.av = require_av()
         self.path = source
         url, fmt, options = _ffmpeg_input(source)
@@ -136,9 +135,6 @@ class LiveReader:
         self._count = 0
         self._frames = self._decode_frames()
         self._peeked: Any = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _decode_frames(self) -> Iterator[Any]:
         from srn.media.video import Frame
@@ -164,25 +160,10 @@ class LiveReader:
                 raise InputPathError(self.path, f"reading the stream failed ({_reason(exc)})") from None
         return self._peeked
 
-    def _put(self, item: object) -> bool:
-        return put_until_stopped(self._queue, item, self._stop)
-
-    def _decode(self) -> None:
-        try:
-            if self._peeked is not None and not self._put(self._peeked):
-                return
-            for frame in self._frames:
-                if self._stop.is_set() or not self._put(frame):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-            self._put(exc)
-
-    def _start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("a LiveReader is iterated once")
-        self._thread = threading.Thread(target=self._decode, name=f"read {self.path}", daemon=True)
-        self._thread.start()
+    def _produce(self) -> Iterator[Any]:
+        if self._peeked is not None:
+            yield self._peeked
+        yield from self._frames
 
     def _take(self, block: bool, stop: threading.Event | None) -> Any:
         """The next item, or None when there is none waiting (``block=False``) or ``stop`` was set."""
@@ -202,7 +183,7 @@ class LiveReader:
     def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
         """Lists of frames: the next frame, and those already waiting after it, ``size`` at most.
         Ends with the stream, or as soon as ``stop`` is set."""
-        self._start()
+        self._start(f"read {self.path}")
         try:
             while True:
                 first = self._take(True, stop)
@@ -224,15 +205,6 @@ class LiveReader:
     def __iter__(self) -> Iterator[Any]:
         for batch in self.batches(1):
             yield from batch
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                return  # stuck in FFmpeg: leave the container to the daemon thread
-        with contextlib.suppress(self.av.FFmpegError, OSError):
-            self._container.close()
 
 
 class LiveSource:

@@ -48,6 +48,7 @@ from srn.paths import check_input_file
 
 __all__ = [
     "OUTPUT_SUFFIXES",
+    "DecodingThread",
     "Frame",
     "FrameReader",
     "RecordLines",
@@ -91,6 +92,50 @@ def put_until_stopped(items: queue.Queue, item: object, stop: threading.Event) -
     return False
 
 
+class DecodingThread:
+    """What a file's and a live stream's readers share: a background thread that decodes into a
+    bounded queue (at most ``max_queued`` items ahead of the consumer), hands its end (or its error)
+    to the consuming thread, and stops when :meth:`close` is called. A subclass opens
+    ``self._container`` (PyAV's) and yields what it decodes from :meth:`_produce`."""
+
+    _END = object()
+
+    def __init__(self, max_queued: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _produce(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _put(self, item: object) -> bool:
+        return put_until_stopped(self._queue, item, self._stop)
+
+    def _decode(self) -> None:
+        try:
+            for item in self._produce():
+                if self._stop.is_set() or not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            self._put(exc)
+
+    def _start(self, name: str) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"a {type(self).__name__} is iterated once")
+        self._thread = threading.Thread(target=self._decode, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                return  # stuck in FFmpeg: leave the container to the daemon thread
+        with contextlib.suppress(self.av.FFmpegError, OSError):  # type: ignore[attr-defined]
+            self._container.close()  # type: ignore[attr-defined]
+
+
 @dataclass
 class Frame:
     """One decoded frame.
@@ -108,7 +153,7 @@ class Frame:
     pts: int | None = None
 
 
-class FrameReader:
+class FrameReader(DecodingThread):
     """Decode a video in a background thread into a bounded queue.
 
     Iterating yields :class:`Frame` in order and, with ``audio=True``, the first audio stream's
@@ -132,9 +177,8 @@ class FrameReader:
         decode_audio: deliver decoded audio frames instead of packets (to re-encode them).
     """
 
-    _END = object()
-
     def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False) -> None:
+        super().__init__(max_queued)
         self.av = require_av()
         self.path = check_input_file(path, what="video file")
         try:
@@ -156,9 +200,6 @@ class FrameReader:
         self.decode_audio = False
         self._items = self._demux()
         self._peeked: list[Any] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _frame(self, frame: Any, index: int) -> Frame:
         image = frame.to_ndarray(format="rgb24")
@@ -200,33 +241,20 @@ class FrameReader:
             raise InputPathError(self.path, f"decoding failed ({exc})") from None
         return None
 
-    def _put(self, item: object) -> bool:
-        return put_until_stopped(self._queue, item, self._stop)
-
-    def _decode(self) -> None:
-        try:
-            peeked, self._peeked = self._peeked, []
-            for item in itertools.chain(peeked, self._items):
-                if self._stop.is_set():
-                    return
-                if isinstance(item, Frame):
-                    delivered = [item]
-                elif self.decode_audio:
-                    delivered = item.decode()  # a flush packet flushes the decoder
-                else:
-                    delivered = [item] if item.dts is not None else []  # dts None: the demuxer's flush
-                for thing in delivered:
-                    if not self._put(thing):
-                        return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-            self._put(exc)
+    def _produce(self) -> Iterator[Any]:
+        peeked, self._peeked = self._peeked, []
+        for item in itertools.chain(peeked, self._items):
+            if self._stop.is_set():
+                return
+            if isinstance(item, Frame):
+                yield item
+            elif self.decode_audio:
+                yield from item.decode()  # a flush packet flushes the decoder
+            elif item.dts is not None:  # dts None: the demuxer's flush
+                yield item
 
     def __iter__(self) -> Iterator[Any]:
-        if self._thread is not None:
-            raise RuntimeError("a FrameReader is iterated once")
-        self._thread = threading.Thread(target=self._decode, name=f"decode {self.path.name}", daemon=True)
-        self._thread.start()
+        self._start(f"decode {self.path.name}")
         try:
             while True:
                 item = self._queue.get()
@@ -237,15 +265,6 @@ class FrameReader:
                 yield item
         finally:
             self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                return  # stuck in FFmpeg: leave the container to the daemon thread
-        with contextlib.suppress(self.av.FFmpegError):
-            self._container.close()
 
 
 class VideoWriter:
