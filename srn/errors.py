@@ -173,3 +173,11 @@ class OutputCollisionError(SRNError, ValueError):
         because = f" ({one_line(why)})" if why else ""
         first, second, target = (printable(p) for p in (self.first, self.second, self.target))
         super().__init__(f"{first} and {second} would both be written to {target}{because}; run them separately")
+
+
+class InferenceOutOfMemory(SRNError, MemoryError):
+    """The device (or the host) ran out of memory while the detector ran: the images are too large,
+    or the batch too big, for this machine."""
+
+    def __init__(self, message: str = "out of memory") -> None:
+        super().__init__(message)

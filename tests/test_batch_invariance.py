@@ -19,7 +19,8 @@ from torch.testing import assert_close
 from srn import Detector
 from srn.data.image_io import read_image
 from srn.inference import DEFAULT_WEIGHTS
-from srn.inference.stream import detect_files
+from srn.inference.loop import BaseSink, run
+from srn.inference.sources import ImageFileSource
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -108,7 +109,13 @@ def test_decoding_workers_change_nothing(photos):
     detector = Detector(device="cpu", score_thresh=0.001, threads=1)
     runs = {}
     for workers, batch_size in ((0, 1), (2, 8)):
-        runs[workers] = [item.faces for batch in detect_files(detector, photos, batch_size, workers) for item in batch]
+        runs[workers] = collected = []
+
+        class Collect(BaseSink):
+            def write(self, faces, item=None):
+                collected.append(faces)
+
+        run(detector, ImageFileSource(photos, workers), [Collect()], batch_size)
     for a, b in zip(runs[0], runs[2], strict=True):
         assert a.source == b.source
         assert_same(a, b)

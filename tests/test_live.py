@@ -113,11 +113,11 @@ class _CtrlCAfter:
     def __init__(self, detector, calls):
         self.detector, self.calls, self.seen = detector, calls, 0
 
-    def detect(self, images):
+    def detect(self, images, **meta):  # meta: sources and frames, which the run loop passes along
         self.seen += 1
         if self.seen == self.calls:
             os.kill(os.getpid(), signal.SIGINT)
-        return self.detector.detect(images)
+        return self.detector.detect(images, **meta)
 
 
 def test_ctrl_c_finishes_every_output(server, small_weights, tmp_path, capsys, monkeypatch):

@@ -166,10 +166,13 @@ def test_missing_pyav_is_one_line(weights, clip, monkeypatch, capsys):
 class Unchanged:
     """A detector stand-in that finds nothing: the output must show the frames as they were."""
 
-    def detect(self, images):
+    def detect(self, images, sources=None, frames=None):
         from srn.inference import Faces
 
-        return [Faces(torch.zeros(0, 4), torch.zeros(0), im.shape[-1], im.shape[-2]) for im in images]
+        sources = sources or [None] * len(images)
+        frames = frames or [None] * len(images)
+        return [Faces(torch.zeros(0, 4), torch.zeros(0), im.shape[-1], im.shape[-2], source, None, *(frame or (None, None)))
+                for im, source, frame in zip(images, sources, frames)]
 
 
 def test_rotated_odd_sized_video_comes_out_upright_and_padded(tmp_path):

@@ -421,7 +421,7 @@ def _resolve_backend(config: BenchConfig, device: torch.device, log: Callable[[s
     """The backend that runs SRN's network, and the existing ONNX file that it runs as it is (None:
     a PyTorch network, run as it is or exported). ``config.backend=None`` is what
     :class:`srn.inference.Detector` runs on ``device`` (see the module doc)."""
-    from srn.inference.detector import DEFAULT_CPU_WEIGHTS
+    from srn.inference.detector import runs_shipped_int8, shipped_int8
 
     if config.backend is not None and config.backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {config.backend!r}")
@@ -431,16 +431,15 @@ def _resolve_backend(config: BenchConfig, device: torch.device, log: Callable[[s
         return "onnxruntime", Path(config.weights)
     if config.backend is not None:
         return config.backend, None
-    torch_only = config.dtype != "fp32" or config.compile or config.channels_last or config.cuda_graphs
-    if config.weights or config.model != "shipped" or device.type != "cpu" or torch_only:
+    # The Detector's own rule; torch.compile and channels_last exist only in PyTorch.
+    shipped = config.model == "shipped" and not (config.compile or config.channels_last)
+    if not (shipped and runs_shipped_int8(config.weights or None, device.type, config.dtype, config.cuda_graphs)):
         return "torch", None
-    if not DEFAULT_CPU_WEIGHTS.is_file():
-        log(f"{DEFAULT_CPU_WEIGHTS.name} is not installed; timing the shipped model in PyTorch, as srn detect then runs it")
+    path, why = shipped_int8()
+    if path is None:
+        log(f"{why}; timing the shipped model in PyTorch, as srn detect then runs it")
         return "torch", None
-    if importlib.util.find_spec("onnxruntime") is None:
-        log("onnxruntime is not installed; timing the shipped model in PyTorch, as srn detect then runs it")
-        return "torch", None
-    return "onnxruntime", DEFAULT_CPU_WEIGHTS
+    return "onnxruntime", path
 
 
 def _check_backend(config: BenchConfig, backend: str, onnx_file: Path | None, device: torch.device) -> None:

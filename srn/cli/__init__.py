@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from srn.cli import anonymize, bench, convert, detect, evaluate, export, imbalance, train
 from srn.cli.common import OneLineParser, UserError, worker_death
-from srn.errors import SRNError, printable
+from srn.errors import InferenceOutOfMemory, SRNError, printable
 from srn.version import __version__
 
 HELP = """\
@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:
         return _stdout_gone()
+    except InferenceOutOfMemory:  # the one place that names the options that help
+        print(f"srn {args.command}: error: out of memory; lower --max-size or --batch-size", file=sys.stderr)
+        return 2
     except (UserError, SRNError) as exc:
         print(error_line(args.command, exc), file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ same run; not on the CPU, where convolutions are not matmuls and such a share ca
 
 Examples:
   srn bench --device cpu --sizes 640x480 --iters 5 --batch 0
-  srn bench --model srn_r50 --device cuda --dtype bf16 --channels-last --json bench.json
+  srn bench --model srn_r50 --device cuda --precision bf16 --channels-last --json bench.json
   srn bench --weights srn_r50.pt --compile --sizes 640x480 1024x1024 --batch 16
   srn bench --device cpu --backend onnxruntime --threads 1 --sizes 640x480 --batch 0
   srn bench --device cpu --backend torch --threads 1 --sizes 640x480 --batch 0
@@ -68,7 +68,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="benchmark this srn checkpoint, SRN.pth or .onnx file (srn export onnx, "
                         "run by onnxruntime as it is) instead of --model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: SRN's bf16 inference copy, the peer under autocast")
+    # --precision, as srn detect names it; --dtype, its first name here, still works.
+    parser.add_argument("--precision", "--dtype", dest="dtype", choices=DTYPES, default="fp32",
+                        help="bf16: SRN's bf16 inference copy, the peer under autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
     parser.add_argument("--compile", action="store_true", help="torch.compile SRN's network")
     parser.add_argument("--warmup", type=int_at_least(0), default=DEFAULT_WARMUP, help="untimed runs first")

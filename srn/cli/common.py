@@ -23,6 +23,7 @@ __all__ = [
     "default_workers",
     "float_in",
     "int_at_least",
+    "live_ending",
     "OneLineParser",
     "worker_death",
 ]
@@ -246,34 +247,24 @@ class Report:
         return 0
 
 
+def live_ending(summary) -> str:
+    """How a live run (a :class:`srn.inference.loop.RunSummary`) ended, in words."""
+    if summary.interrupted:
+        return "stopped by Ctrl-C"
+    return "the stream broke off" if summary.error else "the stream ended"
+
+
 def worker_death(exc: BaseException) -> str | None:
     """The one line for a decoding worker that died (the OOM killer's SIGKILL, say); None for any
-    other error. ``DataLoader`` says so with a ``RuntimeError``, or the main process first finds
-    the link to the dead worker broken (a ``ConnectionResetError`` or ``EOFError`` raised inside the
-    loader), and the ``RuntimeError`` of its SIGCHLD handler comes a moment later, wherever the
-    main process then is."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = " ".join(str(error).split())
-        if isinstance(error, RuntimeError) and "DataLoader worker" in text:
-            return (f"an image-decoding process died ({text.split(' If ')[0].rstrip('. ')}); "
-                    "perhaps it ran out of memory: try fewer --workers, or --workers 0")
-        if isinstance(error, ConnectionError | EOFError) and _raised_in_a_data_loader(error):
-            return ("an image-decoding process died (its connection broke: "
-                    f"{type(error).__name__}); perhaps it ran out of memory: try fewer --workers, or --workers 0")
-        error = error.__cause__ or error.__context__
-    return None
+    other error (:func:`srn.inference.loop.worker_died` tells them apart)."""
+    if not isinstance(exc, RuntimeError | OSError | EOFError):
+        return None
+    from srn.inference.loop import worker_died
 
-
-def _raised_in_a_data_loader(error: BaseException) -> bool:
-    trace = error.__traceback__
-    while trace is not None:
-        if "torch/utils/data/" in trace.tb_frame.f_code.co_filename.replace("\\", "/"):
-            return True
-        trace = trace.tb_next
-    return False
+    detail = worker_died(exc)
+    if detail is None:
+        return None
+    return f"an image-decoding process died ({detail}); perhaps it ran out of memory: try fewer --workers, or --workers 0"
 
 
 def stderr_is_terminal() -> bool:

@@ -3,8 +3,7 @@
 A bad file must not stop a run over a million images, and an exception raised in a worker would
 stop the whole loader. So an item is a :class:`DecodedImage` that carries either the image or the
 one-line reason it could not be read, and :func:`collate_decoded` keeps a batch as a plain list
-(images differ in size; :class:`srn.inference.Detector` pads and batches them itself). The same
-record then carries the image's detections (:func:`srn.inference.stream.detect_files`).
+(images differ in size; :class:`srn.inference.Detector` pads and batches them itself).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -26,7 +24,7 @@ __all__ = ["DecodedImage", "ImageFiles", "collate_decoded"]
 
 @dataclass
 class DecodedImage:
-    """One input file, read or not, and once detected, its faces.
+    """One input file, read or not.
 
     Attributes:
         index: its position in the list given to :class:`ImageFiles`.
@@ -34,16 +32,12 @@ class DecodedImage:
         image (Tensor[3, H, W] | None): ``uint8`` RGB (see :func:`srn.data.image_io.read_image`),
             or None when it could not be read.
         error: ``"<path>: <reason>"`` when it could not be read, else None.
-        faces: its detections, a :class:`srn.inference.Faces` holding the decoded image for
-            drawing and cropping, once :func:`srn.inference.stream.detect_files` has run the
-            detector on it; None before, or when it could not be read.
     """
 
     index: int
     path: Path
     image: Tensor | None = None
     error: str | None = None
-    faces: Any = None  # srn.inference.Faces: the data floor does not import the inference floor
 
 
 class ImageFiles(Dataset):

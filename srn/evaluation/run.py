@@ -1,14 +1,13 @@
 """Detection runs for evaluation: single pass or the release's test-time augmentation, per image.
 
-Used by ``srn eval``; each benchmark module then scores what this returns. Images are read by the
-pipeline of ``srn detect`` (:mod:`srn.inference.stream`): decoded in ``DataLoader`` workers while
+Used by ``srn eval``; each benchmark module then scores what this returns. Images go through the
+run loop of ``srn detect`` (:func:`srn.inference.loop.run`): decoded in ``DataLoader`` workers while
 the network runs, and an image that cannot be read is reported on one line, not fatal.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from torch import Tensor
 
 from srn.evaluation.tta import tta_detect
 from srn.inference import Detector
-from srn.inference.stream import decode_files
 
 logger = logging.getLogger(__name__)
 
@@ -40,41 +38,31 @@ def detect_images(
         ``{path: (boxes (Tensor[K, 4]) x1 y1 x2 y2 on the CPU, scores (Tensor[K]))}`` in the order
         of ``paths``, and the one-line messages (``"<path>: <reason>"``) of the images that failed.
     """
-    from tqdm import tqdm
+    from srn.inference.loop import BaseSink, run
+    from srn.inference.results import Faces
+    from srn.inference.sources import ImageFileSource
 
     results: dict[Path, tuple[Tensor, Tensor]] = {}
-    failures: list[str] = []
+
+    class Collect(BaseSink):
+        def write(self, faces: Faces, item=None) -> None:
+            results[paths[item.index]] = (faces.boxes.cpu(), faces.scores.cpu())
 
     def single_pass(images: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         # TTA hands over resized uint8 images; the detector wants float [0, 1] on its device.
         return detector.detect_tensors([im.to(detector.device).float().div_(255) for im in images])
 
-    # Full batches of readable images, as a serial loop makes them: an unreadable file leaves no
-    # hole in a batch, so the detections (padding included) do not depend on which files failed.
-    pending: list[tuple[Path, Tensor]] = []
+    def augmented(items) -> list[Faces]:
+        found = []
+        for item in items:
+            boxes, scores = tta_detect(item.image, single_pass, max_size=tta_max_size, keep_singletons=keep_singletons)
+            found.append(Faces(boxes, scores, int(item.image.shape[-1]), int(item.image.shape[-2]), item.source))
+        return found
 
-    def flush() -> None:
-        for (path, _), faces in zip(pending, detector.detect([image for _, image in pending])):
-            results[path] = (faces.boxes.cpu(), faces.scores.cpu())
-        pending.clear()
-
-    with tqdm(total=len(paths), unit="img", disable=len(paths) < 8 or None, file=sys.stderr) as progress:
-        for batch in decode_files(paths, detector.batch_size, workers):
-            for item in batch:
-                if item.image is None:
-                    failures.append(str(item.error))
-                    continue
-                path = paths[item.index]
-                if tta:
-                    boxes, scores = tta_detect(item.image, single_pass, max_size=tta_max_size, keep_singletons=keep_singletons)
-                    results[path] = (boxes.cpu(), scores.cpu())
-                else:
-                    pending.append((path, item.image))
-                    if len(pending) == detector.batch_size:
-                        flush()
-            progress.update(len(batch))
-        if pending:
-            flush()
+    summary = run(detector, ImageFileSource(paths, workers), [Collect()], detector.batch_size, infer=augmented if tta else None)
+    if summary.stopped is not None:
+        raise summary.stopped
+    failures = summary.failures
     return results, failures
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from srn.errors import InputPathError, OutputCollisionError
 from srn.evaluation.widerface import write_predictions
+from srn.inference.loop import Item
 from srn.inference.results import Faces
+from srn.inference.sinks import register_sink
 from srn.inference.writers import Record, RecordWriter
 
 __all__ = ["WiderWriter"]
@@ -31,6 +33,7 @@ def _target(key: str) -> str:
     return f"{event}/{stem}.txt"
 
 
+@register_sink("wider")
 class WiderWriter(RecordWriter):
     """The WIDER FACE submission layout under the folder ``path`` (see the module doc).
 
@@ -63,7 +66,7 @@ class WiderWriter(RecordWriter):
             first[target] = image
             self.keys[str(image)] = key
 
-    def write(self, faces: Faces) -> None:
+    def write(self, faces: Faces, item: Item | None = None) -> None:
         """Write the file of ``faces.source``, with the boxes and scores as the detector gave them."""
         assert self.path is not None and faces.source is not None
         write_predictions(self.path, {self.keys[faces.source]: (faces.boxes.numpy(), faces.scores.numpy())})

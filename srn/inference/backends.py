@@ -60,17 +60,20 @@ class TorchBackend:
         precision: "fp32", or "bf16" for the inference copy (BatchNorm folded, bf16 weights,
             channels_last); boxes are still decoded in fp32.
         cuda_graphs: capture and replay the network and post-processing per input shape (CUDA only).
+        score_thresh: the threshold the first runner is built for (a call at another rebuilds it).
     """
 
     def __init__(self, model: SRN, config: DetectorConfig, device: torch.device, precision: str = "fp32",
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, score_thresh: float = 0.5) -> None:
         self.device = device
         self.model = model.to(device).eval()
         self.config = config
         self.precision, self.cuda_graphs = precision, cuda_graphs
         self._runner: Runner | None = None
         self._runner_key: tuple | None = None
-        self.runner(0.5)  # built now, so that bad settings fail here
+        # Built now, for the threshold it will run at (each build copies the network and folds
+        # BatchNorm), so that bad settings fail here.
+        self.runner(score_thresh)
 
     def runner(self, score_thresh: float) -> Runner:
         """The :class:`Runner` for this threshold and the current post-processing settings (cached)."""

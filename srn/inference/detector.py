@@ -24,6 +24,7 @@ single images to float rounding.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 from collections import defaultdict
@@ -147,6 +148,7 @@ class Detector:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
+        self._score_thresh = score_thresh  # the backend builds its runner for it once
         if backend is None:
             backend = self._open(weights, model, config, nms_iou, precision, cuda_graphs, threads)
         self.backend = backend
@@ -156,7 +158,7 @@ class Detector:
         self.precision, self.cuda_graphs = precision, cuda_graphs
 
     def _open(self, weights, model, config, nms_iou, precision, cuda_graphs, threads) -> Backend:
-        if model is None and weights is None and self.device.type == "cpu" and precision == "fp32" and not cuda_graphs:
+        if model is None and runs_shipped_int8(weights, self.device.type, precision, cuda_graphs):
             weights = default_cpu_weights()  # None: the checkpoint, below
         if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
             if precision != "fp32" or cuda_graphs:
@@ -171,7 +173,7 @@ class Detector:
         config = config or DetectorConfig()
         if nms_iou is not None:
             config = replace(config, postprocess=replace(config.postprocess, nms_iou=nms_iou))
-        return TorchBackend(model, config, self.device, precision, cuda_graphs)
+        return TorchBackend(model, config, self.device, precision, cuda_graphs, score_thresh=self._score_thresh)
 
     @property
     def config(self) -> DetectorConfig:
@@ -283,11 +285,16 @@ class Detector:
         return results  # type: ignore[return-value]
 
     @overload
-    def detect(self, images: list[ImageInput] | tuple[ImageInput, ...], channels: str = "rgb") -> list[Faces]: ...
+    def detect(self, images: list[ImageInput] | tuple[ImageInput, ...], channels: str = "rgb",
+               sources: Sequence[str | None] | None = None,
+               frames: Sequence[tuple[int, float] | None] | None = None) -> list[Faces]: ...
     @overload
-    def detect(self, images: ImageInput, channels: str = "rgb") -> Faces: ...
+    def detect(self, images: ImageInput, channels: str = "rgb", sources: Sequence[str | None] | None = None,
+               frames: Sequence[tuple[int, float] | None] | None = None) -> Faces: ...
     @torch.inference_mode()
-    def detect(self, images: ImageInput | Sequence[ImageInput], channels: str = "rgb") -> Faces | list[Faces]:
+    def detect(self, images: ImageInput | Sequence[ImageInput], channels: str = "rgb",
+               sources: Sequence[str | None] | None = None,
+               frames: Sequence[tuple[int, float] | None] | None = None) -> Faces | list[Faces]:
         """Detect faces.
 
         Args:
@@ -295,6 +302,10 @@ class Detector:
                 (uint8, or float in [0, 1]); or a list (tuple) of them, of mixed sizes if need be.
             channels: the channel order of numpy arrays and tensors: "rgb", or "bgr" for what
                 ``cv2.imread`` gives. Files and PIL images are always read right.
+            sources: the name of each image, for its :attr:`Faces.source` (default: the path of an
+                image given as one, else None).
+            frames: for frames of a video, each one's ``(number, time in seconds)``, for
+                :attr:`Faces.frame` and :attr:`Faces.time` (and :meth:`Faces.record`).
 
         Returns:
             :class:`Faces` for a single image; a list of them, in order, for a list (tuple), even
@@ -306,6 +317,11 @@ class Detector:
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         loaded = [self.load(im, channels) for im in items]
+        for given, what in ((sources, "sources"), (frames, "frames")):
+            if given is not None and len(given) != len(items):
+                raise ConfigError(f"detect: {len(items)} images but {len(given)} {what}")
+        if sources is not None:
+            loaded = [(image, source) for (image, _), source in zip(loaded, sources)]
         results: list[Faces | None] = [None] * len(loaded)
         # Fit and run a GPU batch's worth at a time, so that memory holds one batch of float images.
         for start in range(0, len(loaded), self.batch_size):
@@ -314,9 +330,13 @@ class Detector:
             detections = self.detect_tensors([im for im, _ in fitted])
             for i, (_, scale), found in zip(idxs, fitted, detections):
                 image, source = loaded[i]
+                frame, time = (frames[i] or (None, None)) if frames is not None else (None, None)
                 results[i] = Faces.from_detections(to_original_pixels(found, scale, *image.shape[-2:]),
-                                                   int(image.shape[-1]), int(image.shape[-2]), source, image=image)
+                                                   int(image.shape[-1]), int(image.shape[-2]), source, image=image,
+                                                   frame=frame, time=time)
         return results[0] if single else results  # type: ignore[return-value]
+
+    __call__ = detect  # ``detector(images)``: a detector is used like a function
 
     def stream(self, images: Iterable[ImageInput], batch_size: int | None = None, channels: str = "rgb") -> Iterator[Faces]:
         """Detect faces in a long (or endless) sequence of images, one :class:`Faces` per input, in order.
@@ -335,12 +355,33 @@ class Detector:
         size = self.batch_size if batch_size is None else batch_size
         if size < 1:
             raise ConfigError(f"the batch size must be at least 1, got {size}")
+        from srn.inference.loop import Item, detected
+
         single = isinstance(images, str | Path) or not isinstance(images, Iterable)  # a path, a PIL image
         if single or (isinstance(images, np.ndarray | Tensor) and images.ndim <= 3):
             images = [images]
-        iterator = iter(images)
-        while batch := list(itertools.islice(iterator, size)):
-            yield from self.detect(batch, channels)
+        loader = self
+
+        class Inputs:
+            """Anything :meth:`detect` takes, read a batch at a time as the run loop asks."""
+
+            unit, total = "img", None
+
+            def batches(self, batch_size: int, stop: Any = None) -> Iterator[list[Item]]:
+                iterator, start = iter(images), 0
+                while batch := list(itertools.islice(iterator, batch_size)):
+                    loaded = [loader.load(image, channels) for image in batch]  # an unreadable file ends the stream
+                    yield [Item(start + i, source, image) for i, (image, source) in enumerate(loaded)]  # type: ignore[arg-type]
+                    start += len(batch)
+
+            def close(self) -> None:
+                pass
+
+        def infer(items: Sequence[Item]) -> list[Faces]:
+            return self.detect([item.image for item in items], sources=[item.source for item in items])
+
+        for batch in detected(Inputs(), size, infer):
+            yield from (faces for _, faces in batch)  # type: ignore[misc]
 
 
 def to_original_pixels(detections: Detections, scale: float, height: int, width: int) -> Detections:
@@ -357,17 +398,33 @@ def to_original_pixels(detections: Detections, scale: float, height: int, width:
     return Detections(boxes[keep], detections.scores[keep])
 
 
+def runs_shipped_int8(weights: str | Path | None, device_type: str, precision: str = "fp32", cuda_graphs: bool = False) -> bool:
+    """Whether a :class:`Detector` with these settings runs the shipped model's int8 ONNX copy (when
+    it is installed and onnxruntime can run it): no weights given, on the CPU, in fp32, without CUDA
+    graphs. ``srn bench`` times by the same rule what ``srn detect`` runs."""
+    return weights is None and device_type == "cpu" and precision == "fp32" and not cuda_graphs
+
+
+def shipped_int8() -> tuple[Path | None, str | None]:
+    """The shipped model's int8 ONNX copy and None when onnxruntime can run it; else None and why
+    not, in words (the PyTorch checkpoint runs instead)."""
+    if not DEFAULT_CPU_WEIGHTS.is_file():
+        return None, f"{DEFAULT_CPU_WEIGHTS.name} is not installed"
+    try:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ImportError("onnxruntime")
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "onnxruntime is not installed"
+    return DEFAULT_CPU_WEIGHTS, None
+
+
 def default_cpu_weights() -> Path | None:
     """The shipped model for the CPU: its int8 ONNX copy when onnxruntime can run it, else None (the
     PyTorch checkpoint), with a one-line notice on stderr."""
-    if not DEFAULT_CPU_WEIGHTS.is_file():
-        logger.warning("srn: %s is not installed; running the shipped model in PyTorch (slower on the CPU)",
-                       DEFAULT_CPU_WEIGHTS.name)
-        return None
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        logger.warning("srn: onnxruntime is not installed; running the shipped model in PyTorch, about 2x slower "
-                       "on the CPU (pip install onnxruntime)")
-        return None
-    return DEFAULT_CPU_WEIGHTS
+    path, why = shipped_int8()
+    if why is not None and path is None and why.startswith("onnxruntime"):
+        logger.warning("srn: %s; running the shipped model in PyTorch, about 2x slower on the CPU (pip install onnxruntime)", why)
+    elif why is not None:
+        logger.warning("srn: %s; running the shipped model in PyTorch (slower on the CPU)", why)
+    return path

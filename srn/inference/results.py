@@ -135,7 +135,10 @@ class Faces:
         boxes (Tensor[D, 4]): x1, y1, x2, y2, float32 on the CPU.
         scores (Tensor[D]): by descending score, float32 on the CPU.
         width, height: the original image size.
-        source: the image's path when it was given as one.
+        source: where the image came from, set when the result is made: the image's path (or the
+            name a caller gave it), or the video or live source a frame came from.
+        frame, time: a video frame's number and its time in seconds from the stream's start
+            (None for a photo).
         image (Tensor[3, H, W] or None): the uint8 RGB image the detector ran on, kept for
             :meth:`plot`, :meth:`save` and :meth:`crops` (see the module doc for its memory cost).
             It is the caller's own tensor when a uint8 ``Tensor[3, H, W]`` was passed; nothing here
@@ -148,6 +151,8 @@ class Faces:
     height: int
     source: str | None = None
     image: Tensor | None = field(default=None, repr=False)
+    frame: int | None = None
+    time: float | None = None
 
     def __post_init__(self) -> None:
         # Once, here: the detector leaves its results on its device, and every use below needs the
@@ -165,10 +170,10 @@ class Faces:
 
     @classmethod
     def from_detections(cls, detections: Detections, width: int, height: int, source: str | None = None,
-                        image: Tensor | None = None) -> Faces:
+                        image: Tensor | None = None, frame: int | None = None, time: float | None = None) -> Faces:
         """The :class:`Faces` of one image's :class:`srn.postprocess.Detections`, whose boxes are
         already in the original image's pixels (:meth:`srn.inference.Detector.detect` maps them)."""
-        return cls(detections.boxes, detections.scores, width, height, source, image)
+        return cls(detections.boxes, detections.scores, width, height, source, image, frame, time)
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -183,7 +188,8 @@ class Faces:
     def __getitem__(self, index: int | slice) -> Face | Faces:
         """``faces[i]``: the i-th :class:`Face`; ``faces[:3]``: the three best as :class:`Faces`."""
         if isinstance(index, slice):
-            return Faces(self.boxes[index], self.scores[index], self.width, self.height, self.source, self.image)
+            return Faces(self.boxes[index], self.scores[index], self.width, self.height, self.source, self.image,
+                         self.frame, self.time)
         if not -len(self) <= index < len(self):
             raise IndexError(f"face {index} of {len(self)}")
         index %= len(self)
@@ -203,6 +209,17 @@ class Faces:
         boxes = self.boxes.detach().cpu().double().numpy().round(decimals)
         scores = self.scores.detach().cpu().double().numpy().round(4)
         return [{"box": b.tolist(), "score": float(s)} for b, s in zip(boxes, scores)]
+
+    def record(self) -> dict[str, Any]:
+        """This image's record, the one every output of ``srn detect`` writes (JSON Lines, JSON,
+        CSV): ``{"image", "width", "height", "faces": [{"box", "score"}]}`` for a photo, and
+        ``{"video", "frame", "time", "width", "height", "faces"}`` for a frame of a video or a live
+        source (``time`` rounded to 4 decimals); boxes and scores as :meth:`to_records` rounds them."""
+        if self.frame is None:
+            head: dict[str, Any] = {"image": self.source}
+        else:
+            head = {"video": self.source, "frame": self.frame, "time": round(self.time or 0.0, 4)}
+        return {**head, "width": self.width, "height": self.height, "faces": self.to_records()}
 
     def _image(self) -> Tensor:
         if self.image is None:

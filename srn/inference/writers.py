@@ -1,9 +1,10 @@
 """Detections written to files, one record per image, in the formats of ``srn detect``.
 
 A *record* is one image's detections as plain data,
-``{"image", "width", "height", "faces": [{"box": [x1, y1, x2, y2], "score"}]}`` (boxes rounded to
-2 decimals and scores to 4 by :meth:`srn.inference.Faces.to_records`). Each format has its writer,
-and every writer has one small interface, used as a context manager::
+``{"image", "width", "height", "faces": [{"box": [x1, y1, x2, y2], "score"}]}``, which the result
+renders itself (:meth:`srn.inference.Faces.record`). Each format has its writer, a sink of the run
+loop (:mod:`srn.inference.sinks` registers them), and every writer has one small interface, used as
+a context manager::
 
     with JsonLinesWriter(path) as writer:   # open()
         for faces in results:
@@ -52,11 +53,11 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
 from srn.atomic import atomic_write_text
 from srn.errors import OutputPathError, PredictionFormatError
+from srn.inference.loop import BaseSink, Item
 from srn.inference.results import Faces, write_image
 
 __all__ = [
@@ -82,12 +83,12 @@ Record = dict[str, Any]
 
 
 def detection_record(faces: Faces) -> Record:
-    """The record of one image's detections; ``faces.source`` names the image."""
-    return {"image": faces.source, "width": faces.width, "height": faces.height, "faces": faces.to_records()}
+    """The record of one image's detections: :meth:`srn.inference.Faces.record`."""
+    return faces.record()
 
 
-class RecordWriter:
-    """One record per image, to ``path`` (None: stdout).
+class RecordWriter(BaseSink):
+    """One record per image, to ``path`` (None: stdout): a sink of :func:`srn.inference.loop.run`.
 
     Args:
         path: the output file, checked by the caller (:func:`srn.paths.check_output_file`).
@@ -106,32 +107,13 @@ class RecordWriter:
         """Start the output; returns the writer."""
         return self
 
-    def write(self, faces: Faces) -> None:
-        """Add one image's detections."""
-        self.write_record(detection_record(faces))
+    def write(self, faces: Faces, item: Item | None = None) -> None:
+        """Add one image's detections (its record, :meth:`srn.inference.Faces.record`)."""
+        self.write_record(faces.record())
 
     def write_record(self, record: Record) -> None:
         """Add one image's record (see the module doc)."""
         raise NotImplementedError
-
-    def flush(self) -> None:
-        """A batch is complete: make what was written so far durable, where the format streams."""
-
-    def close(self) -> None:
-        """Finish the output."""
-
-    def abort(self) -> None:
-        """Stop after a failure: what was flushed stays, nothing more is written."""
-        self.close()
-
-    def __enter__(self) -> RecordWriter:
-        return self.open()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class _StreamedWriter(RecordWriter):

@@ -7,11 +7,12 @@ cannot be opened raises :class:`srn.errors.InputPathError` with one line naming 
 
 :class:`LiveReader` decodes in a background thread, like :class:`srn.media.video.FrameReader` does
 for files, and yields the same :class:`srn.media.video.Frame`; a :class:`srn.media.video.VideoWriter`
-can encode what it reads. :func:`process_live` runs a detector on the frames as they come, taking
-whatever frames are waiting (up to a batch) at each step, so that a slow detector does not fall
-further and further behind a camera. It stops at the stream's end, when the stream breaks off, or
-when its ``stop`` event is set; :func:`stop_on_interrupt` sets that event on Ctrl-C, so that a
-stopped run finishes its outputs instead of leaving them torn.
+can encode what it reads. :class:`LiveSource` hands the frames to the run loop
+(:func:`srn.inference.loop.run`) as they come, taking whatever frames are waiting (up to a batch) at
+each step, so that a slow detector does not fall further and further behind a camera. The run stops
+at the stream's end, when the stream breaks off, or when its ``stop`` event is set;
+:func:`srn.inference.loop.stop_on_interrupt` sets that event on Ctrl-C, so that a stopped run
+finishes its outputs instead of leaving them torn.
 """
 
 from __future__ import annotations
@@ -19,26 +20,25 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from srn.errors import InputPathError
-from srn.media.video import put_until_stopped
+from srn.inference.loop import stop_on_interrupt
+from srn.media.video import DecodingThread
 from srn.paths import IMAGE_SUFFIXES
 
 __all__ = [
     "LIVE_SCHEMES",
     "LiveReader",
-    "LiveRun",
+    "LiveSource",
+    "run_live",
     "is_live_source",
-    "process_live",
     "source_name",
     "stop_on_interrupt",
 ]
@@ -92,7 +92,7 @@ def _reason(exc: BaseException) -> str:
     return strerror if strerror else " ".join(str(exc).split())
 
 
-class LiveReader:
+class LiveReader(DecodingThread):
     """Frames of a webcam or network stream, decoded in a background thread.
 
     Iterating yields :class:`srn.media.video.Frame` (``time`` in seconds from the first frame) as
@@ -110,11 +110,10 @@ class LiveReader:
         audio_stream: always None (the sound of a live source is not kept).
     """
 
-    _END = object()
-
     def __init__(self, source: str, max_queued: int = 16, timeout: tuple[float, float] = (OPEN_TIMEOUT_S, READ_TIMEOUT_S)) -> None:
         from srn.media.video import require_av
 
+        super().__init__(max_queued)
         self.av = require_av()
         self.path = source
         url, fmt, options = _ffmpeg_input(source)
@@ -136,9 +135,6 @@ class LiveReader:
         self._count = 0
         self._frames = self._decode_frames()
         self._peeked: Any = None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _decode_frames(self) -> Iterator[Any]:
         from srn.media.video import Frame
@@ -164,25 +160,10 @@ class LiveReader:
                 raise InputPathError(self.path, f"reading the stream failed ({_reason(exc)})") from None
         return self._peeked
 
-    def _put(self, item: object) -> bool:
-        return put_until_stopped(self._queue, item, self._stop)
-
-    def _decode(self) -> None:
-        try:
-            if self._peeked is not None and not self._put(self._peeked):
-                return
-            for frame in self._frames:
-                if self._stop.is_set() or not self._put(frame):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-            self._put(exc)
-
-    def _start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("a LiveReader is iterated once")
-        self._thread = threading.Thread(target=self._decode, name=f"read {self.path}", daemon=True)
-        self._thread.start()
+    def _produce(self) -> Iterator[Any]:
+        if self._peeked is not None:
+            yield self._peeked
+        yield from self._frames
 
     def _take(self, block: bool, stop: threading.Event | None) -> Any:
         """The next item, or None when there is none waiting (``block=False``) or ``stop`` was set."""
@@ -202,7 +183,7 @@ class LiveReader:
     def batches(self, size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
         """Lists of frames: the next frame, and those already waiting after it, ``size`` at most.
         Ends with the stream, or as soon as ``stop`` is set."""
-        self._start()
+        self._start(f"read {self.path}")
         try:
             while True:
                 first = self._take(True, stop)
@@ -225,99 +206,56 @@ class LiveReader:
         for batch in self.batches(1):
             yield from batch
 
+
+class LiveSource:
+    """A live source's frames as a source of the run loop (:func:`srn.inference.loop.run`), read by
+    a :class:`LiveReader`: each batch is the next frame and those already waiting after it, so that
+    a slow detector does not fall further and further behind a camera. A stream that breaks off
+    ends the batches and leaves its one line in :attr:`error`; what came before is written.
+    Each item's ``source`` is the source as the user named it, with the frame's number and time."""
+
+    unit = "frame"
+    total = None
+
+    def __init__(self, source: str, max_queued: int = 16) -> None:
+        self.reader = LiveReader(source, max_queued=max_queued)
+        self.name = source
+        self.error: str | None = None
+
+    def batches(self, batch_size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
+        import torch
+
+        from srn.inference.loop import Item
+
+        try:
+            for batch in self.reader.batches(batch_size, stop):
+                # (H, W, 3) -> (3, H, W), a view
+                yield [Item(f.index, self.name, torch.from_numpy(f.image).permute(2, 0, 1), frame=f.index, time=f.time, payload=f)
+                       for f in batch]
+        except InputPathError as exc:
+            self.error = str(exc)
+
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                return  # stuck in FFmpeg: leave the container to the daemon thread
-        with contextlib.suppress(self.av.FFmpegError, OSError):
-            self._container.close()
+        self.reader.close()
 
 
-@dataclass
-class LiveRun:
-    """How a live run ended.
+def run_live(source: str, detector_factory: Callable[[], Any], sinks_factory: Callable[[contextlib.ExitStack, LiveSource], list[Any]],
+             batch_size: int) -> Any:
+    """A live source's run (:func:`srn.inference.loop.run`) until the stream ends, breaks off or
+    Ctrl-C, which finishes every output: the source is opened first, then the detector is made by
+    ``detector_factory``, then the sinks by ``sinks_factory(stack, frames)``, whose ``stack`` closes
+    (and commits) what they write once the sinks are closed. Returns the run's summary."""
+    from srn.inference.loop import run
 
-    Attributes:
-        frames: frames processed (each written to every output).
-        faces: faces found in them.
-        stopped: the ``stop`` event ended it (Ctrl-C), not the stream.
-        error: one line when the stream broke off (what came before it is written), else None.
-    """
-
-    frames: int = 0
-    faces: int = 0
-    stopped: bool = False
-    error: str | None = None
-
-
-def process_live(
-    detector: Any,
-    reader: LiveReader,
-    batch_size: int,
-    on_frame: Callable[[Any, Any], None] | None = None,
-    writer: Any = None,
-    render: Callable[[Any, Any], Any] | None = None,
-    stop: threading.Event | None = None,
-    on_batch: Callable[[], None] | None = None,
-) -> LiveRun:
-    """Run ``detector`` (a :class:`srn.inference.Detector`) on a live source until it ends or
-    ``stop`` is set.
-
-    Args:
-        batch_size: frames per call of ``detector.detect`` at most (fewer when fewer are waiting).
-        on_frame: called with each :class:`srn.media.video.Frame` and its :class:`srn.inference.Faces`, in order.
-        writer: a :class:`srn.media.video.VideoWriter` (made on ``reader``) to encode each frame to,
-            or None; the caller closes it.
-        render: ``render(image, faces) -> image``: what ``writer`` gets (default: the frame).
-        stop: set it (from a signal handler, another thread) to end the run after the batch in flight.
-        on_batch: called after each batch is written (to flush outputs).
-
-    Returns:
-        A :class:`LiveRun`; a stream that breaks off ends the run with its ``error``, not an exception.
-    """
-    import torch
-
-    run = LiveRun()
+    frames = LiveSource(source, max_queued=4 * batch_size)
     try:
-        for batch in reader.batches(batch_size, stop):
-            found = detector.detect([torch.from_numpy(f.image).permute(2, 0, 1) for f in batch])  # (H, W, 3) -> (3, H, W)
-            for frame, faces in zip(batch, found):
-                if on_frame is not None:
-                    on_frame(frame, faces)
-                if writer is not None:
-                    writer.write(frame, render(frame.image, faces) if render is not None else frame.image)
-                run.frames += 1
-                run.faces += len(faces)
-            if on_batch is not None:
-                on_batch()
-    except InputPathError as exc:
-        run.error = str(exc)
-    run.stopped = stop is not None and stop.is_set()
-    return run
-
-
-@contextlib.contextmanager
-def stop_on_interrupt() -> Iterator[threading.Event]:
-    """An event that Ctrl-C (SIGINT) sets instead of raising ``KeyboardInterrupt``, for the block;
-    a second Ctrl-C raises it as usual. Outside the main thread, where signals cannot be caught,
-    the event is never set."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
+        detector = detector_factory()
+        with contextlib.ExitStack() as stack:
+            outputs = sinks_factory(stack, frames)
+            stop = stack.enter_context(stop_on_interrupt())
+            return run(detector, frames, outputs, batch_size, progress=False, stop=stop)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        frames.close()
 
 
 def refuse_photo_url(source: str) -> None:

@@ -32,7 +32,7 @@ import queue
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,12 +42,18 @@ import numpy as np
 
 from srn.atomic import atomic_output
 from srn.errors import InputPathError, MissingDependencyError, OutputPathError
+from srn.inference.loop import BaseSink
+from srn.inference.sinks import register_sink
 from srn.paths import check_input_file
 
 __all__ = [
     "OUTPUT_SUFFIXES",
+    "DecodingThread",
     "Frame",
     "FrameReader",
+    "RecordLines",
+    "VideoSink",
+    "VideoSource",
     "VideoTargets",
     "VideoWriter",
     "detect_video",
@@ -86,6 +92,50 @@ def put_until_stopped(items: queue.Queue, item: object, stop: threading.Event) -
     return False
 
 
+class DecodingThread:
+    """What a file's and a live stream's readers share: a background thread that decodes into a
+    bounded queue (at most ``max_queued`` items ahead of the consumer), hands its end (or its error)
+    to the consuming thread, and stops when :meth:`close` is called. A subclass opens
+    ``self._container`` (PyAV's) and yields what it decodes from :meth:`_produce`."""
+
+    _END = object()
+
+    def __init__(self, max_queued: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _produce(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _put(self, item: object) -> bool:
+        return put_until_stopped(self._queue, item, self._stop)
+
+    def _decode(self) -> None:
+        try:
+            for item in self._produce():
+                if self._stop.is_set() or not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            self._put(exc)
+
+    def _start(self, name: str) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"a {type(self).__name__} is iterated once")
+        self._thread = threading.Thread(target=self._decode, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive():
+                return  # stuck in FFmpeg: leave the container to the daemon thread
+        with contextlib.suppress(self.av.FFmpegError, OSError):  # type: ignore[attr-defined]
+            self._container.close()  # type: ignore[attr-defined]
+
+
 @dataclass
 class Frame:
     """One decoded frame.
@@ -103,7 +153,7 @@ class Frame:
     pts: int | None = None
 
 
-class FrameReader:
+class FrameReader(DecodingThread):
     """Decode a video in a background thread into a bounded queue.
 
     Iterating yields :class:`Frame` in order and, with ``audio=True``, the first audio stream's
@@ -127,9 +177,8 @@ class FrameReader:
         decode_audio: deliver decoded audio frames instead of packets (to re-encode them).
     """
 
-    _END = object()
-
     def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False) -> None:
+        super().__init__(max_queued)
         self.av = require_av()
         self.path = check_input_file(path, what="video file")
         try:
@@ -151,9 +200,6 @@ class FrameReader:
         self.decode_audio = False
         self._items = self._demux()
         self._peeked: list[Any] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _frame(self, frame: Any, index: int) -> Frame:
         image = frame.to_ndarray(format="rgb24")
@@ -195,33 +241,20 @@ class FrameReader:
             raise InputPathError(self.path, f"decoding failed ({exc})") from None
         return None
 
-    def _put(self, item: object) -> bool:
-        return put_until_stopped(self._queue, item, self._stop)
-
-    def _decode(self) -> None:
-        try:
-            peeked, self._peeked = self._peeked, []
-            for item in itertools.chain(peeked, self._items):
-                if self._stop.is_set():
-                    return
-                if isinstance(item, Frame):
-                    delivered = [item]
-                elif self.decode_audio:
-                    delivered = item.decode()  # a flush packet flushes the decoder
-                else:
-                    delivered = [item] if item.dts is not None else []  # dts None: the demuxer's flush
-                for thing in delivered:
-                    if not self._put(thing):
-                        return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-            self._put(exc)
+    def _produce(self) -> Iterator[Any]:
+        peeked, self._peeked = self._peeked, []
+        for item in itertools.chain(peeked, self._items):
+            if self._stop.is_set():
+                return
+            if isinstance(item, Frame):
+                yield item
+            elif self.decode_audio:
+                yield from item.decode()  # a flush packet flushes the decoder
+            elif item.dts is not None:  # dts None: the demuxer's flush
+                yield item
 
     def __iter__(self) -> Iterator[Any]:
-        if self._thread is not None:
-            raise RuntimeError("a FrameReader is iterated once")
-        self._thread = threading.Thread(target=self._decode, name=f"decode {self.path.name}", daemon=True)
-        self._thread.start()
+        self._start(f"decode {self.path.name}")
         try:
             while True:
                 item = self._queue.get()
@@ -232,15 +265,6 @@ class FrameReader:
                 yield item
         finally:
             self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            if self._thread.is_alive():
-                return  # stuck in FFmpeg: leave the container to the daemon thread
-        with contextlib.suppress(self.av.FFmpegError):
-            self._container.close()
 
 
 class VideoWriter:
@@ -379,18 +403,93 @@ def _named_layout(stream: Any) -> Any:
     return layout
 
 
-def _batches(items: Iterator[Any], size: int, on_audio: Callable[[Any], None]) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for item in items:
-        if not isinstance(item, Frame):
-            on_audio(item)
-            continue
-        batch.append(item)
-        if len(batch) == size:
+class VideoSource:
+    """The frames of a video file as a source of the run loop (:func:`srn.inference.loop.run`),
+    decoded by a :class:`FrameReader`; each item's ``source`` is ``name`` (default: the path as
+    given), with the frame's number and time. Audio that the reader delivers goes to
+    :attr:`on_audio` (a :class:`VideoSink` copies it into its video).
+
+    Args:
+        path: the video file.
+        max_queued: frames decoded ahead of the detector at most.
+        audio: also read the audio (to copy it into an output).
+    """
+
+    unit = "frame"
+
+    def __init__(self, path: str | Path, max_queued: int = 16, audio: bool = False, name: str | None = None) -> None:
+        self.reader = FrameReader(path, max_queued=max_queued, audio=audio)
+        self.name = str(path) if name is None else name
+        self.total: int | None = self.reader.frame_count or None
+        self.on_audio: Callable[[Any], None] = lambda packet: None
+
+    def batches(self, batch_size: int, stop: threading.Event | None = None) -> Iterator[list[Any]]:
+        import torch
+
+        from srn.inference.loop import Item
+
+        batch: list[Any] = []
+        for thing in self.reader:
+            if not isinstance(thing, Frame):
+                self.on_audio(thing)
+                continue
+            # (H, W, 3) -> (3, H, W), a view
+            batch.append(Item(thing.index, self.name, torch.from_numpy(thing.image).permute(2, 0, 1),
+                              frame=thing.index, time=thing.time, payload=thing))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@register_sink("video", *OUTPUT_SUFFIXES)
+class VideoSink(BaseSink):
+    """An encoded video (:class:`VideoWriter`) of what the run reads, each frame as ``render(image,
+    faces)`` makes it (default: unchanged); made before the run, on the source's reader, and
+    finished by :meth:`close` (:meth:`abort` leaves it unfinished, for the caller to remove).
+
+    Args:
+        path: the file to write (a temporary one, usually).
+        source: a :class:`VideoSource` (its audio is copied too) or a live source's reader.
+        render: ``render(image, faces) -> image`` on RGB uint8 (H, W, 3).
+        name: the path to name in error messages.
+    """
+
+    def __init__(self, path: str | Path, source: Any, render: Render | None = None, name: str | Path | None = None) -> None:
+        reader = getattr(source, "reader", source)
+        self.writer = VideoWriter(path, reader, name)
+        self.render = render
+        if isinstance(source, VideoSource):
+            source.on_audio = self.writer.write_audio
+        self._done = False
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        frame = item.payload
+        self.writer.write(frame, self.render(frame.image, faces) if self.render is not None else frame.image)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self.writer.close()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self.writer.abort()
+
+
+class _OnFrame(BaseSink):
+    """A sink that calls ``on_frame(frame, faces)`` for each frame."""
+
+    def __init__(self, on_frame: Callable[[Frame, Any], None]) -> None:
+        self.on_frame = on_frame
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        self.on_frame(item.payload, faces)
 
 
 def process_video(
@@ -401,8 +500,10 @@ def process_video(
     render: Render | None = None,
     on_frame: Callable[[Frame, Any], None] | None = None,
     output_name: str | Path | None = None,
+    sinks: Sequence[Any] = (),
 ) -> int:
-    """Run ``detector`` (a :class:`srn.inference.Detector`) on every frame of ``path``.
+    """Run ``detector`` (a :class:`srn.inference.Detector`) on every frame of ``path``, through the
+    run loop (:func:`srn.inference.loop.run`).
 
     Args:
         batch_size: frames per call of ``detector.detect``.
@@ -411,39 +512,27 @@ def process_video(
             (H, W, 3) in and out; default: the frame unchanged), e.g. boxes drawn or faces hidden.
         on_frame: called with each :class:`Frame` and its :class:`srn.inference.Faces`, in order.
         output_name: the path to name in errors about ``output`` (when that is a temporary file).
+        sinks: more sinks to write each frame to (before the video).
 
     Returns:
         The number of frames processed.
     """
-    import torch
-    from tqdm import tqdm
+    from srn.inference.loop import run
 
-    reader = FrameReader(path, max_queued=4 * batch_size, audio=output is not None)
-    writer: VideoWriter | None = None
-    count = 0
+    source = VideoSource(path, max_queued=4 * batch_size, audio=output is not None)
     try:
-        writer = VideoWriter(output, reader, output_name) if output is not None else None
-        on_audio = writer.write_audio if writer is not None else (lambda packet: None)
-        with tqdm(total=reader.frame_count or None, unit="frame", file=sys.stderr, disable=None, desc=reader.path.name) as progress:
-            for batch in _batches(iter(reader), batch_size, on_audio):
-                faces_per_frame = detector.detect([torch.from_numpy(f.image).permute(2, 0, 1) for f in batch])  # (H, W, 3) -> (3, H, W)
-                for frame, faces in zip(batch, faces_per_frame):
-                    if on_frame is not None:
-                        on_frame(frame, faces)
-                    if writer is not None:
-                        writer.write(frame, render(frame.image, faces) if render is not None else frame.image)
-                count += len(batch)
-                progress.update(len(batch))
-        if count == 0:
-            raise InputPathError(reader.path, "has no frame to decode")
-        if writer is not None:
-            writer, finishing = None, writer
-            finishing.close()
-    finally:
-        if writer is not None:
-            writer.abort()
-        reader.close()
-    return count
+        outputs = list(sinks) + ([_OnFrame(on_frame)] if on_frame is not None else [])
+        if output is not None:
+            outputs.append(VideoSink(output, source, render, output_name))
+    except BaseException:
+        source.close()
+        raise
+    summary = run(detector, source, outputs, batch_size, progress=True, desc=source.reader.path.name)
+    if summary.stopped is not None:
+        raise summary.stopped
+    if summary.items == 0:
+        raise InputPathError(source.reader.path, "has no frame to decode")
+    return summary.items
 
 
 def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
@@ -451,6 +540,22 @@ def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
     from srn.inference.draw import draw_faces
 
     return draw_faces(image, faces.boxes, faces.scores)
+
+
+class RecordLines(BaseSink):
+    """Each frame's record (:meth:`srn.inference.Faces.record`) as a JSON line on a text stream,
+    flushed per batch; counts the faces."""
+
+    def __init__(self, stream: TextIO, flush: bool = False) -> None:
+        self.stream, self.flush_each_batch, self.faces = stream, flush, 0
+
+    def write(self, faces: Any, item: Any = None) -> None:
+        self.faces += len(faces)
+        self.stream.write(json.dumps(faces.record()) + "\n")
+
+    def flush(self) -> None:
+        if self.flush_each_batch:
+            self.stream.flush()
 
 
 @dataclass
@@ -483,18 +588,10 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         video_tmp = stack.enter_context(atomic_output(targets.videos[0])) if targets.videos else None
         jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
         jsonl = stack.enter_context(open(jsonl_tmp, "w")) if jsonl_tmp else stdout  # noqa: SIM115 - the stack closes it
-
-        found = 0
-
-        def write_record(frame: Frame, faces: Any) -> None:
-            nonlocal found
-            found += len(faces)
-            record = {"video": str(path), "frame": frame.index, "time": round(frame.time, 4),
-                      "width": faces.width, "height": faces.height, "faces": faces.to_records()}
-            jsonl.write(json.dumps(record) + "\n")
-
-        count = process_video(detector, path, batch_size, video_tmp, draw_render, write_record,
-                              targets.videos[0] if targets.videos else None)
+        lines = RecordLines(jsonl)
+        count = process_video(detector, path, batch_size, video_tmp, draw_render, None,
+                              targets.videos[0] if targets.videos else None, sinks=[lines])
+        found = lines.faces
         if jsonl is not stdout:
             jsonl.close()
         for extra in targets.videos[1:]:
