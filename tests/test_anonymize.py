@@ -27,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def detector():
-    return Detector(device="cpu", score_thresh=0.3)  # srn anonymize's default threshold
+    from srn.cli.anonymize import DEFAULT_MIN_SIZE, DEFAULT_SCORE_THRESH
+
+    return Detector(device="cpu", score_thresh=DEFAULT_SCORE_THRESH, min_size=DEFAULT_MIN_SIZE)  # srn anonymize's defaults
 
 
 @pytest.fixture(scope="module", params=["astronaut", "multiface"])
