@@ -95,15 +95,18 @@ def check_image_size(key: str, height: int, width: int) -> None:
     (:func:`max_image_pixels`): an inference size up to which photos are resized, a benchmark size.
 
     Raises:
-        ConfigError: ``"<key>: <W>x<H> pixels (...) is above the limit of 500 megapixels ...; to use it,
-            raise the limit with the environment variable SRN_MAX_IMAGE_PIXELS=<pixels> (0: no limit)"``.
+        ConfigError: ``"<key>: <W>x<H> pixels (...) is above the limit of 500 megapixels that bounds every
+            image, read or resized; to use it, raise the limit with the environment variable
+            SRN_MAX_IMAGE_PIXELS=<pixels> (0: no limit)"``.
     """
     try:
         limit = max_image_pixels()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if limit and height * width > limit:
-        raise ConfigError(f"{key}: " + pixel_limit_message(width, height, limit).replace("to read it", "to use it"))
+        raise ConfigError(f"{key}: {width}x{height} pixels ({megapixels(height * width)} megapixels) is above the limit of "
+                          f"{megapixels(limit)} megapixels that bounds every image, read or resized; to use it, raise the "
+                          f"limit with the environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)")
 
 
 def _shown(value: Any) -> str:
