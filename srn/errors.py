@@ -31,6 +31,7 @@ __all__ = [
     "SRNError",
     "TrainingError",
     "WeightsError",
+    "brief",
     "excerpt",
     "one_line",
     "printable",
@@ -62,6 +63,13 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     message about a file that is not of the expected kind quotes nothing of it.
     """
     text = printable(_REPR.repr(value))
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
+def brief(text: str, limit: int = 120) -> str:
+    """A message of another library (or an exception's text) as one printable line of at most
+    ``limit`` characters: what a reason in parentheses shows of it."""
+    text = printable(one_line(text))
     return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
 
 

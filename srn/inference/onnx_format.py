@@ -35,7 +35,7 @@ import torch
 from srn.version import __version__
 from srn.anchors import DEFAULT_STRIDES, AnchorGenerator
 from srn.config import PostProcessConfig, from_dict, to_dict
-from srn.errors import ConfigError, ExportError, MissingDependencyError, excerpt, one_line, printable
+from srn.errors import ConfigError, ExportError, MissingDependencyError, brief, excerpt, printable
 from srn.model.outputs import SRNOutputs
 from srn.postprocess import PostProcessor
 
@@ -139,9 +139,7 @@ class OnnxMetadata:
         except RecursionError:
             raise ExportError(f"{printable(source)}: unreadable srn metadata (nested too deeply)") from None
         except (ValueError, TypeError) as exc:  # ConfigError is a ValueError; its values are excerpts
-            reason = one_line(str(exc))
-            raise ExportError(f"{printable(source)}: srn metadata that does not fit an SRN "
-                              f"({reason if len(reason) <= 300 else reason[:297] + '...'})") from None
+            raise ExportError(f"{printable(source)}: srn metadata that does not fit an SRN ({brief(str(exc), 300)})") from None
 
 
 def require_onnx():

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from srn.errors import WeightsError, excerpt, printable
+from srn.errors import WeightsError, brief, excerpt, printable
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -122,7 +122,7 @@ def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) ->
         backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape under a known name
         raise WeightsError(f"{printable(source)}: ImageNet weights do not fit the {name} backbone "
-                           f"({excerpt(' '.join(str(exc).split()), 160)})") from None
+                           f"({brief(str(exc), 160)})") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
