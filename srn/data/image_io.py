@@ -62,6 +62,7 @@ __all__ = [
     "ImageHeader",
     "ImageReadError",
     "ImageValueError",
+    "check_pixels",
     "container_size",
     "iter_frames",
     "max_image_pixels",
@@ -200,15 +201,19 @@ def _pixel_limit(path: str | os.PathLike[str], max_pixels: int | None) -> int:
         raise ImageReadError(path, str(exc)) from None
 
 
-def _check_size(path: str | os.PathLike[str], width: int, height: int, max_pixels: int | None, where: str = "") -> None:
-    """Refuse a frame of ``width`` x ``height`` above the pixel limit, before it is decoded."""
+def check_pixels(path: str | os.PathLike[str], width: int, height: int, max_pixels: int | None = None, where: str = "") -> None:
+    """Refuse a frame of ``width`` x ``height`` above the pixel limit (``max_pixels``, default
+    :func:`max_image_pixels`), before it is decoded: :class:`ImageReadError` naming the limit and
+    how to raise it (``where`` goes before the reason, e.g. ``"frame 3: "``)."""
     limit = _pixel_limit(path, max_pixels)
     if limit and width * height > limit:
         raise ImageReadError(path, where + pixel_limit_message(width, height, limit))
 
 
+
+
 def _check_pixels(path: str | os.PathLike[str], header: ImageHeader, max_pixels: int | None) -> None:
-    _check_size(path, header.width, header.height, max_pixels)
+    check_pixels(path, header.width, header.height, max_pixels)
 
 
 def container_size(data: bytes | bytearray) -> tuple[int, int] | None:
@@ -287,7 +292,7 @@ def iter_frames(path: str | os.PathLike[str], data: bytes | bytearray | None = N
     limit = _pixel_limit(path, max_pixels)
     size = container_size(data)  # before PIL opens it, as in read_image
     if size is not None:
-        _check_size(path, *size, limit)
+        check_pixels(path, *size, limit)
     with _PIL_LIMIT_LOCK:
         saved_limit = PIL.Image.MAX_IMAGE_PIXELS
         PIL.Image.MAX_IMAGE_PIXELS = None  # each frame is checked below, before it is decoded
@@ -326,7 +331,7 @@ def iter_frames(path: str | os.PathLike[str], data: bytes | bytearray | None = N
                 extents = tile[1] if len(tile) > 1 else None
                 if extents is not None and len(extents) == 4:  # a tile past the canvas would enlarge it
                     width, height = max(width, int(extents[2])), max(height, int(extents[3]))
-            _check_size(path, width, height, limit, f"frame {index}: " if index else "")
+            check_pixels(path, width, height, limit, f"frame {index}: " if index else "")
             yield pil_image
             index += 1
 
@@ -353,7 +358,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> T
     # chunk), and its WebP reader allocates an animation's canvas as soon as it opens the file.
     size = container_size(data)
     if size is not None:
-        _check_size(path, *size, max_pixels)
+        check_pixels(path, *size, max_pixels)
     header = read_header(data)
     if header is not None:
         _check_pixels(path, header, max_pixels)

@@ -69,6 +69,19 @@ def test_every_frame_is_checked_before_it_is_decoded(tmp_path, suffix):
         assert f"frame 1: {HUGE}x{HUGE} pixels (3600 megapixels) {LIMIT_TEXT}" in message and MAX_PIXELS_ENV in message
 
 
+@pytest.mark.parametrize("suffix", sorted(FRAME_BOMBS))
+def test_anonymizing_a_file_checks_every_frame(tmp_path, suffix):
+    import torch
+
+    from srn.media.image_file import anonymize_image_file
+
+    bomb = FRAME_BOMBS[suffix](tmp_path / f"bomb.{suffix}")
+    with pytest.raises(ImageReadError) as info:
+        anonymize_image_file(bomb, tmp_path / f"out.{suffix}", lambda frames: [torch.zeros(0, 4)] * len(frames))
+    assert LIMIT_TEXT in str(info.value) or "not decodable (APNG contains invalid frames)" in str(info.value)
+    assert not (tmp_path / f"out.{suffix}").exists()
+
+
 def test_every_frame_of_a_good_animation_comes_out_one_at_a_time(tmp_path):
     frames = [PIL.Image.new("RGB", (20, 10), (30 * i, 0, 0)) for i in range(4)]
     path = tmp_path / "anim.gif"
