@@ -9,6 +9,17 @@ rules across fields (``__post_init__`` of each class). The ``_base_`` chain of Y
 one file name per file, with no cycle. :func:`check_training_paths` checks what the file system says
 about the paths a training config names. Each failure is one :class:`srn.errors.ConfigError` line
 that names the key.
+
+Reading cannot explode: every YAML text (a file, a ``_base_`` file, a ``key=value`` override) goes
+through one budgeted loader (:func:`parse_yaml`): at most :data:`MAX_CONFIG_BYTES` of text and
+:data:`MAX_YAML_VALUES` values once its aliases are expanded, so a 600-byte "billion laughs" is
+refused before anything walks it. A message shows a value only as a short, printable excerpt
+(:func:`srn.errors.excerpt`), and a file with no known section at its top level is "not a config
+file": nothing of it is quoted.
+
+Sizes are bounded by the pixel limit of decoding (:func:`max_image_pixels`, shared with
+:mod:`srn.data.image_io`): :func:`check_image_size` refuses, in one line that names the limit and
+how to raise it, any size setting (an inference size, a benchmark size) whose image would exceed it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,7 +37,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from srn.errors import ConfigError
+from srn.errors import ConfigError, excerpt, printable
 from srn.paths import check_input_file
 
 T = TypeVar("T")
@@ -36,9 +48,69 @@ T = TypeVar("T")
 _LEVELS = 6
 MAX_TRAIN_SIZE = 8192  # data.size: a square input of 8192 px already needs tens of GB per image
 
+# The budget of reading YAML (parse_yaml): a config is a few KB of text and a few hundred values.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+# The pixel limit of decoding and of every size setting: 500 megapixels, 1.5 GB as RGB; a 20000 x
+# 20000 panorama (400 megapixels) is still read, a 40000 x 40000 bomb (1600) is not.
+DEFAULT_MAX_IMAGE_PIXELS = 500_000_000
+MAX_PIXELS_ENV = "SRN_MAX_IMAGE_PIXELS"
+
+# Platt calibration (PostProcessConfig.score_scale, score_shift): |scale| and |shift| at most this,
+# so that scale * z + shift stays finite in float32 for every logit |z| < 3e35 and a scale never
+# rounds to infinity (1e300 would: inf * 0 is NaN, and every face would vanish). A fitted scale is near 1.
+MAX_SCORE_CALIBRATION = 1000.0
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of decoding: ``SRN_MAX_IMAGE_PIXELS`` when set (0: none), else
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ValueError: the variable is not a whole number >= 0.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"the environment variable {MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), got {excerpt(text)}")
+    return int(text)
+
+
+def megapixels(pixels: int) -> str:
+    """``pixels`` in megapixels as messages write them: ``1600``, ``0.0012``."""
+    return f"{pixels / 1e6:.0f}" if pixels >= 10**6 else f"{pixels / 1e6:.2g}"
+
+
+def pixel_limit_message(width: int, height: int, limit: int) -> str:
+    """The one line that refuses a ``width`` x ``height`` image above the pixel ``limit``."""
+    return (f"{width}x{height} pixels ({megapixels(width * height)} megapixels) is above the limit of {megapixels(limit)} "
+            f"megapixels that guards against decompression bombs; to read it, raise the limit with the environment "
+            f"variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)")
+
+
+def check_image_size(key: str, height: int, width: int) -> None:
+    """Refuse a size setting whose image, ``width`` x ``height`` pixels, exceeds the pixel limit
+    (:func:`max_image_pixels`): an inference size up to which photos are resized, a benchmark size.
+
+    Raises:
+        ConfigError: ``"<key>: <W>x<H> pixels (...) is above the limit of 500 megapixels that bounds every
+            image, read or resized; to use it, raise the limit with the environment variable
+            SRN_MAX_IMAGE_PIXELS=<pixels> (0: no limit)"``.
+    """
+    try:
+        limit = max_image_pixels()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if limit and height * width > limit:
+        raise ConfigError(f"{key}: {width}x{height} pixels ({megapixels(height * width)} megapixels) is above the limit of "
+                          f"{megapixels(limit)} megapixels that bounds every image, read or resized; to use it, raise the "
+                          f"limit with the environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)")
+
 
 def _shown(value: Any) -> str:
-    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+    return excerpt(list(value) if isinstance(value, tuple) else value)
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -129,8 +201,10 @@ class PostProcessConfig:
     score_shift: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive("postprocess.score_scale", self.score_scale)
-        _require(math.isfinite(self.score_shift), "postprocess.score_shift", "a finite number", self.score_shift)
+        bound = MAX_SCORE_CALIBRATION
+        _require(0 < self.score_scale <= bound, "postprocess.score_scale", f"a positive number up to {bound:g}", self.score_scale)
+        _require(-bound <= self.score_shift <= bound, "postprocess.score_shift", f"a number from {-bound:g} to {bound:g}",
+                 self.score_shift)
         _probability("postprocess.candidate_thresh", self.candidate_thresh)
         _probability("postprocess.stc_theta", self.stc_theta)
         _at_least("postprocess.min_cells_for_thresh", self.min_cells_for_thresh, 0)
@@ -172,10 +246,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {excerpt(value)}")
     if origin is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            value = parse_yaml(value if value.strip().startswith("[") else f"[{value}]", key)
         if value is None:
             value = []
         if not isinstance(value, Sequence) or isinstance(value, str):
@@ -187,10 +261,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {excerpt(value)}")
     if annotation is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(value)}")
         if isinstance(value, int):
             return value
         try:
@@ -198,17 +272,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected an integer, got {_described(value)}") from None
         if not as_float.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(value)}")
         return int(as_float)
     if annotation is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {excerpt(value)}")
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected a number, got {_described(value)}") from None
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {excerpt(value)}")
         return number
     if annotation is str:
         # A number is a fine name (output_dir: 2024); a mapping or a list is a mistake of layout.
@@ -221,16 +295,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _described(value: Any) -> str:
     """A value in a message, with its kind where the kind is the mistake (a mapping, a list)."""
     if isinstance(value, Mapping):
-        return f"a mapping {dict(value)!r}"
+        return f"a mapping {excerpt(dict(value))}"
     if isinstance(value, list | tuple):
-        return f"a list {list(value)!r}"
-    return repr(value)
+        return f"a list {excerpt(list(value))}"
+    return excerpt(value)
 
 
-def _unknown_key(key: str, known: Sequence[str], prefix: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
+def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1) if isinstance(key, str) and len(key) <= 100 else []
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(known))}"
-    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+    shown = printable(f"{prefix}{key}") if isinstance(key, str) and len(key) <= 60 else f"{prefix}{excerpt(key)}"
+    return ConfigError(f"unknown config key '{shown}'{hint}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
@@ -280,13 +355,79 @@ def apply_overrides(config: T, overrides: Sequence[str] | Mapping[str, Any]) -> 
 
 def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value")
+        raise ConfigError(f"override {excerpt(text)} must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw, key.strip())
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+class _Budget(ValueError):
+    """A YAML text over the budget of :func:`parse_yaml`; the caller says whose."""
+
+
+def parse_yaml(text: str, where: str, what: str = "config value") -> Any:
+    """``yaml.safe_load(text)`` within a budget: at most :data:`MAX_CONFIG_BYTES` characters and
+    :data:`MAX_YAML_VALUES` values with every alias expanded (counted on the composed node graph,
+    shared nodes once per use, before anything is built), no alias that contains itself, and
+    nesting that Python's stack can hold.
+
+    Raises:
+        ConfigError: ``"<where>: not a <what>: ..."`` over the budget.
+        yaml.YAMLError: not YAML.
+    """
+    try:
+        if len(text) > MAX_CONFIG_BYTES:
+            raise _Budget(f"{len(text)} characters, more than a config's {MAX_CONFIG_BYTES}")
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expanded_size(node)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except _Budget as exc:
+        raise ConfigError(f"{where}: not a {what}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not a {what}: nested too deeply") from None
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values of a composed YAML document as if every alias were expanded, in time
+    linear in its nodes (each node's count is computed once); raise :class:`_Budget` above
+    :data:`MAX_YAML_VALUES` or on an alias that contains itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_VALUES:
+                raise _Budget(f"its aliases expand to more than {MAX_YAML_VALUES} values")
+            continue
+        if key in open_nodes:
+            raise _Budget("an alias refers to the value that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise _Budget("an alias refers to the value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
@@ -295,40 +436,55 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
     A YAML file may name a ``_base_`` file (relative to itself) whose values it overrides, which
     may name its own, and so on; a file that comes back in its own chain is an error.
     """
-    data = _read_yaml_chain(Path(path), ())
+    data = _read_yaml_chain(Path(path), (), tuple(_field_types(cls)))
     try:
         config = from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{printable(path)}: {exc}") from None
     return apply_overrides(config, overrides)
 
 
-def _read_yaml_chain(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _read_yaml_chain(path: Path, chain: tuple[Path, ...], sections: tuple[str, ...]) -> dict[str, Any]:
     """The merged mapping of ``path`` and its ``_base_`` files; ``chain``: the files that named
-    this one, from the first."""
+    this one, from the first; ``sections``: the keys a config's top level may have.
+
+    A file whose top level is not a mapping, or has keys but none of ``sections`` (nor ``_base_``),
+    is "not a config file", and nothing of it is quoted: it may be any file (a password file named
+    as a ``_base_``, say)."""
     check_input_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{printable(path)}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{printable(path)}: not a config file (more than {MAX_CONFIG_BYTES} bytes)")
+    try:
+        data = parse_yaml(raw.decode("utf-8"), printable(path), "config file") or {}
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a YAML config file (it is not UTF-8 text)") from None
+        raise ConfigError(f"{printable(path)}: not a YAML config file (it is not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML") from None
+        raise ConfigError(f"{printable(path)}{where}: invalid YAML") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f"{printable(path)}: not a config file (its top level is not a mapping of sections)")
+    if data and not any(isinstance(key, str) and key in (*sections, "_base_") for key in data):
+        raise ConfigError(f"{printable(path)}: not a config file (none of its top-level keys is one of "
+                          f"{', '.join(sections)})")
     if "_base_" not in data:
         return data
     base = data.pop("_base_")
     if not isinstance(base, str) or not base.strip():
-        raise ConfigError(f"{path}: _base_ must name one YAML file (a path relative to this file), got {_described(base)}")
+        raise ConfigError(f"{printable(path)}: _base_ must name one YAML file (a path relative to this file), got {_described(base)}")
     chain = (*chain, path)
     base_path = path.parent / base
     seen = [p for p in chain if _same_config(p, base_path)]
     if seen:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(seen[0]):], base_path))
-        raise ConfigError(f"{path}: _base_ {base!r} leads back to {seen[0]}: the files form a cycle ({cycle})")
-    merged = _read_yaml_chain(base_path, chain)
+        raise ConfigError(f"{printable(path)}: _base_ {excerpt(base)} leads back to {printable(seen[0])}: the files form "
+                          f"a cycle ({printable(cycle)})")
+    merged = _read_yaml_chain(base_path, chain, sections)
     _deep_update(merged, data)
     return merged
 

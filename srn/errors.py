@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
+from typing import Any
 
 __all__ = [
     "AnnotationError",
@@ -29,6 +31,8 @@ __all__ = [
     "SRNError",
     "TrainingError",
     "WeightsError",
+    "brief",
+    "excerpt",
     "one_line",
     "printable",
 ]
@@ -37,6 +41,36 @@ __all__ = [
 def one_line(text: str) -> str:
     """``text`` with all whitespace runs, newlines included, folded into single spaces."""
     return " ".join(str(text).split())
+
+
+# The longest excerpt of a value that a message shows (see excerpt).
+EXCERPT_CHARS = 60
+
+# repr() with a budget: nested containers, long strings and big numbers are cut while the text is
+# made, so a value that expands to gigabytes (YAML aliases) costs a few hundred characters.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxarray = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 4
+_REPR.maxstring = _REPR.maxother = EXCERPT_CHARS
+_REPR.maxlong = 40
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable, one-line ``repr`` of ``value`` for a message: at most ``limit``
+    characters (and an ellipsis), whatever its size; its making costs a bounded amount of work.
+
+    Every message that quotes a value or a line of a user's file quotes it through this; a
+    message about a file that is not of the expected kind quotes nothing of it.
+    """
+    text = printable(_REPR.repr(value))
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
+def brief(text: str, limit: int = 120) -> str:
+    """A message of another library (or an exception's text) as one printable line of at most
+    ``limit`` characters: what a reason in parentheses shows of it."""
+    text = printable(one_line(text))
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
 
 
 # What cannot stand in one line of a terminal as itself: control characters (C0, DEL, C1), the

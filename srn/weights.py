@@ -27,7 +27,7 @@ from torch import Tensor
 
 from srn.atomic import atomic_save
 from srn.config import ConfigError, DetectorConfig, ModelConfig, PostProcessConfig, from_dict, to_dict
-from srn.errors import WeightsError, one_line
+from srn.errors import WeightsError, excerpt, one_line
 from srn.paths import check_input_file, check_output_file
 
 FORMAT = "srn"
@@ -94,7 +94,7 @@ def convert_official_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     for key, value in state.items():
         ours = official_to_ours(key.removeprefix("module.")) if isinstance(key, str) else None
         if ours is None or not isinstance(value, Tensor):
-            unknown.append(one_line(repr(key)) if not isinstance(key, str) else key)
+            unknown.append(excerpt(key) if not isinstance(key, str) or len(key) > 80 else key)
             continue
         converted[ours] = value
     if unknown:
@@ -198,7 +198,7 @@ def _tensor_dict(value: Any, path: str | Path, entry: str) -> dict[str, Tensor]:
         raise WeightsError(f"{path}: its {entry} is a {type(value).__name__}, not a state dict of tensors")
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, Tensor):
-            raise WeightsError(f"{path}: its {entry} maps {one_line(repr(key))[:80]} to a {type(item).__name__}, not a tensor")
+            raise WeightsError(f"{path}: its {entry} maps {excerpt(key)} to a {type(item).__name__}, not a tensor")
     return dict(value)
 
 

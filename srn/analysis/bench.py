@@ -100,7 +100,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from srn.config import ModelConfig, PostProcessConfig
+from srn.config import ModelConfig, PostProcessConfig, check_image_size
 from srn.errors import ConfigError, printable
 from srn.inference import resolve_device
 from srn.model.outputs import SRNOutputs
@@ -498,6 +498,8 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
         raise ConfigError("iters must be at least 1 and warmup at least 0")
     if config.model not in MODELS:
         raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {config.model!r}")
+    for size in (*config.sizes, *([config.throughput_size] if config.throughput_size else [])):
+        check_image_size("sizes", *size)  # (H, W); a 100000x100000 input would ask for 120 GB
     device = resolve_device(config.device)
     backend, onnx_file = _resolve_backend(config, device, log)
     _check_backend(config, backend, onnx_file, device)

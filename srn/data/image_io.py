@@ -7,7 +7,12 @@ metadata, no pixels) for two checks that hold for every format:
 - **a pixel limit**: an image above ``max_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 500
   megapixels, a 1.5 GB buffer: a 20000x20000 panorama is read; the environment variable
   ``SRN_MAX_IMAGE_PIXELS`` changes it, 0 lifts it) is refused in one line before its buffer is
-  allocated: a small PNG of 40000x40000 pixels would otherwise ask for 4.8 GB;
+  allocated: a small PNG of 40000x40000 pixels would otherwise ask for 4.8 GB. When PIL refuses the
+  header (a PNG with one bad ancillary chunk, say) the size is read from the container's own header
+  (PNG ``IHDR``, JPEG ``SOF``, WebP ``VP8X``/``VP8 ``/``VP8L``); a file whose size nothing can read is
+  never handed to torchvision's decoders, which would allocate whatever it says. Files of many
+  frames or pages are read one frame at a time by :func:`iter_frames`, each frame checked before it
+  is decoded (a GIF's later frame may announce 60000x60000 pixels behind a 16x16 first one);
 - **EXIF orientation**, read from the header of every format that carries one (JPEG, MPO, WebP,
   PNG's ``eXIf`` chunk before or after the pixels, TIFF, ...) and applied here, by one
   implementation (:func:`orient`), so that no format shows a sideways face to the detector.
@@ -36,6 +41,7 @@ import stat
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +52,7 @@ from PIL import ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
+from srn.config import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, max_image_pixels, pixel_limit_message
 from srn.errors import ImageReadError, ImageValueError
 from srn.paths import describe_mode
 
@@ -55,17 +62,15 @@ __all__ = [
     "ImageHeader",
     "ImageReadError",
     "ImageValueError",
+    "check_pixels",
+    "container_size",
+    "iter_frames",
     "max_image_pixels",
     "orient",
     "read_header",
     "read_image",
     "to_rgb_tensor",
 ]
-
-# The pixel limit of decoding (see the module doc): 500 megapixels, 1.5 GB as RGB; a 20000 x 20000
-# panorama (400 megapixels) is still read, a 40000 x 40000 bomb (1600) is not.
-DEFAULT_MAX_IMAGE_PIXELS = 500_000_000
-MAX_PIXELS_ENV = "SRN_MAX_IMAGE_PIXELS"
 
 _ORIENTATION_TAG = 0x0112
 # Formats that torchvision decodes here; the others go to PIL. GIF is PIL's (see the module doc).
@@ -112,21 +117,6 @@ class ImageHeader:
     @property
     def pixels(self) -> int:
         return self.width * self.height
-
-
-def max_image_pixels() -> int:
-    """The pixel limit of decoding: ``SRN_MAX_IMAGE_PIXELS`` when set (0: none), else
-    :data:`DEFAULT_MAX_IMAGE_PIXELS`.
-
-    Raises:
-        ValueError: the variable is not a whole number >= 0.
-    """
-    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_IMAGE_PIXELS
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"the environment variable {MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), got {text!r}")
-    return int(text)
 
 
 def read_header(data: bytes | bytearray) -> ImageHeader | None:
@@ -202,23 +192,148 @@ def orient(image: Tensor, orientation: int) -> Tensor:
     return image
 
 
-def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.0f}" if pixels >= 10**6 else f"{pixels / 1e6:.2g}"
+def _pixel_limit(path: str | os.PathLike[str], max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        return max_pixels
+    try:
+        return max_image_pixels()
+    except ValueError as exc:
+        raise ImageReadError(path, str(exc)) from None
+
+
+def check_pixels(path: str | os.PathLike[str], width: int, height: int, max_pixels: int | None = None, where: str = "") -> None:
+    """Refuse a frame of ``width`` x ``height`` above the pixel limit (``max_pixels``, default
+    :func:`max_image_pixels`), before it is decoded: :class:`ImageReadError` naming the limit and
+    how to raise it (``where`` goes before the reason, e.g. ``"frame 3: "``)."""
+    limit = _pixel_limit(path, max_pixels)
+    if limit and width * height > limit:
+        raise ImageReadError(path, where + pixel_limit_message(width, height, limit))
+
+
 
 
 def _check_pixels(path: str | os.PathLike[str], header: ImageHeader, max_pixels: int | None) -> None:
-    if max_pixels is None:
+    check_pixels(path, header.width, header.height, max_pixels)
+
+
+def container_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """``(width, height)`` as the container's own header states it, for the formats torchvision
+    decodes (PNG ``IHDR``, JPEG's first ``SOF``, WebP ``VP8X``/``VP8 ``/``VP8L``), read without PIL;
+    None when the data is none of these or its header is cut short."""
+    head = bytes(data[:64])
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        kind = head[12:16]
+        if kind == b"VP8X":
+            return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+        if kind == b"VP8 ":
+            width, height = struct.unpack("<HH", head[26:30])
+            return width & 0x3FFF, height & 0x3FFF
+        if kind == b"VP8L" and head[20] == 0x2F:
+            bits = int.from_bytes(head[21:25], "little")
+            return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        return None
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    return None
+
+
+# JPEG start-of-frame markers: C0 to CF but DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before it
+            return None
+        if marker in _SOF_MARKERS:
+            if position + 9 > end:
+                return None
+            height, width = struct.unpack(">HH", bytes(data[position + 5 : position + 9]))
+            return width, height
+        position += 2 + struct.unpack(">H", bytes(data[position + 2 : position + 4]))[0]
+    return None
+
+
+def iter_frames(path: str | os.PathLike[str], data: bytes | bytearray | None = None,
+                max_pixels: int | None = None) -> Iterator[PIL.Image.Image]:
+    """Every frame of an animation (GIF, APNG, WebP) or page of a TIFF, one at a time, each checked
+    against the pixel limit *before* it is decoded: nothing holds more than one frame.
+
+    Args:
+        path: the file (read unless ``data`` is given; named in errors).
+        data: its bytes, when already read.
+        max_pixels: as :func:`read_image`'s (default: :func:`max_image_pixels`).
+
+    Yields:
+        The file's PIL image, positioned at frame 0, 1, ..., not yet decoded: decode or copy what
+        is needed (``frame.convert("RGBA")``, ``np.asarray(frame)``) before asking for the next,
+        which moves the same image on. Its ``size`` is that frame's (a GIF's canvas grows with a
+        frame larger than it).
+
+    Raises:
+        ImageReadError: the file cannot be read or is not an image PIL reads; a frame is above the
+            pixel limit (the message names it: ``"frame 3: 60000x60000 pixels ... is above the limit"``);
+            a frame cannot be reached (a damaged file).
+    """
+    if data is None:
+        data = _read_bytes(path)
+    limit = _pixel_limit(path, max_pixels)
+    size = container_size(data)  # before PIL opens it, as in read_image
+    if size is not None:
+        check_pixels(path, *size, limit)
+    with _PIL_LIMIT_LOCK:
+        saved_limit = PIL.Image.MAX_IMAGE_PIXELS
+        PIL.Image.MAX_IMAGE_PIXELS = None  # each frame is checked below, before it is decoded
         try:
-            max_pixels = max_image_pixels()
-        except ValueError as exc:
-            raise ImageReadError(path, str(exc)) from None
-    if max_pixels and header.pixels > max_pixels:
-        raise ImageReadError(
-            path,
-            f"{header.width}x{header.height} pixels ({_megapixels(header.pixels)} megapixels) is above the limit of "
-            f"{_megapixels(max_pixels)} megapixels that guards against decompression bombs; to read it, raise the limit "
-            f"with the environment variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)",
-        )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pil_image = PIL.Image.open(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - PIL's plugins raise many types on unknown or damaged files
+            raise ImageReadError(path, f"not a decodable image ({_describe_failure(bytearray(data), None, exc)})") from None
+        finally:
+            PIL.Image.MAX_IMAGE_PIXELS = saved_limit
+    with pil_image:
+        index = 0
+        while True:
+            if index:
+                try:
+                    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        saved_limit = PIL.Image.MAX_IMAGE_PIXELS
+                        PIL.Image.MAX_IMAGE_PIXELS = None  # PIL's GIF reader checks its own at each frame
+                        try:
+                            # Moving on decodes the frame before (checked already) where the format
+                            # composes frames (GIF, APNG); of the new frame, the header only is read.
+                            pil_image.seek(index)
+                        finally:
+                            PIL.Image.MAX_IMAGE_PIXELS = saved_limit
+                except EOFError:
+                    return
+                except MemoryError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a damaged later frame
+                    reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+                    raise ImageReadError(path, f"frame {index}: not decodable ({reason})") from None
+            width, height = pil_image.size
+            for tile in getattr(pil_image, "tile", None) or ():
+                extents = tile[1] if len(tile) > 1 else None
+                if extents is not None and len(extents) == 4:  # a tile past the canvas would enlarge it
+                    width, height = max(width, int(extents[2])), max(height, int(extents[3]))
+            check_pixels(path, width, height, limit, f"frame {index}: " if index else "")
+            yield pil_image
+            index += 1
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Tensor:
@@ -239,11 +354,20 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> T
             or above the pixel limit.
     """
     data = _read_bytes(path)
+    # The container's own header first: PIL may refuse the file's header (one bad ancillary PNG
+    # chunk), and its WebP reader allocates an animation's canvas as soon as it opens the file.
+    size = container_size(data)
+    if size is not None:
+        check_pixels(path, *size, max_pixels)
     header = read_header(data)
     if header is not None:
         _check_pixels(path, header, max_pixels)
         if header.format not in _TORCHVISION_FORMATS:
             return _read_with_pil(path, data, None)
+    elif size is None:
+        # Nothing says its size: no decoder that would allocate whatever the file announces
+        # (torchvision's GIF decoder takes every frame at once); PIL says what is wrong with it.
+        return _read_with_pil(path, data, None)
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work, and

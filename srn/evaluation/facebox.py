@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from srn.errors import AnnotationError, PredictionFormatError
+from srn.errors import AnnotationError, PredictionFormatError, brief, excerpt
 from srn.data.formats.common import read_text
 from srn.evaluation.common import JsonResult, as_numpy, jsonable, load_mat, require_variables, voc_ap
 from srn.paths import check_input_file
@@ -112,7 +112,7 @@ def load_facebox_annotations(path: str | os.PathLike[str]) -> dict[str, FaceboxI
     except AnnotationError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
-        raise AnnotationError(path, None, f"not laid out as a {kind} ({exc})") from None
+        raise AnnotationError(path, None, f"not laid out as a {kind} ({brief(str(exc))})") from None
     if not images:
         raise AnnotationError(path, None, "holds no annotated images")
     return images
@@ -145,18 +145,18 @@ def read_facebox_detections(path: str | os.PathLike[str]) -> dict[str, tuple[np.
     detections: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict) or "boxes" not in entry or "scores" not in entry:
-            raise PredictionFormatError(path, None, f"image {name!r}: expected {entry_layout}, got a JSON {_json_kind(entry)}")
+            raise PredictionFormatError(path, None, f"image {excerpt(name)}: expected {entry_layout}, got a JSON {_json_kind(entry)}")
         boxes = _number_array(path, name, "boxes", entry["boxes"])
         scores = _number_array(path, name, "scores", entry["scores"])
         if boxes.size == 0 and boxes.ndim == 1:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             got = f"{boxes.shape[-1]} numbers" if boxes.ndim == 2 else f"an array of {boxes.ndim} dimensions"
-            raise PredictionFormatError(path, None, f"image {name!r}: each box must be 4 numbers [x1, y1, x2, y2], got {got}")
+            raise PredictionFormatError(path, None, f"image {excerpt(name)}: each box must be 4 numbers [x1, y1, x2, y2], got {got}")
         if scores.ndim != 1:
-            raise PredictionFormatError(path, None, f"image {name!r}: scores must be a flat list of numbers")
+            raise PredictionFormatError(path, None, f"image {excerpt(name)}: scores must be a flat list of numbers")
         if scores.shape[0] != boxes.shape[0]:
-            raise PredictionFormatError(path, None, f"image {name!r}: {boxes.shape[0]} boxes but {scores.shape[0]} scores")
+            raise PredictionFormatError(path, None, f"image {excerpt(name)}: {boxes.shape[0]} boxes but {scores.shape[0]} scores")
         detections[image_key(name)] = (boxes, scores)
     return detections
 
@@ -173,10 +173,10 @@ def _number_array(path: Path, name: str, key: str, value: Any) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         array = None  # ragged lists
     if array is None or (array.dtype.kind not in "iuf" and array.size > 0):
-        raise PredictionFormatError(path, None, f"image {name!r}: {key} must be a list of numbers")
+        raise PredictionFormatError(path, None, f"image {excerpt(name)}: {key} must be a list of numbers")
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
-        raise PredictionFormatError(path, None, f"image {name!r}: {key} hold a non-finite number")
+        raise PredictionFormatError(path, None, f"image {excerpt(name)}: {key} hold a non-finite number")
     return array
 
 

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from PIL import ImageOps, ImageSequence
+from PIL import ImageOps
 from torch import Tensor
 
 from srn.atomic import atomic_output
-from srn.data.image_io import orient, read_header
+from srn.data.image_io import check_pixels, container_size, iter_frames, orient, read_header
 from srn.errors import ImageReadError, OutputPathError
 from srn.media.anonymize import anonymize
 
@@ -128,13 +128,17 @@ def _hide_frames(frames: list[np.ndarray], detect: DetectFrames, hide: Callable[
     return out
 
 
-def _pil_frames(picture: PIL.Image.Image, notes: list[str]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+def _pil_frames(source: Path, data: bytes, notes: list[str]) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     """Every frame upright, as (H, W, C): uint8 RGB or RGBA, or uint16 grey for a one-frame 16-bit
-    file (a many-page one is written with 8-bit pages, and said so); and each frame's own info."""
-    single = int(getattr(picture, "n_frames", 1) or 1) == 1
+    file (a many-page one is written with 8-bit pages, and said so); each frame's own info; and the
+    file's (its format under ``"format"``). Each frame is checked against the pixel limit before it
+    is decoded (:func:`srn.data.image_io.iter_frames`)."""
     frames, infos = [], []
     narrowed = 0
-    for frame in ImageSequence.Iterator(picture):
+    single, frame = True, None
+    for index, frame in enumerate(iter_frames(source, data)):
+        if index == 0:
+            single = int(getattr(frame, "n_frames", 1) or 1) == 1
         infos.append(dict(frame.info))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -153,7 +157,9 @@ def _pil_frames(picture: PIL.Image.Image, notes: list[str]) -> tuple[list[np.nda
         frames.append(np.asarray(upright.convert("RGBA" if alpha else "RGB")))
     if narrowed:
         notes.append(f"its {narrowed} 16-bit pages are written with 8 bits (the pages of one file are 8-bit here)")
-    return frames, infos
+    picture_info = dict(frame.info) if frame is not None else {}  # the last frame's, as PIL leaves the file
+    picture_info["format"] = frame.format if frame is not None else None
+    return frames, infos, picture_info
 
 
 def _webp_lossless(data: bytes) -> bool:
@@ -217,6 +223,9 @@ def _wide_png_frames(path: Path, data: bytes) -> list[np.ndarray]:
     from torchvision.io import ImageReadMode, decode_image
 
     header = read_header(data)
+    size = container_size(data)
+    if size is not None:
+        check_pixels(path, *size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -272,11 +281,9 @@ def anonymize_image_file(
                     notes.append("only the first frame of a 16-bit animated PNG is kept")
             write_png(target, frames[0])
             return notes
-        with _open(data) as picture:
-            frames, infos = _pil_frames(picture, notes)
-            picture_info = dict(picture.info)
-            if picture.format == "TIFF":
-                picture_info["compression"] = picture.info.get("compression", "raw")
+        frames, infos, picture_info = _pil_frames(source, data, notes)
+        if picture_info.pop("format") == "TIFF":
+            picture_info["compression"] = picture_info.get("compression", "raw")
         if len(frames) > 1 and fmt not in ("GIF", "PNG", "WEBP", "TIFF"):
             notes.append(f"only the first of its {len(frames)} frames is kept ({target.suffix} holds one)")
             frames, infos = frames[:1], infos[:1]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import http.client
 import os
-from collections.abc import Callable
+import pickle
+import re
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +21,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from srn.errors import ConfigError, WeightsError
+from srn.errors import ConfigError, WeightsError, brief, excerpt, printable
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
@@ -155,18 +158,44 @@ def load_imagenet_weights(backbone: nn.Module, name: str, source: str | Path) ->
     if str(source) == "imagenet":
         state = _hub_weights(name)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ImageNet weights file not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_state_dict(Path(source))
     own = backbone.state_dict()
     # The classifier (fc / classifier / features.18) has no place in a detector backbone.
     state = {k: v for k, v in state.items() if k in own}
     missing = sorted(set(own) - set(state))
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(f"{source}: ImageNet weights lack {len(missing)} backbone keys, e.g. {missing[:3]}")
-    backbone.load_state_dict(state, strict=False)
+        raise WeightsError(f"{printable(source)}: ImageNet weights lack {len(missing)} backbone keys, e.g. {excerpt(missing[:3])}")
+    try:
+        backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape under a known name
+        raise WeightsError(f"{printable(source)}: ImageNet weights do not fit the {name} backbone "
+                           f"({brief(str(exc), 160)})") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The torchvision-layout state dict in ``path``, read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        WeightsError: one line: the file is missing, is not a file ``torch.save`` wrote (text, a
+            photo), holds Python objects (never unpickled; torch's own advice to load them unsafely
+            is not repeated), or holds something other than a mapping of names to tensors.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{printable(path)}: ImageNet weights file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the weights-only unpickler warns about pickle protocols
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle a file is the same user error
+        held = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        reason = f"it holds a Python object ({printable(held[1])[:80]}), which is never unpickled" if held else \
+            "not a file that torch.save wrote"
+        raise WeightsError(f"{printable(path)}: not a state dict of ImageNet weights ({reason})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise WeightsError(f"{printable(path)}: not a state dict of ImageNet weights (it holds a {type(state).__name__}, "
+                           "not names mapped to tensors)")
+    return dict(state)
 
 
 def hub_cache_path(url: str) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from srn.data.formats.common import FaceRecord, build_records, read_text, xywh_to_xyxy
-from srn.errors import AnnotationError
+from srn.errors import AnnotationError, brief, excerpt
 
 __all__ = ["parse_coco_json"]
 
@@ -61,7 +61,7 @@ def parse_coco_json(
         for category in categories:
             if isinstance(category, str):
                 if category not in by_name:
-                    raise AnnotationError(path, None, f"no category named {category!r}; known: {sorted(map(str, by_name))}")
+                    raise AnnotationError(path, None, f"no category named {excerpt(category)}; known: {excerpt(sorted(map(str, by_name)), 200)}")
                 category_ids.add(by_name[category])
             else:
                 category_ids.add(int(category))
@@ -72,7 +72,7 @@ def parse_coco_json(
             size = (int(image["height"]), int(image["width"])) if "height" in image and "width" in image else None
             images[image["id"]] = (str(image["file_name"]), size)
         except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise AnnotationError(path, None, f"images[{index}] is malformed ({type(e).__name__}: {e})") from None
+            raise AnnotationError(path, None, f"images[{index}] is malformed ({type(e).__name__}: {brief(str(e))})") from None
 
     rows_per_image: dict[Any, list[tuple[list[float], bool]]] = {image_id: [] for image_id in images}
     for index, annotation in enumerate(data.get("annotations", [])):
@@ -82,11 +82,11 @@ def parse_coco_json(
             category_id = annotation.get("category_id")
             crowd = bool(annotation.get("iscrowd", 0)) or bool(annotation.get("ignore", 0))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise AnnotationError(path, None, f"annotations[{index}] is malformed ({type(e).__name__}: {e})") from None
+            raise AnnotationError(path, None, f"annotations[{index}] is malformed ({type(e).__name__}: {brief(str(e))})") from None
         if len(bbox) != 4:
             raise AnnotationError(path, None, f"annotations[{index}] has a bbox of {len(bbox)} numbers, expected 4")
         if not isinstance(image_id, Hashable) or image_id not in rows_per_image:
-            raise AnnotationError(path, None, f"annotations[{index}] refers to unknown image_id {image_id!r}")
+            raise AnnotationError(path, None, f"annotations[{index}] refers to unknown image_id {excerpt(image_id)}")
         if category_ids is not None and (not isinstance(category_id, Hashable) or category_id not in category_ids):
             continue
         if crowd and not crowd_as_ignore:

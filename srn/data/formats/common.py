@@ -5,6 +5,11 @@ Every text format reads its file through :func:`read_lines`: UTF-8 (a byte-order
 dropped, as Windows editors write one), universal newlines, blank lines and ``#`` comment lines
 skipped, and line numbers as an editor shows them. Counts are whole lines of ASCII digits
 (:func:`parse_count`): ``int()`` would also take ``1_0``, ``+3``, ``٣`` or a 10,000-digit number.
+
+What a message quotes of a file: only a short, printable excerpt of a line (:func:`srn.errors.excerpt`),
+and nothing at all of a file that does not look like its kind (:class:`Quoting`): that one is
+"not <kind>", whatever it is (a password file named as annotations, say), with the number of the line
+that does not fit.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from srn.errors import AnnotationError, SRNError
+from srn.errors import AnnotationError, SRNError, excerpt
 
-__all__ = ["FaceRecord", "FileError", "build_records", "clip_and_filter_boxes", "parse_count", "parse_finite", "parse_floats", "read_lines", "read_text", "xywh_to_xyxy"]
+__all__ = ["FaceRecord", "FileError", "Quoting", "quoted", "build_records", "clip_and_filter_boxes", "parse_count", "parse_finite", "parse_floats", "read_lines", "read_text", "xywh_to_xyxy"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,58 @@ FileError = Callable[[str | os.PathLike[str], "int | None", str], SRNError]
 
 # At most 18 digits: a count no file can hold, and still a small int.
 _COUNT = re.compile(r"[0-9]{1,18}")
+
+
+def quoted(text: str) -> str:
+    """A line (or token) of a user's file as a message shows it: a short, printable excerpt."""
+    return excerpt(text.strip())
+
+
+# A line that names an image file, alone or followed by its width and height.
+_IMAGE_LINE = re.compile(r"\S+\.(?:jpe?g|png|bmp|webp|gif|tiff?)(?:\s+\d+\s+\d+)?", re.IGNORECASE)
+
+
+def _annotation_like(text: str) -> bool:
+    """Whether a line is what annotation files are made of: a count or a row of numbers, even a
+    malformed one (digits of any script, signs, points, exponents, ``_`` and ``,`` only), or the
+    name of an image file."""
+    text = text.strip()
+    if any(ch.isdigit() for ch in text) and all(ch.isdigit() or ch.isspace() or ch in "+-.eExX_," for ch in text):
+        return True
+    return _IMAGE_LINE.fullmatch(text) is not None
+
+
+class Quoting:
+    """The one rule of what a parse error may quote of a text annotation or prediction file.
+
+    A file that looks like its kind (one of its lines, at least, is a count or a row of numbers,
+    even a malformed one, or names an image file) gets errors that quote a short excerpt of the offending line
+    (:func:`quoted`). A file that does not (a password file named as annotations, notes, a
+    script) is "not <kind>": the error keeps the line number and the reason, and quotes nothing.
+
+    Args:
+        path: the file. kind: what it should be, with its article ("an FDDB ellipse list").
+        lines: its significant lines (:func:`read_lines`). error: ``error(path, line, reason)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, lines: Sequence[tuple[int, str]],
+                 error: FileError = AnnotationError) -> None:
+        self.path, self.kind, self.lines, self.make = path, kind, lines, error
+        self._of_kind: bool | None = None
+
+    @property
+    def of_kind(self) -> bool:
+        if self._of_kind is None:  # only once a line fails: a good file never pays for it
+            self._of_kind = any(_annotation_like(text) for _, text in self.lines)
+        return self._of_kind
+
+    def error(self, line: int | None, reason: str, plain: str | None = None) -> SRNError:
+        """The error at ``line``: ``reason`` (which may quote the file) where the file may be
+        quoted, else ``"not <kind> (<plain>)"``, ``plain`` the reason told without quoting
+        (default: ``reason``, when it quotes nothing)."""
+        if self.of_kind:
+            return self.make(self.path, line, reason)
+        return self.make(self.path, line, f"not {self.kind} ({reason if plain is None else plain})")
 
 
 @dataclass(frozen=True, eq=False)  # eq on tensors would be ambiguous
@@ -120,9 +177,9 @@ def parse_finite(token: str, path: str | os.PathLike[str], line_number: int, err
     """``token`` as a finite float, or ``error(path, line_number, ...)``."""
     numbers = parse_floats(token)
     if numbers is None or len(numbers) != 1:
-        raise error(path, line_number, f"not a number: {token!r}")
+        raise error(path, line_number, f"not a number: {quoted(token)}")
     if not math.isfinite(numbers[0]):
-        raise error(path, line_number, f"non-finite value {token!r}")
+        raise error(path, line_number, f"non-finite value {quoted(token)}")
     return numbers[0]
 
 

@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from srn.data.formats.common import FaceRecord, FileError, build_records, parse_count, parse_finite, read_lines
+from srn.data.formats.common import (
+    FaceRecord,
+    FileError,
+    Quoting,
+    build_records,
+    parse_count,
+    parse_finite,
+    quoted,
+    read_lines,
+)
 from srn.errors import AnnotationError, InputPathError
 from srn.paths import check_input_file
 
@@ -43,24 +52,27 @@ def read_fddb_blocks(
             ground truth, ``PredictionFormatError`` for detections.
     """
     lines, num_lines = read_lines(path, error)
+    rule = Quoting(path, f"an FDDB {what} list", lines, error)  # what an error may quote of the file
     i = 0
     while i < len(lines):
         line_number, text = lines[i]
         name = text.strip()
         if i + 1 >= len(lines):
-            raise error(path, line_number + 1, f"missing the {what} count after {name!r}")
+            raise rule.error(line_number + 1, f"missing the {what} count after {quoted(name)}", f"missing the {what} count")
         count = parse_count(lines[i + 1][1])
         if count is None:
-            raise error(path, lines[i + 1][0], f"expected the {what} count of {name!r}, got {lines[i + 1][1]!r}")
+            raise rule.error(lines[i + 1][0], f"expected the {what} count of {quoted(name)}, got {quoted(lines[i + 1][1])}",
+                             f"expected the {what} count")
         if i + 2 + count > len(lines):
-            raise error(path, num_lines + 1, f"{name}: the count says {count} {what} lines, the file ends after {len(lines) - i - 2}")
+            raise rule.error(num_lines + 1, f"{quoted(name)[1:-1]}: the count says {count} {what} lines, the file ends after "
+                                            f"{len(lines) - i - 2}")
         rows = np.zeros((count, max(num_fields)), dtype=np.float64)
         for r in range(count):
             row_number, row_text = lines[i + 2 + r]
             tokens = row_text.split()
             if len(tokens) not in num_fields:
                 fields = " or ".join(map(str, num_fields))
-                raise error(path, row_number, f"expected {fields} numbers per {what} line, got {len(tokens)}")
+                raise rule.error(row_number, f"expected {fields} numbers per {what} line, got {len(tokens)}")
             rows[r, : len(tokens)] = [parse_finite(t, path, row_number, error) for t in tokens]
         yield name, rows, line_number
         i += 2 + count
@@ -81,7 +93,7 @@ def _read_ellipse_files(
         annotations: dict[str, np.ndarray] = {}
         for name, rows, line_no in read_fddb_blocks(path, (5, 6), "ellipse", AnnotationError):
             if name in first_seen:
-                raise AnnotationError(path, line_no, f"image {name} is annotated twice (also in {first_seen[name]})")
+                raise AnnotationError(path, line_no, f"image {quoted(name)[1:-1]} is annotated twice (also in {first_seen[name]})")
             annotations[name] = rows[:, :5]
             first_seen[name] = str(path)
         if not annotations:

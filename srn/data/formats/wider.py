@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from srn.data.formats.common import FaceRecord, build_records, parse_count, parse_floats, read_lines, xywh_to_xyxy
+from srn.data.formats.common import FaceRecord, Quoting, build_records, parse_count, parse_floats, quoted, read_lines, xywh_to_xyxy
 from srn.errors import AnnotationError
 
 __all__ = ["WIDER_ATTRIBUTES", "WiderFile", "parse_wider_file", "read_wider_boxes", "read_wider_file"]
@@ -62,6 +62,7 @@ def read_wider_file(path: str | os.PathLike[str]) -> WiderFile:
         AnnotationError: naming the file and line of the first malformed line.
     """
     lines, _ = read_lines(path)
+    rule = Quoting(path, "a WIDER FACE annotation file", lines)  # what an error may quote of the file
     image_paths: list[str] = []
     image_sizes: list[tuple[int, int] | None] = []
     image_lines: list[tuple[int, str]] = []
@@ -71,23 +72,26 @@ def read_wider_file(path: str | os.PathLike[str]) -> WiderFile:
     i = 0
     while i < len(lines):
         line_number, text = lines[i]
-        image_path, image_size = _parse_image_line(path, line_number, text)
+        image_path, image_size = _parse_image_line(rule, line_number, text)
         i += 1
         if i >= len(lines):
-            raise AnnotationError(path, line_number, f"image {image_path!r} has no face count line after it")
+            raise rule.error(line_number, f"image {quoted(image_path)} has no face count line after it",
+                             "an image line has no face count line after it")
         count = parse_count(lines[i][1])
         if count is None:
-            raise AnnotationError(path, lines[i][0], f"expected a face count (an integer >= 0), got {lines[i][1].strip()!r}")
+            raise rule.error(lines[i][0], f"expected a face count (an integer >= 0), got {quoted(lines[i][1])}",
+                             "expected a face count (an integer >= 0)")
         i += 1
         if count == 0 and i < len(lines) and _is_zero_row(lines[i][1]):
             i += 1  # the official files' placeholder row of an image without faces
         for k in range(count):
             if i >= len(lines):
-                raise AnnotationError(path, lines[-1][0], f"image {image_path!r} announces {count} faces, the file ends after {k}")
+                raise rule.error(lines[-1][0], f"image {quoted(image_path)} announces {count} faces, the file ends after {k}")
             row_number, row_text = lines[i]
             row = parse_floats(row_text)
             if row is None or len(row) not in (4, 4 + len(WIDER_ATTRIBUTES)):
-                raise AnnotationError(path, row_number, f"expected 'x y w h' or 'x y w h' + 6 attributes, got {row_text.strip()!r}")
+                raise rule.error(row_number, f"expected 'x y w h' or 'x y w h' + 6 attributes, got {quoted(row_text)}",
+                                 "expected 'x y w h' or 'x y w h' + 6 attributes")
             if num_columns and len(row) != num_columns:
                 raise AnnotationError(path, row_number, f"{len(row)} numbers where the file's first face line has {num_columns}")
             num_columns = len(row)
@@ -144,7 +148,7 @@ def read_wider_boxes(path: str | os.PathLike[str]) -> list[tuple[str, int, int, 
         raise AnnotationError(path, None, "no image in the file")
     for size, (line_number, text) in zip(parsed.image_sizes, parsed.image_lines):
         if size is None:
-            raise AnnotationError(path, line_number, f"expected '<event>/<name>.jpg <width> <height>', got {' '.join(text.split())[:80]!r}")
+            raise AnnotationError(path, line_number, f"expected '<event>/<name>.jpg <width> <height>', got {quoted(' '.join(text.split()))}")
     boxes = parsed.values[:, :4].split(parsed.counts)
     return [
         (name, size[1], size[0], image_boxes)
@@ -157,11 +161,11 @@ def _is_zero_row(text: str) -> bool:
     return bool(numbers) and len(numbers) >= 4 and all(v == 0 for v in numbers)
 
 
-def _parse_image_line(path: str | os.PathLike[str], line_number: int, text: str) -> tuple[str, tuple[int, int] | None]:
+def _parse_image_line(rule: Quoting, line_number: int, text: str) -> tuple[str, tuple[int, int] | None]:
     text = text.strip()
     if parse_floats(text) is not None:
         # A face or count line where an image path belongs: the previous count is wrong.
-        raise AnnotationError(path, line_number, f"expected an image path, got numbers {text!r} (is a face count above wrong?)")
+        raise rule.error(line_number, f"expected an image path, got numbers {quoted(text)} (is a face count above wrong?)")
     parts = text.rsplit(maxsplit=2)
     if len(parts) == 3:
         width, height = parse_count(parts[1]), parse_count(parts[2])
