@@ -169,6 +169,8 @@ class Trainer:
                 raise TrainingError(f"train.freeze: no parameter name starts with {', '.join(tc.freeze)}")
             for parameter in frozen:
                 parameter.requires_grad_(False)
+            if not any(p.requires_grad for p in model.parameters()):
+                raise TrainingError(f"train.freeze: {', '.join(tc.freeze)} match every parameter; nothing would be trained")
         return model
 
     def build_criterion(self) -> nn.Module:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from srn.config import DetectorConfig, ModelConfig
 from srn.errors import DeviceError, ExportError, one_line
-from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, read_metadata
+from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, read_metadata, session_signature
 from srn.inference.runner import Runner, postprocess_each_image
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
@@ -128,7 +128,8 @@ class OnnxBackend:
             self.session = onnxruntime.InferenceSession(str(path), session_options, providers=list(providers))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ExportError(f"{path}: onnxruntime cannot load it ({one_line(str(exc))[:200]})") from None
-        self.metadata: OnnxMetadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.metadata: OnnxMetadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, str(path),
+                                                    graph=session_signature(self.session))
         post = self.metadata.postprocess
         if nms_iou is not None and nms_iou != post.nms_iou:
             if self.metadata.postprocess_in_graph:

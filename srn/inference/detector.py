@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from srn.config import DetectorConfig
+from srn.config import DetectorConfig, check_image_size
 from srn.data.image_io import read_image, to_rgb_tensor
 from srn.errors import ConfigError, DeviceError, WeightsError
 from srn.inference.backends import Backend, OnnxBackend, TorchBackend
@@ -141,6 +141,7 @@ class Detector:
             raise ConfigError(f"the NMS IoU must be in (0, 1], got {nms_iou}")
         if max_size < 32:
             raise ConfigError(f"the maximum image size must be at least 32, got {max_size}")
+        check_image_size("the maximum image size", max_size, max_size)
         if min_size is not None and not 32 <= min_size <= max_size:
             raise ConfigError(f"the minimum image size must be in [32, {max_size}] (the maximum size), got {min_size}")
         if batch_size < 1:

@@ -167,8 +167,6 @@ def test_a_training_config_with_an_overflowing_calibration_is_one_line(capsys, t
 # -- train.freeze -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 28: srn/engine/trainer.py does not yet refuse a freeze that matches every "
-                                       "parameter; the lead applies the fix stated in the issue-28 report")
 def test_a_freeze_that_matches_every_parameter_is_one_line(tmp_path, capsys, shared_dir):
     from tests.bad_inputs.test_train_bad_inputs import real_faces, write_config, write_labels
 

@@ -142,9 +142,6 @@ def test_srn_bench_refuses_a_size_above_the_limit_before_any_work(capsys):
                                 f"variable {MAX_PIXELS_ENV}=<pixels> (0: no limit)"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 28: Detector.__init__ (srn/inference/detector.py) does not yet call "
-                          "srn.config.check_image_size on max_size; the lead wires it")
 def test_a_detector_refuses_a_max_size_above_the_limit(small_weights):
     # Only the constructor: a detection at --max-size 100000 --min-size 100000 would ask for 30 GB.
     from srn.inference import Detector
