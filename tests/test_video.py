@@ -160,7 +160,7 @@ def test_an_image_suffix_is_not_a_video_output(weights, clip, tmp_path, capsys):
 def test_missing_pyav_is_one_line(weights, clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["detect", str(clip), "--weights", weights]) == 2
-    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: pip install 'srn-face[video]'\n"
+    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')\n"
 
 
 class Unchanged:

@@ -25,7 +25,7 @@ Examples:
   srn detect photo.jpg                          faces as one JSON line on stdout
   srn detect photo.jpg --out drawn.jpg          the photo with its faces drawn
   srn detect photos/ --format csv --out faces.csv
-  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0.01
+  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0
   srn detect group.jpg --save-vis vis/ --weights SRN.pth --device cuda
   srn detect photos/ --out faces.jsonl --resume  streamed, one line per image
   srn detect 0 --out webcam.mp4                 the first webcam, until Ctrl-C

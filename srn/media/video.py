@@ -76,7 +76,7 @@ def require_av() -> Any:
     try:
         import av
     except ImportError:
-        raise MissingDependencyError("video needs PyAV: pip install 'srn-face[video]'") from None
+        raise MissingDependencyError("video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')") from None
     return av
 
 
