@@ -30,6 +30,7 @@ Examples:
   srn detect photos/ --out faces.jsonl --resume  streamed, one line per image
   srn detect 0 --out webcam.mp4                 the first webcam, until Ctrl-C
   srn anonymize photo.jpg                       photo_anonymized.jpg beside it
+  srn anonymize photo.jpg -o blurred.jpg        blurred.jpg
   srn anonymize photos/ clip.mp4 --out anonymized/
   srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
   srn train srn_r50_widerface train.epochs=2

@@ -43,15 +43,14 @@ Without --out, each file is written beside itself as NAME_anonymized.EXT (NAME_a
 and so on when that exists: nothing is ever overwritten), and a folder is mirrored into
 FOLDER_anonymized/. With --out FILE, named like an image or a video (-o blurred.jpg, -o clip.mp4),
 the one input is written to FILE, in FILE's format. With --out DIR (any other name, or one ending
-in /), every input is written under DIR with its path below the
-inputs' common folder (a/x.jpg and b/x.jpg become DIR/a/x.jpg and DIR/b/x.jpg), never over an
-input, and never inside a folder the inputs search. Images keep their format (JPEG at quality 95;
-no metadata is copied), their frames (GIF, animated PNG and WebP: the faces of every frame are
-hidden), pages (TIFF), alpha channel and 16-bit depth, or a warning says what could not be kept.
-Videos become H.264
-with their sound, in their container (x.avi and x.webm, which cannot hold H.264, become .mp4);
-they need the 'video' extra. A live source (a webcam number such as 0, or an rtsp://, http(s)://
-... stream URL) is written as NAME_anonymized.mp4 (or DIR/NAME.mp4) until it ends or Ctrl-C.
+in /), every input is written under DIR with its path below the inputs' common folder (a/x.jpg and
+b/x.jpg become DIR/a/x.jpg and DIR/b/x.jpg), never over an input, and never inside a folder the
+inputs search. Images keep their format (JPEG at quality 95; no metadata is copied), their frames
+(GIF, animated PNG and WebP: the faces of every frame are hidden), pages (TIFF), alpha channel and
+16-bit depth, or a warning says what could not be kept. Videos become H.264 with their sound, in
+their container (x.avi and x.webm, which cannot hold H.264, become .mp4); they need PyAV (pip
+install av). A live source (a webcam number such as 0, or an rtsp://, http(s):// ... stream URL)
+is written as NAME_anonymized.mp4 (or FILE.mp4, or DIR/NAME.mp4) until it ends or Ctrl-C.
 
 Privacy first: srn anonymize trades time for recall where srn detect does not. It keeps faces from
 a score of 0.1 (srn detect: 0.3), and it upscales an image or video whose longer side is under

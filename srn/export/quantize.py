@@ -52,7 +52,7 @@ CALIBRATION_KEY = "quantization_calibration"
 DEFAULT_CALIBRATION_COUNT = 50
 DEFAULT_CALIBRATION_SIZE = 512
 ACTIVATION_TYPES = ("quint8", "qint8")
-# The key under which srn export onnx stores its metadata (the file format, README "Export and speed").
+# The key under which srn export onnx stores its metadata (the file format, docs/export.md).
 _SRN_METADATA_KEY = "srn"
 
 
