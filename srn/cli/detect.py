@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("--resume", action="store_true", help="jsonl: skip the images already in --out (a torn last line is dropped)")
     detect.add_argument("--save-vis", metavar="DIR", help="also write each image with its boxes drawn, as DIR/<input path>")
     detect.add_argument("--save-crops", metavar="DIR", help="also write each face: a/x.jpg's as DIR/a/x_jpg/face_000.jpg ...")
-    detect.add_argument("--hide-scores", action="store_true", help="drawn photos (--out X.jpg, --save-vis): boxes without score labels")
+    detect.add_argument("--hide-scores", action="store_true", help="drawn photos and videos (--out X.jpg, --out X.mp4, --save-vis): boxes without score labels")
     detect.add_argument("--crop-margin", type=float_in(0.0), default=0.2, help="crops: margin around the box, as a fraction of its width and height")
     detect.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
@@ -218,7 +218,7 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: no such video file")
-    plans = pipeline.plan_video_outputs(paths, args.out, args.save_vis)
+    plans = pipeline.plan_video_outputs(paths, args.out, args.save_vis, scores=not args.hide_scores)
     detector = build_detector(args, args.score_thresh, args.nms_iou)
     outputs = {path: pipeline.written(targets) for path, targets in zip(paths, plans)}
 
@@ -242,7 +242,7 @@ def run_live(args: argparse.Namespace, source: str, fmt: str) -> int:
     refuse_photo_url(source)
     require_av()
     _check_stream_options(args, fmt, "live sources")
-    (targets,) = pipeline.plan_video_outputs([Path(source_name(source))], args.out, args.save_vis)
+    (targets,) = pipeline.plan_video_outputs([Path(source_name(source))], args.out, args.save_vis, scores=not args.hide_scores)
     report = Report("frame", per_item=False)
     outcome = pipeline.detect_live(lambda: build_detector(args, args.score_thresh, args.nms_iou), source, targets,
                                    args.batch_size, discard=pipeline.is_devnull(args.out))

@@ -35,7 +35,7 @@ from srn.inference.sinks import CropsSink, DrawnImageSink, sink_class
 from srn.inference.sources import ImageFileSource
 from srn.inference.writers import RunManifest, read_jsonl
 from srn.media.live import LiveSource, run_live
-from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, draw_render
+from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video
 from srn.paths import check_output_dir, check_output_file, relative_paths
 
 __all__ = [
@@ -211,7 +211,7 @@ def finish_parts(plan: Plan, shard: Shard, stale_parts: Sequence[Path], resume: 
 # -- videos and live sources ----------------------------------------------------------------------
 
 
-def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> list[VideoTargets]:
+def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None, scores: bool = True) -> list[VideoTargets]:
     """Where each input video's results go, checked (:func:`srn.paths.check_output_file`) before
     any frame is decoded:
 
@@ -220,7 +220,9 @@ def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None
     - ``X.jsonl``: the JSON lines only;
     - a folder ``DIR`` with several videos: ``DIR/<name>.mp4`` and ``DIR/<name>.jsonl`` for each;
     - None, ``-`` or the null device: JSON lines on stdout (or dropped);
-    - ``save_vis`` ``DIR``: also ``DIR/<name>.mp4`` with boxes drawn.
+    - ``save_vis`` ``DIR``: also ``DIR/<name>.mp4`` with boxes drawn;
+
+    with each box's score unless ``scores`` is False.
     """
     plans = []
     out_path = Path(out) if out and out != "-" and not is_devnull(out) else None
@@ -232,7 +234,7 @@ def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None
     if len(set(names)) != len(names):
         raise InputPathError(videos[0], "two input videos share a name; run them separately")
     for video in videos:
-        targets = VideoTargets([], None)
+        targets = VideoTargets([], None, scores)
         if out_path is None:
             pass
         elif as_folder:
@@ -284,7 +286,7 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
         found: list[Any] = [RecordLines(lines, flush=True)]
         if targets.videos:
             video_tmp = stack.enter_context(atomic_output(targets.videos[0]))
-            found.append(VideoSink(video_tmp, frames.reader, draw_render, targets.videos[0]))
+            found.append(VideoSink(video_tmp, frames.reader, targets.render, targets.videos[0]))
         return found
 
     summary = run_live(source, detector_factory, outputs, batch_size)
