@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from srn.errors import printable
@@ -98,7 +98,8 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         """argparse's, with a mistyped option answered by the subcommand that was named, with the
         closest of its options: ``srn detect: error: unrecognized arguments: --ouput x.jpg; did you
         mean --out?`` (Python 3.12's ``suggest_on_error``, for every version)."""
