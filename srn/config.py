@@ -513,7 +513,9 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
 class DatasetSpec:
     """One training source."""
 
-    format: str = "wider"  # a name of srn.data.formats.FORMATS: wider (official or list format), fddb, coco
+    # a name of srn.data.formats.FORMATS: wider (official or list format), fddb, coco; or auto: from the
+    # file (.json or JSON text: coco; six numbers per box line: fddb; else wider)
+    format: str = "auto"
     annotations: str = ""  # the annotation file (fddb: a glob or comma-separated list of ellipse files)
     images: str | None = None  # image root; default: the annotation file's folder
     repeat: float = 1.0  # over- (>1) or under-sampling (<1) of this source per epoch
@@ -613,10 +615,10 @@ class TrainConfig:
     tensorboard: bool = True
     # Evaluation during training (srn.engine.hooks.EvalHook): every eval_every steps, and at the end,
     # the detector on a held-out annotation file (eval_format: as data.train's format; eval_images:
-    # its image folder) scores AP at IoU 0.5, logged to eval.jsonl; the best model is kept as best.pt.
+    # its image folder; auto: from the file) scores AP at IoU 0.5, logged to eval.jsonl; the best model is kept as best.pt.
     eval_annotations: str | None = None
     eval_images: str | None = None
-    eval_format: str = "wider"
+    eval_format: str = "auto"
     eval_every: int = 1000
     eval_max_size: int = 1024  # the detector's max_size on the held-out images
 

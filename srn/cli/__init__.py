@@ -33,6 +33,7 @@ Examples:
   srn anonymize photos/ clip.mp4 --out anonymized/
   srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
   srn train srn_r50_widerface train.epochs=2
+  srn eval labels --annotations photos/labels.txt    AP and recall on your own labels
   srn eval wider --pred-dir preds/ --gt-dir eval_gt/
   srn export onnx --out srn.onnx
   srn bench --device cpu --sizes 640x480 --batch 0
@@ -46,7 +47,7 @@ COMMANDS = {
     "anonymize": (anonymize, "blur, pixelate or black out faces in images, videos and live sources"),
     "convert": (convert, "convert the authors' SRN.pth into an srn checkpoint"),
     "train": (train, "train SRN (one GPU, CPU, or many with torchrun)"),
-    "eval": (evaluate, "evaluate on WIDER FACE, FDDB, AFW or PASCAL Face with their own protocols"),
+    "eval": (evaluate, "evaluate a model on your own labelled photos, or on WIDER FACE, FDDB, AFW or PASCAL Face"),
     "imbalance": (imbalance, "the paper's class-imbalance analysis on a WIDER boxes file (no network)"),
     "export": (export, "export the detector (ONNX)"),
     "bench": (bench, "benchmark SRN against RetinaNet-R50"),

@@ -10,7 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from srn.config import ConfigError, DataConfig, DatasetSpec
 from srn.data.datasets import FaceDetectionDataset
-from srn.data.formats import FaceRecord, check_format
+from srn.data.formats import FaceRecord, check_format, detect_format
 from srn.data.image_io import ImageReadError, read_image
 from srn.data.samplers import RepeatDataset, SeededSamples
 from srn.data.transforms import build_train_transforms
@@ -31,7 +31,8 @@ def train_transforms(config: DataConfig) -> Callable:
 
 
 def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "data.train") -> tuple[list[FaceRecord], Path]:
-    """The records of one source, parsed by its format (:data:`srn.data.formats.FORMATS`), and the
+    """The records of one source, parsed by its format (:data:`srn.data.formats.FORMATS`; ``auto``:
+    :func:`srn.data.formats.detect_format` of its first file), and the
     folder their image paths are relative to. Relative paths are taken from ``base_dir`` (the config
     file's folder) when given.
 
@@ -44,9 +45,12 @@ def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "da
         p = Path(path).expanduser()
         return p if p.is_absolute() or base_dir is None or p.exists() else base_dir / p
 
-    fmt = check_format(spec.format, f"{key}.format")
     if not spec.annotations:
         raise ConfigError(f"{key}: a source needs 'annotations'")
+    name = spec.format
+    if name == "auto":  # from the file's suffix or content (srn.data.formats.detect_format)
+        name = detect_format(resolve(spec.annotations.split(",")[0].strip()))
+    fmt = check_format(name, f"{key}.format")
     images = resolve(spec.images) if spec.images else None
     if fmt.many_files:
         files = sorted({f for part in spec.annotations.split(",") for f in glob.glob(str(resolve(part.strip())))})
@@ -56,8 +60,8 @@ def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "da
         files = [str(resolve(spec.annotations))]
     if images is None:
         if fmt.needs_images:
-            article = "an" if spec.format[0] in "aefhilmnorsx" else "a"  # as the letter's name is spoken: "an fddb"
-            raise ConfigError(f"{key}: {article} {spec.format} source needs 'images'")
+            article = "an" if name[0] in "aefhilmnorsx" else "a"  # as the letter's name is spoken: "an fddb"
+            raise ConfigError(f"{key}: {article} {name} source needs 'images'")
         images = Path(files[0]).parent
     return fmt.parse(files, spec.ignore_invalid), images
 

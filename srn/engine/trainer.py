@@ -256,7 +256,8 @@ class Trainer:
         from srn.evaluation.evaluator import FaceboxEvaluator
 
         tc = self.config.train
-        check_format(tc.eval_format, "train.eval_format")
+        if tc.eval_format != "auto":
+            check_format(tc.eval_format, "train.eval_format")
         spec = DatasetSpec(format=tc.eval_format, annotations=tc.eval_annotations, images=tc.eval_images)
         records, image_root = read_records(spec, self.base_dir, key="train.eval_annotations")
         evaluator = FaceboxEvaluator.from_records(records, name="train.eval_annotations")
