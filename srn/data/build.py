@@ -66,20 +66,39 @@ def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "da
     return fmt.parse(files, spec.ignore_invalid), images
 
 
-def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None) -> FaceDetectionDataset:
-    """One source; relative paths are taken from ``base_dir`` (the config file's folder) when given."""
+def held_out_split(records: Sequence[FaceRecord], fraction: float) -> tuple[list[FaceRecord], list[FaceRecord]]:
+    """``(kept, held out)``: ``round(fraction * n)`` records (at least 1 when ``fraction > 0``) spread
+    evenly over the list are held out; the same list and fraction always hold out the same records.
+
+    Raises:
+        ConfigError: nothing would be left on one side (fewer than 2 records).
+    """
+    records = list(records)
+    if fraction <= 0:
+        return records, []
+    count = max(1, round(fraction * len(records)))
+    if count >= len(records):
+        raise ConfigError(f"train.calibrate_fraction: {fraction:g} of {len(records)} images leaves none to train on")
+    held = {int((k + 0.5) * len(records) / count) for k in range(count)}
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None, hold_out: float = 0.0) -> FaceDetectionDataset:
+    """One source, less its held-out share ``hold_out`` (:func:`held_out_split`); relative paths are
+    taken from ``base_dir`` (the config file's folder) when given."""
     records, images = read_records(spec, base_dir)
-    return FaceDetectionDataset(records, images, transforms)
+    return FaceDetectionDataset(held_out_split(records, hold_out)[0], images, transforms)
 
 
-def build_train_dataset(config: DataConfig, base_dir: Path | None = None) -> Dataset:
-    """All training sources, each repeated by its ``repeat`` factor, concatenated."""
+def build_train_dataset(config: DataConfig, base_dir: Path | None = None, hold_out: float = 0.0) -> Dataset:
+    """All training sources, each repeated by its ``repeat`` factor, concatenated; ``hold_out``: the
+    share of the first source's images left out (for score calibration, :func:`held_out_split`)."""
     if not config.train:
         raise ConfigError("data.train is empty: name at least one training source")
     transforms = train_transforms(config)
     parts: list[Dataset] = []
-    for spec in config.train:
-        source = build_source(spec, transforms, base_dir)
+    for index, spec in enumerate(config.train):
+        source = build_source(spec, transforms, base_dir, hold_out if index == 0 else 0.0)
         parts.append(source if spec.repeat == 1.0 else RepeatDataset(source, spec.repeat))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
