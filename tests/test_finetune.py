@@ -81,3 +81,41 @@ def test_fine_tune_srn_default_loads_every_tensor_and_calibrates(tmp_path, caplo
     else:
         fit = json.loads((tmp_path / "run" / "calibration.json").read_text())
         assert (config_out.postprocess.score_scale, config_out.postprocess.score_shift) == (fit["score_scale"], fit["score_shift"])
+
+
+def test_srn_calibrate_writes_a_model_whose_scores_follow_the_fit(tmp_path, capsys):
+    """On the astronaut photo (in the repository), labelled with its one face: the copy's boxes are
+    the shipped model's, and each score is sigmoid(a' z + b') of the network's logit z."""
+    from srn.cli import main
+    from srn.inference import Detector
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "labels.txt").write_text("astronaut.png\n1\n177 62 99 121\n")
+    (tmp_path / "astronaut.png").write_bytes((root / "docs" / "astronaut.png").read_bytes())
+    assert main(["calibrate", "--annotations", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "cal.pt"),
+                 "--json", str(tmp_path / "fit.json"), "--device", "cpu", "--workers", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["images"] == 1 and fit["true"] == 1 and fit["detections"] > 1
+    shipped_config, _ = read_weights(DEFAULT_WEIGHTS)
+    config, _ = read_weights(tmp_path / "cal.pt")
+    assert (config.postprocess.score_scale, config.postprocess.score_shift) == (fit["score_scale"], fit["score_shift"])
+    assert config.model == shipped_config.model
+    before = Detector(weights=DEFAULT_WEIGHTS, device="cpu", score_thresh=0.0).detect(root / "docs" / "astronaut.png")
+    after = Detector(weights=tmp_path / "cal.pt", device="cpu", score_thresh=0.0).detect(root / "docs" / "astronaut.png")
+    torch.testing.assert_close(after.boxes, before.boxes)
+    post = shipped_config.postprocess
+    z = (torch.logit(before.scores.double()) - post.score_shift) / post.score_scale
+    expected = torch.sigmoid(fit["score_scale"] * z + fit["score_shift"])
+    torch.testing.assert_close(after.scores.double(), expected, atol=1e-5, rtol=1e-4)
+    assert after.scores[0] > before.scores[0]  # the one labelled face, scored higher after the fit
+
+
+def test_srn_calibrate_without_true_detections_is_one_line(tmp_path, capsys):
+    from srn.cli import main
+
+    labels = write_synthetic_faces(tmp_path / "p", count=2, size=64)
+    code = main(["calibrate", "--annotations", str(labels), "--out", str(tmp_path / "cal.pt"), "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "srn calibrate: error:" in err and "label more photos" in err
+    assert not (tmp_path / "cal.pt").exists()

@@ -144,8 +144,8 @@ def fit_on_photos(detector: Any, records: Sequence[Any], image_root: str | Path,
     try:
         a, b = fit_platt(z, y)
     except ValueError as exc:
-        raise CalibrationError(f"{where or root}: {exc} on {len(results)} photos; label more photos, or hold out more "
-                               "(score calibration needs both found faces and false detections)") from None
+        raise CalibrationError(f"{where or root}: {exc} on {len(results)} photos; "
+                               "label more photos, or hold out more") from None
     if a <= 0:
         raise CalibrationError(f"{where or root}: the fitted score scale is {a:.3g}: on these photos a higher score is not "
                                "more often a face; the model needs more training first")
@@ -153,3 +153,32 @@ def fit_on_photos(detector: Any, records: Sequence[Any], image_root: str | Path,
     _, after = reliability(1 / (1 + np.exp(-(a * z + b))), y)
     return {"a": a, "b": b, "images": len(results), "detections": int(len(z)), "true": int(y.sum()),
             "ece_before": before, "ece_after": after, "failures": failures}
+
+
+def calibrate_checkpoint(weights: str | Path, records: Sequence[Any], image_root: str | Path, out: str | Path, device: str | None = None,
+                         max_size: int = 2100, batch_size: int = 8, workers: int = 0) -> dict[str, Any]:
+    """``srn calibrate``: fit the score calibration of the checkpoint ``weights`` on labelled photos
+    (:func:`fit_on_photos`) and write a copy that carries it to ``out`` (atomically); the weights
+    are unchanged, so boxes, their order and AP stay as they are.
+
+    Returns:
+        The fit, with the written ``score_scale`` and ``score_shift`` (rounded to 4 decimals).
+
+    Raises:
+        WeightsError: ``weights`` is not a checkpoint (an ``.onnx`` file cannot be rewritten).
+        CalibrationError: see :func:`fit_on_photos`.
+    """
+    import dataclasses
+
+    from srn.inference import Detector
+    from srn.weights import load_model, save_checkpoint
+
+    model, config = load_model(weights)
+    post = config.postprocess
+    detector = Detector(model=model, config=config, device=device, score_thresh=0.0, max_size=max_size, batch_size=batch_size)
+    fit = fit_on_photos(detector, records, image_root, post.score_scale, post.score_shift, workers=workers, where=str(image_root))
+    scale, shift = round(fit["a"], 4), round(fit["b"], 4)
+    calibrated = dataclasses.replace(config, postprocess=dataclasses.replace(post, score_scale=scale, score_shift=shift))
+    save_checkpoint(model, calibrated, out)
+    return {"score_scale": scale, "score_shift": shift, "previous_score_scale": post.score_scale,
+            "previous_score_shift": post.score_shift, **fit}
