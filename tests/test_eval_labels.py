@@ -60,13 +60,13 @@ def test_detect_format_from_suffix_and_content(tmp_path):
         detect_format(tmp_path / "x.mat")
 
 
-def _coco_of(labels: Path) -> Path:
+def _coco_of(labels: Path, size: int = 128) -> Path:
     """The WIDER list ``labels`` as a COCO JSON beside it."""
     from srn.data.formats import parse_wider_file
 
     images, annotations = [], []
     for index, record in enumerate(parse_wider_file(labels)):
-        images.append({"id": index, "file_name": record.image_path, "width": 128, "height": 128})
+        images.append({"id": index, "file_name": record.image_path, "width": size, "height": size})
         for box in record.boxes.tolist():
             annotations.append({"id": len(annotations), "image_id": index, "category_id": 1,
                                 "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "iscrowd": 0})
@@ -131,7 +131,7 @@ def test_a_json_given_as_training_list_is_read_as_coco(tmp_path):
     from srn.data.build import read_records
 
     labels = write_synthetic_faces(tmp_path / "p", count=2, size=64)
-    records, root = read_records(DatasetSpec(annotations=str(_coco_of(labels)), images=str(labels.parent)))
+    records, root = read_records(DatasetSpec(annotations=str(_coco_of(labels, size=64)), images=str(labels.parent)))
     assert [r.image_path for r in records] == ["face_000.png", "face_001.png"] and root == labels.parent
 
 
