@@ -47,6 +47,7 @@ class LabelsResult(JsonResult):
     Attributes:
         by_size: ``{"all" | bin: {"faces", "ap50", "ap50_95", "recall": {thr: r}, "precision": {thr: p}}}``.
         curve: the PR curve of all faces at IoU 0.5 (``recall``, ``precision``, ``scores`` arrays).
+        size_curves: the same per size bin.
         num_images, num_faces, num_ignored, num_detections: what was evaluated.
         num_missing: annotated images without predictions (counted as no detections).
         extra: predicted images that are not annotated (not evaluated).
@@ -61,6 +62,7 @@ class LabelsResult(JsonResult):
     num_detections: int
     num_missing: int = 0
     extra: list[str] = field(default_factory=list)
+    size_curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def num_extra(self) -> int:
@@ -91,6 +93,7 @@ class LabelsResult(JsonResult):
         }
         if curves:
             data["pr_curve"] = self.curve
+            data["pr_curve_by_size"] = self.size_curves
         return data
 
 
@@ -129,6 +132,7 @@ def evaluate_labels(
         num_detections=int(sum(len(s) for _, s in dets)),
         num_missing=sum(r.image_path not in detections for r in records),
         extra=[name for name in detections if name not in known],
+        size_curves={name: at[0.5][name]["curve"] for name in by_size if name != "all"},
     )
 
 
