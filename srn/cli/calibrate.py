@@ -12,7 +12,7 @@ DESCRIPTION = """\
 Fit the score calibration (Platt scaling: a score is sigmoid(a * z + b), z the network's logit) of a
 checkpoint on labelled photos it was not trained on, and write a copy that carries it. Boxes, their
 order and AP do not change; a score then says again how often a box of that score is a face, so that
-the thresholds of srn detect (0.3) and srn anonymize (0.2) keep their meaning after fine-tuning.
+the thresholds of srn detect (0.3) and srn anonymize (0.1) keep their meaning after fine-tuning.
 
   srn calibrate --weights runs/mine/model.pt --annotations held_out/labels.txt --out mine_calibrated.pt
   srn calibrate --weights runs/mine/model.pt --images photos/ --annotations held_out.json --out calibrated.pt --json fit.json"""

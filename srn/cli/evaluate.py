@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model on your own labelled photos, or on WIDER FACE, FDDB, AFW or PASCAL Face",
         description="Detect, then evaluate with the benchmark's own protocol; or evaluate existing predictions.\n\n"
         "Your own labelled photos (a WIDER-style list or a COCO JSON; the format is told from the file):\n"
-        "AP at IoU 0.5 and 0.5:0.95, recall and precision at scores 0.3 and 0.2, per face size; a PR plot.\n"
+        "AP at IoU 0.5 and 0.5:0.95, recall and precision at scores 0.3 and 0.1, per face size; a PR plot.\n"
         "  srn eval labels --annotations photos/labels.txt                # the shipped model; images beside the list\n"
         "  srn eval labels --images photos/ --annotations coco.json --weights runs/x/model.pt --json summary.json\n"
         "  srn eval labels --annotations labels.txt --detections faces.jsonl   # srn detect's output, no detection\n\n"
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "or the afw/pascal .mat file")
     evaluate.add_argument("--format", choices=("auto", "wider", "coco", "fddb"), default="auto",
                           help="labels: the annotation file's format (default: told from the file: .json is coco)")
-    evaluate.add_argument("--thresholds", type=float_in(0.0, 1.0), nargs="+", default=[0.3, 0.2], metavar="SCORE",
-                          help="labels: score thresholds for recall and precision (default: 0.3 srn detect's, 0.2 srn anonymize's)")
+    evaluate.add_argument("--thresholds", type=float_in(0.0, 1.0), nargs="+", default=[0.3, 0.1], metavar="SCORE",
+                          help="labels: score thresholds for recall and precision (default: 0.3 srn detect's, 0.1 srn anonymize's)")
     evaluate.add_argument("--subset", action="store_true", help="wider: only images with predictions (NOT the official number)")
     evaluate.add_argument("--tta", action="store_true", help="the release's multi-scale + flip + box-voting test")
     evaluate.add_argument("--tta-max-size", type=int_at_least(32), default=2100, help="TTA max_size, at least 32 (1400 fits a 12 GB GPU)")

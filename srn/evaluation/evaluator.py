@@ -65,7 +65,7 @@ class EvaluatorOptions:
     height_scale: float = 1.0
     format: str | None = None
     images: str | None = None
-    thresholds: tuple[float, ...] = (0.3, 0.2)
+    thresholds: tuple[float, ...] = (0.3, 0.1)
 
 
 class DatasetEvaluator:
@@ -463,7 +463,7 @@ class LabelsEvaluator(DatasetEvaluator):
     primary_metric = "ap50"
     predictions_name = "detections.jsonl"
 
-    def __init__(self, records: Sequence[Any], image_root: Path | None = None, thresholds: Sequence[float] = (0.3, 0.2),
+    def __init__(self, records: Sequence[Any], image_root: Path | None = None, thresholds: Sequence[float] = (0.3, 0.1),
                  annotation_file: str = "") -> None:
         seen: set[str] = set()
         for record in records:

@@ -7,7 +7,8 @@ WIDER ``invalid``) count neither way. Matching and AP are :func:`srn.evaluation.
 each detection, best score first, takes the labelled face it overlaps most, the first detection on a
 face is a true positive, and AP is VOC's. AP@0.5:0.95 is the mean of the AP at IoU 0.50, 0.55, ...,
 0.95 (COCO's). Recall and precision are given at the score thresholds the commands use (0.3 for
-``srn detect``, 0.2 for ``srn anonymize``), so a user reads what a run with those defaults finds.
+``srn detect``, 0.1 for ``srn anonymize``), so a user reads what a run with those defaults finds
+(``srn anonymize`` also upscales small photos to 1536 px: ``--min-size 1536`` evaluates that).
 
 Predictions are the records ``srn detect`` writes (JSON Lines or a JSON array of
 ``{"image", "faces": [{"box": [x1, y1, x2, y2], "score"}]}``); :func:`read_detection_records` reads
@@ -37,7 +38,7 @@ __all__ = ["IOU_RANGE", "THRESHOLDS", "LabelsResult", "evaluate_labels", "format
            "write_detection_records"]
 
 IOU_RANGE = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # COCO's 0.50:0.05:0.95
-THRESHOLDS = (0.3, 0.2)  # srn detect's and srn anonymize's default score thresholds
+THRESHOLDS = (0.3, 0.1)  # srn detect's and srn anonymize's default score thresholds
 
 
 @dataclass
