@@ -230,6 +230,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if dataclasses.is_dataclass(annotation):
+        if annotation is DatasetSpec and isinstance(value, str):
+            value = {"annotations": value}  # data.train=labels.txt: one source, its format told from the file
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping of its keys, got {_described(value)}")
         return from_dict(annotation, value, prefix=f"{key}.")
@@ -513,7 +515,9 @@ def _deep_update(target: dict[str, Any], source: Mapping[str, Any]) -> None:
 class DatasetSpec:
     """One training source."""
 
-    format: str = "wider"  # a name of srn.data.formats.FORMATS: wider (official or list format), fddb, coco
+    # a name of srn.data.formats.FORMATS: wider (official or list format), fddb, coco; or auto: from the
+    # file (.json or JSON text: coco; six numbers per box line: fddb; else wider)
+    format: str = "auto"
     annotations: str = ""  # the annotation file (fddb: a glob or comma-separated list of ellipse files)
     images: str | None = None  # image root; default: the annotation file's folder
     repeat: float = 1.0  # over- (>1) or under-sampling (<1) of this source per epoch
@@ -603,7 +607,15 @@ class TrainConfig:
     checkpoint_every: int = 1000  # iterations (optimizer steps); also at every epoch end
     log_every: int = 20
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
-    init_from: str | None = None  # start from an srn checkpoint's weights (fine-tuning)
+    # Start from an srn checkpoint's weights (fine-tuning); "shipped" is the packaged model. Every
+    # tensor of the model must come from the file (a dense head may become a separable one), unless
+    # init_strict is false: then the tensors without a match keep their initialisation.
+    init_from: str | None = None
+    init_strict: bool = True
+    # Score calibration at the end of training: this share of the first data.train source's images
+    # is held out of training, and Platt scaling fitted on the model's detections there is stored in
+    # model.pt (postprocess.score_scale, score_shift), so that score thresholds keep their meaning.
+    calibrate_fraction: float = 0.0
     # Distillation: a trained srn checkpoint whose outputs on each batch the model also learns
     # (srn.criterion.DistillationCriterion), weighted by distill_weight; same levels and anchors.
     teacher: str | None = None
@@ -613,10 +625,10 @@ class TrainConfig:
     tensorboard: bool = True
     # Evaluation during training (srn.engine.hooks.EvalHook): every eval_every steps, and at the end,
     # the detector on a held-out annotation file (eval_format: as data.train's format; eval_images:
-    # its image folder) scores AP at IoU 0.5, logged to eval.jsonl; the best model is kept as best.pt.
+    # its image folder; auto: from the file) scores AP at IoU 0.5, logged to eval.jsonl; the best model is kept as best.pt.
     eval_annotations: str | None = None
     eval_images: str | None = None
-    eval_format: str = "wider"
+    eval_format: str = "auto"
     eval_every: int = 1000
     eval_max_size: int = 1024  # the detector's max_size on the held-out images
 
@@ -642,6 +654,7 @@ class TrainConfig:
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.log_every", self.log_every, 1)
         _non_negative("train.distill_weight", self.distill_weight)
+        _require(0 <= self.calibrate_fraction < 1, "train.calibrate_fraction", "in [0, 1)", self.calibrate_fraction)
         _at_least("train.eval_every", self.eval_every, 1)
         _at_least("train.eval_max_size", self.eval_max_size, 32)
         if self.eval_annotations is not None:

@@ -21,8 +21,8 @@ def _wider_gt():
 
 
 def test_registry_names_every_benchmark_and_refuses_others():
-    assert list(EVALUATORS) == ["wider", "fddb", "afw", "pascal"]
-    with pytest.raises(ConfigError, match="unknown benchmark 'coco'; choose one of wider, fddb, afw, pascal"):
+    assert list(EVALUATORS) == ["wider", "fddb", "afw", "pascal", "labels"]
+    with pytest.raises(ConfigError, match="unknown benchmark 'coco'; choose one of wider, fddb, afw, pascal, labels"):
         build_evaluator("coco", [])
 
 

@@ -235,7 +235,7 @@ def test_lite_model_starts_from_the_shipped_backbone():
     matching = {k for k, v in shipped.items() if k in own and own[k].shape == v.shape}
     backbone = {k for k in own if k.startswith("backbone.")}
     assert matching == backbone | {"extra.c6.weight", "extra.c6.bias", "head.cls_pred.bias", "head.box_pred.bias"}
-    init_from(model, SHIPPED)
+    init_from(model, SHIPPED, strict=False)
     own = model.state_dict()
     for key in sorted(matching):
         torch.testing.assert_close(own[key], shipped[key])

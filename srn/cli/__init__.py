@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from srn.cli import anonymize, bench, convert, detect, evaluate, export, imbalance, train
+from srn.cli import anonymize, bench, calibrate, convert, detect, evaluate, export, imbalance, train
 from srn.cli.common import OneLineParser, UserError, worker_death
 from srn.errors import InferenceOutOfMemory, SRNError, printable
 from srn.version import __version__
@@ -34,6 +34,9 @@ Examples:
   srn anonymize photos/ clip.mp4 --out anonymized/
   srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
   srn train srn_r50_widerface train.epochs=2
+  srn train srn_default data.train=photos/labels.txt    fine-tune the shipped model
+  srn eval labels --annotations photos/labels.txt    AP and recall on your own labels
+  srn calibrate --weights W --annotations held_out.txt --out W2
   srn eval wider --pred-dir preds/ --gt-dir eval_gt/
   srn export onnx --out srn.onnx
   srn bench --device cpu --sizes 640x480 --batch 0
@@ -47,7 +50,8 @@ COMMANDS = {
     "anonymize": (anonymize, "blur, pixelate or black out faces in images, videos and live sources"),
     "convert": (convert, "convert the authors' SRN.pth into an srn checkpoint"),
     "train": (train, "train SRN (one GPU, CPU, or many with torchrun)"),
-    "eval": (evaluate, "evaluate on WIDER FACE, FDDB, AFW or PASCAL Face with their own protocols"),
+    "calibrate": (calibrate, "refit a checkpoint's score calibration on labelled photos"),
+    "eval": (evaluate, "evaluate a model on your own labelled photos, or on WIDER FACE, FDDB, AFW or PASCAL Face"),
     "imbalance": (imbalance, "the paper's class-imbalance analysis on a WIDER boxes file (no network)"),
     "export": (export, "export the detector (ONNX)"),
     "bench": (bench, "benchmark SRN against RetinaNet-R50"),

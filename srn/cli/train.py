@@ -12,9 +12,13 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DESCRIPTION = """\
 Train SRN. CONFIG is a YAML file or a preset; key=value pairs override it.
 
-Presets: srn_r50_widerface (the paper's), retinanet_r50_widerface, ablation_stc, ablation_str,
-ablation_stc_str, srn_mobilenet_v2.
+Presets: srn_default (fine-tune the shipped model on your photos: its architecture, every tensor
+loaded from it, score calibration refitted at the end), srn_lite (SRN-Lite, width 32), srn_mobilenet_v2,
+srn_r50_widerface (the paper's), retinanet_r50_widerface, ablation_stc, ablation_str, ablation_stc_str.
+data.train=FILE names one source (a WIDER-style list or a COCO .json, told from the file).
 
+  srn train srn_default data.train=photos/labels.txt train.output_dir=runs/mine
+  srn train srn_default data.train='[{annotations: coco.json, images: photos/}]'
   srn train srn_r50_widerface train.output_dir=runs/a
   torchrun --nproc_per_node=8 -m srn train srn_r50_widerface train.batch_per_device=4
   srn train my.yaml --resume"""

@@ -10,7 +10,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from srn.config import ConfigError, DataConfig, DatasetSpec
 from srn.data.datasets import FaceDetectionDataset
-from srn.data.formats import FaceRecord, check_format
+from srn.data.formats import FaceRecord, check_format, detect_format
 from srn.data.image_io import ImageReadError, read_image
 from srn.data.samplers import RepeatDataset, SeededSamples
 from srn.data.transforms import build_train_transforms
@@ -31,7 +31,8 @@ def train_transforms(config: DataConfig) -> Callable:
 
 
 def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "data.train") -> tuple[list[FaceRecord], Path]:
-    """The records of one source, parsed by its format (:data:`srn.data.formats.FORMATS`), and the
+    """The records of one source, parsed by its format (:data:`srn.data.formats.FORMATS`; ``auto``:
+    :func:`srn.data.formats.detect_format` of its first file), and the
     folder their image paths are relative to. Relative paths are taken from ``base_dir`` (the config
     file's folder) when given.
 
@@ -44,9 +45,12 @@ def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "da
         p = Path(path).expanduser()
         return p if p.is_absolute() or base_dir is None or p.exists() else base_dir / p
 
-    fmt = check_format(spec.format, f"{key}.format")
     if not spec.annotations:
         raise ConfigError(f"{key}: a source needs 'annotations'")
+    name = spec.format
+    if name == "auto":  # from the file's suffix or content (srn.data.formats.detect_format)
+        name = detect_format(resolve(spec.annotations.split(",")[0].strip()))
+    fmt = check_format(name, f"{key}.format")
     images = resolve(spec.images) if spec.images else None
     if fmt.many_files:
         files = sorted({f for part in spec.annotations.split(",") for f in glob.glob(str(resolve(part.strip())))})
@@ -56,26 +60,45 @@ def read_records(spec: DatasetSpec, base_dir: Path | None = None, key: str = "da
         files = [str(resolve(spec.annotations))]
     if images is None:
         if fmt.needs_images:
-            article = "an" if spec.format[0] in "aefhilmnorsx" else "a"  # as the letter's name is spoken: "an fddb"
-            raise ConfigError(f"{key}: {article} {spec.format} source needs 'images'")
+            article = "an" if name[0] in "aefhilmnorsx" else "a"  # as the letter's name is spoken: "an fddb"
+            raise ConfigError(f"{key}: {article} {name} source needs 'images'")
         images = Path(files[0]).parent
     return fmt.parse(files, spec.ignore_invalid), images
 
 
-def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None) -> FaceDetectionDataset:
-    """One source; relative paths are taken from ``base_dir`` (the config file's folder) when given."""
+def held_out_split(records: Sequence[FaceRecord], fraction: float) -> tuple[list[FaceRecord], list[FaceRecord]]:
+    """``(kept, held out)``: ``round(fraction * n)`` records (at least 1 when ``fraction > 0``) spread
+    evenly over the list are held out; the same list and fraction always hold out the same records.
+
+    Raises:
+        ConfigError: nothing would be left on one side (fewer than 2 records).
+    """
+    records = list(records)
+    if fraction <= 0:
+        return records, []
+    count = max(1, round(fraction * len(records)))
+    if count >= len(records):
+        raise ConfigError(f"train.calibrate_fraction: {fraction:g} of {len(records)} images leaves none to train on")
+    held = {int((k + 0.5) * len(records) / count) for k in range(count)}
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def build_source(spec: DatasetSpec, transforms: Callable | None, base_dir: Path | None = None, hold_out: float = 0.0) -> FaceDetectionDataset:
+    """One source, less its held-out share ``hold_out`` (:func:`held_out_split`); relative paths are
+    taken from ``base_dir`` (the config file's folder) when given."""
     records, images = read_records(spec, base_dir)
-    return FaceDetectionDataset(records, images, transforms)
+    return FaceDetectionDataset(held_out_split(records, hold_out)[0], images, transforms)
 
 
-def build_train_dataset(config: DataConfig, base_dir: Path | None = None) -> Dataset:
-    """All training sources, each repeated by its ``repeat`` factor, concatenated."""
+def build_train_dataset(config: DataConfig, base_dir: Path | None = None, hold_out: float = 0.0) -> Dataset:
+    """All training sources, each repeated by its ``repeat`` factor, concatenated; ``hold_out``: the
+    share of the first source's images left out (for score calibration, :func:`held_out_split`)."""
     if not config.train:
         raise ConfigError("data.train is empty: name at least one training source")
     transforms = train_transforms(config)
     parts: list[Dataset] = []
-    for spec in config.train:
-        source = build_source(spec, transforms, base_dir)
+    for index, spec in enumerate(config.train):
+        source = build_source(spec, transforms, base_dir, hold_out if index == 0 else 0.0)
         parts.append(source if spec.repeat == 1.0 else RepeatDataset(source, spec.repeat))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 

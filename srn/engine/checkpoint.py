@@ -84,18 +84,38 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def init_from(model: nn.Module, path: str | Path) -> None:
-    """Start from an srn checkpoint's weights: every tensor whose name and shape match the model's
-    is loaded, the rest keep their initialisation. The same network loads whole (fine-tuning); a
-    new head on the same backbone loads the backbone (e.g. a light model from the shipped one); a
-    model with a depthwise-separable head starts from the factorised dense head
-    (:func:`srn.model.layers.separable_from_dense`).
+SHIPPED = "shipped"  # the name of the packaged model in train.init_from and train.teacher
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """``path``, or the shipped model's file (``srn/assets/srn_mobilenet_v2.pt``) for the name ``shipped``."""
+    if str(path) == SHIPPED:
+        from srn.inference.detector import DEFAULT_WEIGHTS
+
+        return DEFAULT_WEIGHTS
+    return Path(path)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
+
+
+def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_config: ModelConfig | None = None) -> None:
+    """Start from an srn checkpoint's weights (``shipped``: the packaged model): every tensor whose
+    name and shape match the model's is loaded. A model with a depthwise-separable head starts its
+    separable layers from the file's factorised dense head (:func:`srn.model.layers.separable_from_dense`).
+
+    With ``strict`` (the default) every tensor of the model must come from the file, so that a
+    fine-tuning run never starts partly from scratch unnoticed; with ``strict=False`` the tensors
+    without a match keep their initialisation (a new head on the shipped backbone, say).
 
     Raises:
-        TrainingError: no tensor of the file matches the model (besides the errors of
-            :func:`srn.weights.read_weights` for an unreadable file).
+        TrainingError: one line: no tensor of the file matches the model; or, when ``strict``, some
+            of the model's tensors have no match (the first named, with both shapes, and the model
+            keys in which the file's config differs from ``model_config``).
     """
-    _, state = read_weights(path)
+    path = resolve_weights(path)
+    file_config, state = read_weights(path)
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -103,9 +123,25 @@ def init_from(model: nn.Module, path: str | Path) -> None:
     # A separable model from a dense one: its depthwise-separable layers start as the nearest
     # factorisation of the dense kernels.
     factored = separable_from_dense(state, own)
+    missing = [k for k in own if k not in matched and k not in factored]
+    if missing and strict:
+        shown = []
+        for key in missing[:3]:
+            shown.append(f"{key} (model {_shape(own[key])}, file {_shape(state[key])})" if key in state else f"{key} (not in the file)")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        differ = ""
+        if model_config is not None:
+            mine, theirs = to_dict(model_config), to_dict(file_config.model)
+            keys = [k for k in mine if k != "pretrained" and mine[k] != theirs.get(k)]
+            if keys:
+                differ = "; the file's model differs in " + ", ".join(f"model.{k} (file {theirs.get(k)}, config {mine[k]})" for k in keys)
+        raise TrainingError(f"{path}: train.init_from: {len(missing)} of the model's {len(own)} tensors have no match in the file: "
+                            f"{', '.join(shown)}{more}{differ}; is this the same architecture? (train.init_strict=false loads "
+                            "only the tensors that match)")
     model.load_state_dict({**matched, **factored}, strict=False)
     logger.info("train.init_from %s: loaded %d of the model's %d tensors, factored %d from dense kernels "
-                "(%d of the file's did not match)", path, len(matched), len(own), len(factored), len(state) - len(matched))
+                "(%d of the file's did not match)%s", path, len(matched), len(own), len(factored), len(state) - len(matched),
+                f"; {len(missing)} keep their initialisation" if missing else "")
 
 
 def restore_training_state(

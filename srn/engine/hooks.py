@@ -35,7 +35,7 @@ from typing import Any
 from srn.atomic import atomic_write_text
 from srn.errors import TrainingError
 
-__all__ = ["Checkpointer", "EvalHook", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
+__all__ = ["CalibrationHook", "Checkpointer", "EvalHook", "HookBase", "MetricsLogger", "NonFiniteGuard", "TensorBoardWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,57 @@ class Checkpointer(HookBase):
     def after_train(self) -> None:
         if self.trainer.completed:
             self.trainer.save_model()
+
+
+class CalibrationHook(HookBase):
+    """At the end of a completed run, before ``model.pt`` is written: Platt scaling of the model's
+    scores fitted on held-out photos (:func:`srn.evaluation.calibration.fit_on_photos`), stored in
+    ``trainer.config.postprocess`` (``score_scale``, ``score_shift``) so that ``model.pt`` carries it,
+    logged, and written to ``path`` as JSON. Register it before :class:`Checkpointer`.
+
+    When the photos cannot determine a fit (too few detections, or none false), a warning says so
+    and the config's calibration stays.
+
+    Args:
+        records: the held-out :class:`srn.data.formats.FaceRecord` s, images under ``image_root``.
+        path: the JSON file (``calibration.json`` in the run folder).
+        max_size: the detector's.
+    """
+
+    def __init__(self, records: Sequence[Any], image_root: Path, path: Path, max_size: int = 1024) -> None:
+        self.records = list(records)
+        self.image_root = Path(image_root)
+        self.path = Path(path)
+        self.max_size = max_size
+        self.fit: dict[str, Any] | None = None
+
+    def after_train(self) -> None:
+        import dataclasses
+
+        from srn.config import DetectorConfig
+        from srn.evaluation.calibration import CalibrationError, fit_on_photos
+        from srn.inference import Detector
+
+        trainer = self.trainer
+        if not trainer.completed:
+            return
+        post = trainer.config.postprocess
+        detector = Detector(model=trainer.model, config=DetectorConfig(trainer.config.model, post), device=trainer.device,
+                            score_thresh=0.0, max_size=self.max_size, batch_size=8)
+        where = f"train.calibrate_fraction ({len(self.records)} held-out photos)"
+        try:
+            fit = fit_on_photos(detector, self.records, self.image_root, post.score_scale, post.score_shift, where=where)
+        except CalibrationError as exc:
+            logger.warning("score calibration skipped: %s; model.pt keeps postprocess.score_scale %g, score_shift %g",
+                           exc, post.score_scale, post.score_shift)
+            return
+        a, b = round(fit["a"], 4), round(fit["b"], 4)
+        trainer.config = dataclasses.replace(trainer.config, postprocess=dataclasses.replace(post, score_scale=a, score_shift=b))
+        self.fit = fit
+        atomic_write_text(self.path, json.dumps({"score_scale": a, "score_shift": b, **fit}, indent=1) + "\n")
+        logger.info("score calibration on %d held-out photos (%d detections, %d true): postprocess.score_scale %g, score_shift %g "
+                    "(expected calibration error %.3f -> %.3f)", fit["images"], fit["detections"], fit["true"], a, b,
+                    fit["ece_before"], fit["ece_after"])
 
 
 class EvalHook(HookBase):

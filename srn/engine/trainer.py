@@ -36,9 +36,9 @@ from srn.data.datasets import collate
 from srn.data.formats import check_format
 from srn.data.samplers import ResumableSampler, SeededSamples
 from srn.data.target import Target
-from srn.engine.checkpoint import init_from, restore_training_state, save_training_checkpoint
+from srn.engine.checkpoint import init_from, resolve_weights, restore_training_state, save_training_checkpoint
 from srn.engine.distributed import DistInfo, all_reduce_mean, cleanup, global_normalizer, init_distributed
-from srn.engine.hooks import Checkpointer, EvalHook, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
+from srn.engine.hooks import CalibrationHook, Checkpointer, EvalHook, HookBase, MetricsLogger, NonFiniteGuard, TensorBoardWriter
 from srn.errors import TrainingError
 from srn.model import SRN
 from srn.weights import load_model, save_checkpoint
@@ -159,7 +159,7 @@ class Trainer:
         tc = self.config.train
         model = SRN.from_config(self.config.model)
         if tc.init_from:
-            init_from(model, tc.init_from)
+            init_from(model, tc.init_from, strict=tc.init_strict, model_config=self.config.model)
         model.to(self.device)
         if tc.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -182,7 +182,7 @@ class Trainer:
         criterion.normalizer_fn = global_normalizer
         if not tc.teacher:
             return criterion
-        teacher, teacher_config = load_model(tc.teacher, self.device)
+        teacher, teacher_config = load_model(resolve_weights(tc.teacher), self.device)
         shared = ("anchor_scales", "anchor_ratio", "stc_levels", "str_levels")
         differ = [key for key in shared if getattr(teacher_config.model, key) != getattr(self.config.model, key)]
         if differ:
@@ -197,7 +197,8 @@ class Trainer:
     def build_dataset(self) -> SeededSamples:
         """The training images of ``data.train`` (:mod:`srn.data.build`), checked before training:
         no usable image is an error, a source with unusable images a warning."""
-        dataset = SeededSamples(build_train_dataset(self.config.data, self.base_dir), self.config.train.seed)
+        dataset = SeededSamples(build_train_dataset(self.config.data, self.base_dir, hold_out=self.config.train.calibrate_fraction),
+                                self.config.train.seed)
         for warning in check_training_images(dataset, [spec.annotations for spec in self.config.data.train]):
             if self.dist.is_main:
                 logger.warning("%s", warning)
@@ -243,10 +244,21 @@ class Trainer:
             hooks.append(MetricsLogger(self.output_dir / "metrics.jsonl", tc.log_every))
             if tc.tensorboard:
                 hooks.append(TensorBoardWriter(self.output_dir / "tb"))
+            if tc.calibrate_fraction > 0:
+                hooks.append(self.build_calibration_hook())
             hooks.append(Checkpointer(tc.checkpoint_every))
             if self.eval_hook is not None:
                 hooks.append(self.eval_hook)
         return hooks
+
+    def build_calibration_hook(self) -> CalibrationHook:
+        """At the end of training: score calibration on the ``train.calibrate_fraction`` of the first
+        source's images that training left out (:func:`srn.data.build.held_out_split`)."""
+        from srn.data.build import held_out_split, read_records
+
+        records, image_root = read_records(self.config.data.train[0], self.base_dir)
+        held = held_out_split(records, self.config.train.calibrate_fraction)[1]
+        return CalibrationHook(held, image_root, self.output_dir / "calibration.json", max_size=self.config.train.eval_max_size)
 
     def build_eval_hook(self) -> EvalHook:
         """Every ``train.eval_every`` steps: the detector on the held-out list ``train.eval_annotations``
@@ -256,7 +268,8 @@ class Trainer:
         from srn.evaluation.evaluator import FaceboxEvaluator
 
         tc = self.config.train
-        check_format(tc.eval_format, "train.eval_format")
+        if tc.eval_format != "auto":
+            check_format(tc.eval_format, "train.eval_format")
         spec = DatasetSpec(format=tc.eval_format, annotations=tc.eval_annotations, images=tc.eval_images)
         records, image_root = read_records(spec, self.base_dir, key="train.eval_annotations")
         evaluator = FaceboxEvaluator.from_records(records, name="train.eval_annotations")

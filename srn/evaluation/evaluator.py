@@ -37,6 +37,7 @@ __all__ = [
     "EvaluatorOptions",
     "FaceboxEvaluator",
     "FddbEvaluator",
+    "LabelsEvaluator",
     "WiderEvaluator",
     "build_evaluator",
     "register_evaluator",
@@ -53,10 +54,18 @@ class EvaluatorOptions:
     Attributes:
         subset: WIDER FACE: evaluate only the images with predictions (not the official number).
         height_scale: FDDB: stretch rectangles' height toward the ellipse shape first (1.0 is official).
+        format: labels: the annotation file's format (a name of :data:`srn.data.formats.FORMATS`),
+            or None to tell it from the file (:func:`srn.data.formats.detect_format`).
+        images: labels: the image folder the annotations' paths are relative to (None: the
+            annotation file's folder, where the format allows it).
+        thresholds: labels: the score thresholds at which recall and precision are reported.
     """
 
     subset: bool = False
     height_scale: float = 1.0
+    format: str | None = None
+    images: str | None = None
+    thresholds: tuple[float, ...] = (0.3, 0.1)
 
 
 class DatasetEvaluator:
@@ -435,3 +444,100 @@ class FaceboxEvaluator(DatasetEvaluator):
         from srn.evaluation.plots import plot_facebox_pr
 
         return plot_facebox_pr(result, path)
+
+
+# --------------------------------------------------------------------------- one's own labels
+
+
+@register_evaluator("labels")
+class LabelsEvaluator(DatasetEvaluator):
+    """Any labelled photos (:mod:`srn.evaluation.labels`): AP at IoU 0.5 and 0.5:0.95, recall and
+    precision at the commands' score thresholds, overall and per face size.
+
+    The ground truth is one annotation file in a format of :data:`srn.data.formats.FORMATS` (WIDER
+    list, COCO JSON, FDDB), told from the file unless ``options.format`` names it. Image ids are the
+    records' image paths; :meth:`load_predictions` reads ``srn detect``'s JSON Lines records.
+    """
+
+    name = "labels"
+    primary_metric = "ap50"
+    predictions_name = "detections.jsonl"
+
+    def __init__(self, records: Sequence[Any], image_root: Path | None = None, thresholds: Sequence[float] = (0.3, 0.1),
+                 annotation_file: str = "") -> None:
+        seen: set[str] = set()
+        for record in records:
+            if record.image_path in seen:
+                raise ConfigError(f"{annotation_file or 'labels'}: the image {record.image_path!r} is listed twice")
+            seen.add(record.image_path)
+        self.records = list(records)
+        self.image_root = image_root
+        self.thresholds = tuple(thresholds)
+        self.annotation_file = annotation_file
+        self.reset()
+
+    @classmethod
+    def from_files(cls, ground_truth: Sequence[str | os.PathLike[str]], options: EvaluatorOptions, name: str = "labels") -> LabelsEvaluator:
+        from srn.config import DatasetSpec
+        from srn.data.build import read_records
+
+        (path,) = ground_truth
+        spec = DatasetSpec(format=options.format or "auto", annotations=str(path), images=options.images)
+        records, root = read_records(spec, key="annotations")
+        return cls(records, image_root=root, thresholds=options.thresholds, annotation_file=str(path))
+
+    def reset(self) -> None:
+        self._detections: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def process(self, image_ids: Sequence[str], detections: Sequence[Detection]) -> None:
+        for image_id, (boxes, scores) in zip(image_ids, detections, strict=True):
+            self._detections[image_id] = (as_numpy(boxes).reshape(-1, 4), as_numpy(scores).reshape(-1))
+
+    def evaluate(self) -> Any:
+        from srn.evaluation.labels import evaluate_labels
+
+        return evaluate_labels(self._detections, self.records, thresholds=self.thresholds)
+
+    def image_ids(self) -> list[str]:
+        return [record.image_path for record in self.records]
+
+    def image_files(self) -> list[str]:
+        return self.image_ids()
+
+    def load_predictions(self, sources: Sequence[str | os.PathLike[str]]) -> None:
+        from srn.evaluation.labels import match_image, read_detection_records
+
+        self.reset()
+        ids = self.image_ids()
+        for source in sources:
+            for image, detection in read_detection_records(source).items():
+                self._detections[match_image(image, ids) or image] = detection
+
+    def write_predictions(self, path: str | os.PathLike[str]) -> Path:
+        from srn.evaluation.labels import write_detection_records
+
+        return write_detection_records(path, self._detections)
+
+    def check(self, result: Any, source: str, detected: bool) -> list[str]:
+        if result.num_missing == result.num_images and result.num_images:
+            if not self._detections:
+                raise PredictionFormatError(source, None, "holds no image")
+            raise PredictionFormatError(source, None, f"no image of it is in {self.annotation_file} (e.g. {result.extra[0]!r})")
+        warnings = []
+        if result.extra:
+            warnings.append(f"{source}: {_count(result.num_extra, 'image')} not in {self.annotation_file} (not evaluated), "
+                            f"e.g. {result.extra[0]!r}")
+        if result.num_missing and not detected:
+            warnings.append(f"{result.num_missing} of {result.num_images} annotated images have no entry in {source} "
+                            "(counted as no detections)")
+        return warnings
+
+    def format_table(self, result: Any) -> str:
+        from srn.evaluation.labels import format_table
+
+        return format_table(result)
+
+    def plot(self, result: Any, path: str | os.PathLike[str]) -> Path:
+        from srn.evaluation.plots import plot_labels_pr
+
+        return plot_labels_pr(result, path)

@@ -18,9 +18,10 @@ from srn.atomic import atomic_save_figure
 if TYPE_CHECKING:
     from srn.evaluation.facebox import FaceboxResult
     from srn.evaluation.fddb import FddbResult
+    from srn.evaluation.labels import LabelsResult
     from srn.evaluation.widerface import WiderResult
 
-__all__ = ["plot_facebox_pr", "plot_fddb_roc", "plot_wider_pr"]
+__all__ = ["plot_facebox_pr", "plot_fddb_roc", "plot_labels_pr", "plot_wider_pr"]
 
 
 def _axes(xlabel: str, ylabel: str, xlim: tuple[float, float], ylim: tuple[float, float]) -> tuple[Any, Any]:
@@ -75,3 +76,21 @@ def plot_fddb_roc(
         ax.plot(result.false_positives, tpr, label=f"{label}: {at:.4f} at 1000 FP")
     ax.axvline(1000, color="gray", linestyle=":", linewidth=1)
     return _save(fig, ax, "lower right", title or f"FDDB ({result.num_images} images, {result.num_faces} faces)", path)
+
+
+def plot_labels_pr(result: LabelsResult, path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """The PR curve of one's own labels at IoU 0.5, all faces (with a point at each of the result's
+    score thresholds) and per face size (thin lines)."""
+    fig, ax = _axes("Recall", "Precision", (0, 1), (0, 1.01))
+    curve = result.curve
+    ax.plot(curve["recall"], curve["precision"], color="black", linewidth=2, label=f"all: AP@0.5 {result.by_size['all']['ap50']:.4f}")
+    for name, size_curve in result.size_curves.items():
+        if result.by_size[name]["faces"]:
+            ax.plot(size_curve["recall"], size_curve["precision"], linewidth=1, label=f"{name} px: {result.by_size[name]['ap50']:.4f}")
+    for t in result.thresholds:
+        above = curve["scores"] >= t
+        if above.any():
+            last = int(np.flatnonzero(above)[-1])
+            ax.plot([curve["recall"][last]], [curve["precision"][last]], "o", color="black", markerfacecolor="none" if t != result.thresholds[0] else "black",
+                    label=f"all, score {t:g}")
+    return _save(fig, ax, "lower left", title or f"{result.num_images} images, {result.num_faces} faces", path)

@@ -86,6 +86,7 @@ def score_by_size(
     bins: Sequence[tuple[float, float]] = SIZE_BINS,
     iou: float = 0.5,
     ignore: Sequence[Any] | None = None,
+    curves: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """AP and recall of ``detections`` against ``labels``, overall (``"all"``) and per size bin.
 
@@ -96,6 +97,8 @@ def score_by_size(
         bins: ``(low, high)`` face sizes, half-open.
         iou: the IoU a detection needs to take a face.
         ignore: per image, ``bool (G,)``: faces that count neither way (crowds, unclear faces).
+        curves: also return each bin's PR curve, ``"curve": {"recall", "precision", "scores"}``
+            (float64 arrays, one point per counted detection, best score first).
 
     Returns:
         ``{"all" | bin name: {"faces", "ap", "recall": {thr: r}, "precision": {thr: p}}}``;
@@ -127,12 +130,9 @@ def score_by_size(
         kept_scores = scores[keep]
         tp_cum = torch.cumsum(tp.double(), 0)
         fp_cum = torch.cumsum((~tp).double(), 0)
-        if num_faces:
-            recall = (tp_cum / num_faces).numpy()
-            precision = (tp_cum / (tp_cum + fp_cum).clamp(min=1)).numpy()
-            ap = voc_ap(recall, precision)
-        else:
-            ap = float("nan")
+        recall = (tp_cum / max(num_faces, 1)).numpy()
+        precision = (tp_cum / (tp_cum + fp_cum).clamp(min=1)).numpy()
+        ap = voc_ap(recall, precision) if num_faces else float("nan")
         at: dict[str, Any] = {"recall": {}, "precision": {}}
         for t in thresholds:
             above = kept_scores >= t
@@ -140,4 +140,6 @@ def score_by_size(
             at["recall"][f"{t:g}"] = hits / num_faces if num_faces else float("nan")
             at["precision"][f"{t:g}"] = hits / int(above.sum()) if int(above.sum()) else float("nan")
         result[name] = {"faces": num_faces, "ap": ap, **at}
+        if curves:
+            result[name]["curve"] = {"recall": recall, "precision": precision, "scores": kept_scores.numpy()}
     return result

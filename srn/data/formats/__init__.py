@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from srn.data.formats.coco import parse_coco_json
 from srn.data.formats.common import FaceRecord
 from srn.data.formats.fddb import ellipses_to_boxes, parse_fddb_ellipses, read_fddb_ellipses
 from srn.data.formats.wider import WIDER_ATTRIBUTES, parse_wider_file, read_wider_boxes
-from srn.errors import ConfigError
+from srn.errors import AnnotationError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,48 @@ def check_format(name: str, key: str = "data.train.format") -> AnnotationFormat:
     return FORMATS[name]
 
 
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The name in :data:`FORMATS` of the annotation file ``path``, from its suffix or its content.
+
+    ``.json``, or text that starts with ``{`` or ``[``, is ``coco``; a text list whose first box line
+    holds six numbers (``major minor angle cx cy 1``) is ``fddb``; any other text is ``wider``. Only
+    the first few kilobytes are read. Choosing the parser this way means a COCO file is never read
+    as a WIDER list (whose error would quote the JSON).
+
+    Raises:
+        AnnotationError: ``path`` is a MATLAB ``.mat`` file or not text; one line naming it.
+        InputPathError: ``path`` is missing or not a readable file.
+    """
+    from srn.paths import check_input_file
+
+    path = check_input_file(path, what="annotation file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "coco"
+    with open(path, "rb") as handle:
+        head = handle.read(8192)
+    if suffix == ".mat" or head.startswith(b"MATLAB"):
+        raise AnnotationError(path, None, "a MATLAB .mat file, not a face list (AFW and PASCAL Face .mat files: srn eval afw/pascal)")
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "coco"
+    if "\x00" in text:
+        raise AnnotationError(path, None, "not a text file (a WIDER or FDDB list, or a COCO .json, is expected)")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    # name, count, then the first box line (the last line may be cut by the 8 KB read).
+    if len(lines) >= 3 and lines[1].isdigit() and int(lines[1]) > 0 and len(lines[2].split()) == 6:
+        return "fddb"
+    return "wider"
+
+
 __all__ = [
     "FORMATS",
     "WIDER_ATTRIBUTES",
     "AnnotationFormat",
     "FaceRecord",
     "check_format",
+    "detect_format",
     "ellipses_to_boxes",
     "parse_coco_json",
     "parse_fddb_ellipses",
