@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from srn.errors import OutputBusyError, OutputPathError
+from srn.errors import OutputBusyError
 from srn.paths import remove_temporaries
 
 __all__ = [
@@ -243,14 +243,15 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
         OutputBusyError: another live process holds it, in one line naming that process.
     """
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd: int | None = None
     while True:
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise OutputPathError(path, f"cannot be locked ({exc.strerror or exc})") from None
-            fd = None  # a folder we may write in, but not beside it: nothing to lock with
+        except OSError:
+            # Nothing to lock with (a folder we may write in but not beside it, or a path that
+            # cannot be an output at all, which the output checks then say in one line).
+            fd = None
             break
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

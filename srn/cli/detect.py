@@ -234,12 +234,12 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
         print(f"{path}: {plural(frames, 'frame')}, {plural(faces, 'face')}" + (f" -> {', '.join(files)}" if files else ""),
               file=sys.stderr)
 
-    failed = pipeline.detect_videos(detector, paths, plans, args.batch_size, discard=pipeline.is_devnull(args.out),
-                                    done=done, failed=lambda line: print(printable(line), file=sys.stderr))
-    if failed:
-        print(f"srn detect: {failed} of {plural(len(paths), 'video')} failed", file=sys.stderr)
-        return 1
-    return 0
+    # A video that cannot be read or written is one line, and the next video goes on (exit 1).
+    failed = pipeline.detect_videos(detector, paths, plans, args.batch_size, discard=pipeline.is_devnull(args.out), done=done,
+                                    failed=lambda line: print(printable(f"srn detect: error: {line}"), file=sys.stderr))
+    if failed and len(paths) > 1:
+        print(f"srn detect: {failed} of {len(paths)} videos failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_live(args: argparse.Namespace, source: str, fmt: str) -> int:

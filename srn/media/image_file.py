@@ -32,7 +32,7 @@ import torch
 from PIL import ImageOps
 from torch import Tensor
 
-from srn.atomic import atomic_output
+from srn.atomic import atomic_file, atomic_write_bytes
 from srn.data.image_io import check_pixels, container_size, iter_frames, orient, read_header
 from srn.errors import ImageReadError, OutputPathError
 from srn.media.anonymize import anonymize
@@ -80,11 +80,19 @@ def what_rgb_loses(path: str | os.PathLike[str]) -> list[str]:
                     lost.append(f"its {frames} {'pages' if picture.format == 'TIFF' else 'frames'}")
                 if picture.mode in _ALPHA_MODES or (picture.mode in ("P", "L", "RGB") and "transparency" in picture.info):
                     lost.append("its alpha channel")
-                if picture.mode in _WIDE_MODES or _png_bit_depth(head) == 16:
+                if picture.mode in _WIDE_MODES or _png_bit_depth(head) == 16 or _wide_colour(picture):
                     lost.append("its 16-bit depth")
     except Exception:  # noqa: BLE001 - not an image PIL reads: read_image has said what is wrong with it
         return []
     return lost
+
+
+def _wide_colour(picture: PIL.Image.Image) -> bool:
+    """Whether PIL reads ``picture`` as 8-bit colour from more bits (a 16-bit RGB TIFF, which it
+    narrows as it decodes)."""
+    bits = getattr(picture, "tag_v2", {}).get(258, ()) if picture.format == "TIFF" else ()
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return picture.mode not in _WIDE_MODES and any(isinstance(b, int) and b > 8 for b in bits)
 
 
 def _open(data: bytes) -> PIL.Image.Image:
@@ -147,6 +155,8 @@ def _pil_frames(source: Path, data: bytes, notes: list[str]) -> tuple[list[np.nd
             values = np.asarray(upright).astype(np.int64)
             frames.append(np.clip(values, 0, 65535).astype(np.uint16)[:, :, None])
             continue
+        if index == 0 and _wide_colour(frame):
+            notes.append("its 16-bit colour is written with 8 bits (PIL decodes it as 8; a 16-bit PNG keeps 16)")
         if upright.mode in _WIDE_MODES:
             narrowed += 1
             values = np.clip(np.asarray(upright).astype(np.int64), 0, 65535)
@@ -196,8 +206,8 @@ def _save_pil(target: Path, fmt: str, frames: list[np.ndarray], infos: list[dict
     elif fmt == "TIFF":
         compression = picture_info.get("compression", "raw")
         options["compression"] = compression if compression in _TIFF_COMPRESSIONS else "tiff_lzw"
-    with atomic_output(target) as tmp:
-        images[0].save(tmp, format=fmt, **options)
+    with atomic_file(target) as handle:  # every byte the encoder gives reaches the disk, or an error
+        images[0].save(handle, format=fmt, **options)
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
@@ -213,8 +223,7 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     data = _PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b"")
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, data)
     return Path(path)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from srn.atomic import exclusive_lock
-from srn.errors import InputPathError, OutputBusyError, OutputPathError, SRNError, printable
+from srn.errors import InputPathError, OutputBusyError, OutputPathError, printable
 from srn.evaluation.wider_writer import WiderWriter
 from srn.inference.loop import Observer, RunSummary, failure_line, run
 from srn.inference.sharding import Shard, leftover_parts, merge_parts
@@ -36,7 +36,7 @@ from srn.inference.sinks import CropsSink, DrawnImageSink, sink_class
 from srn.inference.sources import ImageFileSource
 from srn.inference.writers import RunManifest, read_jsonl, resolved_image
 from srn.media.live import LiveSource, run_live
-from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, draw_render
+from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, draw_render, item_errors
 from srn.paths import check_output_dir, check_output_file, relative_paths
 
 __all__ = [
@@ -297,7 +297,7 @@ def detect_videos(detector: Any, paths: Sequence[Path], plans: Sequence[VideoTar
                     frames, faces = detect_video(detector, path, targets, batch_size, stream=stream)
             except OutputBusyError:
                 raise
-            except (OSError, SRNError) as exc:
+            except item_errors() as exc:
                 failures += 1
                 failed(failure_line(path, exc))
                 continue
@@ -328,7 +328,10 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
             found.append(VideoSink(video_tmp, frames.reader, draw_render, targets.videos[0]))
         return found
 
-    summary = run_live(source, detector_factory, outputs, batch_size)
+    with contextlib.ExitStack() as held:
+        for target in _outputs(targets):
+            held.enter_context(exclusive_lock(target))
+        summary = run_live(source, detector_factory, outputs, batch_size)
     for extra in targets.videos[1:]:
         with atomic_output(extra) as tmp:
             shutil.copyfile(targets.videos[0], tmp)
