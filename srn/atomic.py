@@ -65,6 +65,29 @@ class TornWrite(OSError):
         super().__init__(errno.EIO, f"only {size} of {written} bytes reached the disk (is it full?)")
 
 
+# The descriptors that hold this process's locks (on temporary files and outputs). A forked child
+# (a DataLoader worker) closes its copies at once: a flock belongs to the open file, so a child that
+# outlived a killed parent would otherwise hold the parent's locks for it.
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _release(fd: int) -> None:
+    _HELD_FDS.discard(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -98,12 +121,14 @@ def _partial(path: Path) -> Iterator[tuple[Path, int]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{PARTIAL_MARK}{path.suffix}", dir=path.parent)
     tmp = Path(tmp_name)
+    _HELD_FDS.add(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: a live writer's file is never stale
+        with contextlib.suppress(OSError):  # a file system without locks: the file just looks stale sooner
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: a live writer's file is never stale
         yield tmp, fd
     finally:
         tmp.unlink(missing_ok=True)
-        os.close(fd)
+        _release(fd)
 
 
 def _commit(tmp: Path, path: Path, expected_size: int | None = None) -> None:
@@ -114,16 +139,17 @@ def _commit(tmp: Path, path: Path, expected_size: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; on a clean exit it is made durable and replaces ``path``,
-    on an error it is removed.
+def atomic_output(path: str | os.PathLike[str], size: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on a clean exit it is made durable, checked to be ``size``
+    bytes long where that is known (a copy), and replaces ``path``; on an error it is removed.
 
     Use it for writers that open the path themselves (PyAV, ``shutil.copyfile``); they must raise
-    on a failed write. Encoders that may not (PIL's) write through :func:`atomic_file` instead."""
+    on a failed write, or their caller check the result (:class:`srn.media.video.VideoWriter` reads
+    its file back). Encoders that may ignore a short write (PIL's) write through :func:`atomic_file`."""
     path = Path(path)
     with _partial(path) as (tmp, _):
         yield tmp
-        _commit(tmp, path)
+        _commit(tmp, path, size)
 
 
 class CheckedFile(io.RawIOBase):
@@ -255,7 +281,11 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
             break
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):  # a file system without locks: nothing to lock with
+                os.close(fd)
+                fd = None
+                break
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
             who = f"process {holder}" if holder.isdigit() else "another process"
@@ -271,6 +301,7 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
     if fd is None:
         yield lock
         return
+    _HELD_FDS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -278,4 +309,4 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             lock.unlink()  # while still held: whoever waits on this file sees it gone and retries
-        os.close(fd)
+        _release(fd)

@@ -180,7 +180,8 @@ def _run_images(args: argparse.Namespace, fmt: str, files: list[Path], shard: An
                                               warn=lambda line: print(printable(f"srn detect: warning: {line}"), file=sys.stderr))
     mine = [index for index in shard.indices(len(files)) if not done or resolved_image(files[index]) not in done]
     if args.resume and shard.rank == 0:
-        print(f"srn detect: {len(done)} images already in {plan.out}", file=sys.stderr)
+        already = sum(1 for path in files if resolved_image(path) in done)  # of this run's inputs only
+        print(f"srn detect: {already} images already in {plan.out}", file=sys.stderr)
 
     summary = pipeline.detect_images(detector, plan, shard, mine, args.batch_size, args.workers, args.crop_margin,
                                      append=args.resume, observer=report)

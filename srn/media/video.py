@@ -633,6 +633,6 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         if jsonl is not stdout:
             jsonl.close()
         for extra in targets.videos[1:]:
-            with atomic_output(extra) as tmp:
+            with atomic_output(extra, size=os.path.getsize(video_tmp)) as tmp:
                 shutil.copyfile(video_tmp, tmp)
     return count, found

@@ -25,7 +25,7 @@ from srn.media.live import LiveSource, run_live
 from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, item_errors, process_video
 from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_dir, check_output_file, expand_inputs, is_video, relative_paths
 
-__all__ = ["SUFFIX", "anonymize_images", "claim_output", "anonymize_live", "anonymize_video", "beside_names", "free_name",
+__all__ = ["SUFFIX", "anonymize_images", "anonymize_live", "anonymize_video", "beside_names", "free_name",
            "live_target", "output_names", "plan_outputs"]
 
 SUFFIX = "_anonymized"

@@ -333,6 +333,6 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
             held.enter_context(exclusive_lock(target))
         summary = run_live(source, detector_factory, outputs, batch_size)
     for extra in targets.videos[1:]:
-        with atomic_output(extra) as tmp:
+        with atomic_output(extra, size=os.path.getsize(targets.videos[0])) as tmp:
             shutil.copyfile(targets.videos[0], tmp)
     return summary

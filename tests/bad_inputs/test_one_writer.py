@@ -184,3 +184,28 @@ def test_a_killed_run_leaves_a_lock_file_that_blocks_nothing(tmp_path):
     deadline = time.monotonic() + 5
     with exclusive_lock(out):
         assert time.monotonic() < deadline
+
+
+def test_a_forked_child_that_outlives_a_killed_run_holds_nothing(tmp_path):
+    # A DataLoader worker is a forked child: it must not keep its killed parent's locks alive.
+    out = tmp_path / "faces.jsonl"
+    code = ("import os, sys, time\nfrom srn.atomic import atomic_output, exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1]), atomic_output(sys.argv[1] + '.x') as tmp:\n"
+            "    tmp.write_bytes(b'half')\n"
+            "    child = os.fork()\n"
+            "    if child == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+            "    print(child, tmp, flush=True)\n    time.sleep(600)\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    child, partial = process.stdout.readline().split()
+    process.kill()
+    process.wait()
+    try:
+        os.kill(int(child), 0)  # the child lives on
+        with exclusive_lock(out):
+            pass
+        from srn.paths import remove_temporaries
+
+        assert remove_temporaries(tmp_path) == [Path(partial)]
+    finally:
+        os.kill(int(child), signal.SIGKILL)
