@@ -215,7 +215,8 @@ def _not_an_input(path: Path, inputs: Iterable[PathLike]) -> None:
 
 def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     """``path`` as a file that can be written: not a symbolic link, not a folder, not an input, in a
-    writable folder (created if missing). What a killed writer of ``path`` left beside it is removed."""
+    writable folder (created if missing). What dead writers left in that folder is removed
+    (:func:`remove_temporaries`)."""
     path = Path(path)
     if path.is_symlink():
         raise OutputPathError(path, "is a symbolic link; outputs are never written through one (name the file it points to, or remove the link)")

@@ -118,7 +118,7 @@ class RecordWriter(BaseSink):
 class _StreamedWriter(RecordWriter):
     """Text appended per batch to a file or stdout: :meth:`write` collects a batch's text,
     :meth:`flush` writes it in one piece, straight to the file descriptor (no buffer that could
-    flush half a batch later). When a write fails (a full disk), the file is cut back to its last
+    flush half a batch later), and ``fsync``-s a file, so that a batch counts once it is on the disk. When a write fails (a full disk), the file is cut back to its last
     whole batch before the error is raised."""
 
     header: ClassVar[str] = ""
