@@ -53,15 +53,16 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float, limit: int | None = None) -> np.ndarray:
     """Greedy NMS on x1 y1 x2 y2 boxes (areas without the +1): the indices kept, by descending
     score (ties: the earlier box first). A box is dropped when its IoU with a kept one is above
-    ``iou_thresh``."""
+    ``iou_thresh``. With ``limit``, it stops once that many are kept (the same first ``limit``
+    indices as without it, in a fraction of the time when thousands of boxes pass a low threshold)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     keep: list[int] = []
-    while order.size:
+    while order.size and (limit is None or len(keep) < limit):
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
@@ -235,7 +236,7 @@ class CenterFace:
         blob = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # RGB, 0..255
         heatmap, scale, offset = self.session.run(self.output_names, {"input.1": blob})
         boxes, scores = centerface_decode(heatmap, scale, offset, (in_h, in_w), score_thresh)
-        keep = nms(boxes, scores, self.nms_iou)[:MAX_DETECTIONS]
+        keep = nms(boxes, scores, self.nms_iou, MAX_DETECTIONS)
         boxes = boxes[keep] / np.array([in_w / width, in_h / height] * 2)
         return boxes, scores[keep]
 
@@ -292,7 +293,7 @@ class RetinaFace:
         if anchors is None:
             anchors = self._anchors[(height, width)] = retinaface_anchors(height, width)
         boxes = retinaface_decode(loc[0, candidates], anchors[candidates])
-        keep = nms(boxes, scores[candidates], self.nms_iou)[:MAX_DETECTIONS]
+        keep = nms(boxes, scores[candidates], self.nms_iou, MAX_DETECTIONS)
         return boxes[keep], scores[candidates][keep]
 
 
@@ -338,7 +339,7 @@ class SCRFD:
         found = [scrfd_decode(out[i], out[i + 3], self.centres[s], s, score_thresh) for i, s in enumerate(self.strides)]
         boxes = np.concatenate([b for b, _ in found]) / scale
         scores = np.concatenate([c for _, c in found])
-        keep = nms(boxes, scores, self.nms_iou)[:MAX_DETECTIONS]
+        keep = nms(boxes, scores, self.nms_iou, MAX_DETECTIONS)
         return boxes[keep], scores[keep]
 
 
@@ -363,7 +364,7 @@ class YOLOv8Face:
         pred = pred[pred[:, 4] >= score_thresh]
         xy, wh = pred[:, :2] - np.array([left, top]), pred[:, 2:4]
         boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1) / scale
-        keep = nms(boxes, pred[:, 4], self.nms_iou)[:MAX_DETECTIONS]
+        keep = nms(boxes, pred[:, 4], self.nms_iou, MAX_DETECTIONS)
         return boxes[keep], pred[keep, 4]
 
 

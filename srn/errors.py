@@ -189,7 +189,7 @@ class PredictionFormatError(SRNError, ValueError):
 
 class MissingDependencyError(SRNError, ImportError):
     """An optional package that a feature needs is not installed; the message says which extra
-    installs it (``video needs PyAV: pip install 'srn-face[video]'``)."""
+    installs it (``video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')``)."""
 
 
 class OutputCollisionError(SRNError, ValueError):

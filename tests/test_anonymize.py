@@ -232,7 +232,7 @@ def test_anonymize_a_video_keeps_its_sound_in_h264(talking_head, detector, tmp_p
 def test_missing_pyav_is_one_line_before_any_work(talking_head, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["anonymize", str(talking_head["mp4"]), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err == "srn anonymize: error: video needs PyAV: pip install 'srn-face[video]'\n"
+    assert capsys.readouterr().err == "srn anonymize: error: video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')\n"
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -270,3 +270,30 @@ def test_a_long_animation_is_read_a_few_frames_at_a_time(tmp_path, monkeypatch, 
     chunk = image_file._FRAMES_PER_CALL
     assert all(at <= (call + 1) * chunk for call, at, _ in seen), seen  # never more than a chunk ahead
     assert sum(size for _, _, size in seen) == count - 1  # the first frame's faces were given
+
+
+def test_anonymize_one_video_out_named_like_a_video_is_that_file(talking_head, tmp_path, capsys):
+    av = talking_head["av"]
+    out = tmp_path / "blurred.mp4"
+    code = main(["anonymize", str(talking_head["avi"]), "-o", str(out), "--method", "solid", "--device", "cpu", "--min-size", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.rstrip().endswith(f"-> {out}") and sorted(p.name for p in tmp_path.iterdir()) == ["blurred.mp4"]
+    with av.open(str(out)) as container:
+        assert [(s.type, s.codec_context.name) for s in container.streams] == [("video", "h264"), ("audio", "mp3float")]
+    # A container that cannot hold H.264, and an image's name for a video, are one line before any work.
+    for name, message in (("blurred.avi", ".avi cannot hold H.264; name it .mp4, .m4v, .mov, .mkv"),
+                          ("blurred.jpg", f"names an image, and {talking_head['avi']} is a video; give it a video's suffix")):
+        assert main(["anonymize", str(talking_head["avi"]), "-o", str(tmp_path / name), "--device", "cpu"]) == 2
+        assert capsys.readouterr().err == f"srn anonymize: error: {tmp_path / name}: {message}\n"
+        assert not (tmp_path / name).exists()
+
+
+def test_a_live_source_out_named_like_a_video_is_that_file(tmp_path):
+    from srn.errors import OutputPathError
+    from srn.pipeline.anonymize import live_target
+
+    assert live_target("webcam0", str(tmp_path / "cam.mkv")) == tmp_path / "cam.mkv"
+    assert live_target("webcam0", str(tmp_path / "out")) == tmp_path / "out" / "webcam0.mp4"
+    with pytest.raises(OutputPathError, match="a live source is written as a video; name it .mp4"):
+        live_target("webcam0", str(tmp_path / "cam.jpg"))

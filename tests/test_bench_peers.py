@@ -115,6 +115,8 @@ def test_nms():
     # at an IoU threshold above 9/11 only the exact duplicate (IoU 1) of box 0 goes
     np.testing.assert_array_equal(worker.nms(boxes, scores, 0.85), [1, 0, 2])
     assert worker.nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+    # a limit stops once that many are kept: the same first indices
+    np.testing.assert_array_equal(worker.nms(boxes, scores, 0.85, limit=2), [1, 0])
 
 
 def test_centerface_decode():

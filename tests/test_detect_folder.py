@@ -187,7 +187,7 @@ def test_vis_and_crops_mirror_the_inputs_without_collisions(tmp_path, capsys, on
     records = [json.loads(line) for line in out.splitlines()]  # several images: JSON Lines
     found = sorted(str(p.relative_to(tmp_path)) for d in ("vis", "crops") for p in (tmp_path / d).rglob("*") if p.is_file())
     assert found == [
-        "crops/a/x.jpg/face_000.jpg", "crops/a/x.png/face_000.jpg", "crops/b/x.png/face_000.jpg",
+        "crops/a/x_jpg/face_000.jpg", "crops/a/x_png/face_000.jpg", "crops/b/x_png/face_000.jpg",  # folders not named like photos
         "vis/a/x.jpg", "vis/a/x.png", "vis/b/x.png",  # each input's name and format
     ]
     detector = Detector(device="cpu", batch_size=1)
@@ -195,7 +195,7 @@ def test_vis_and_crops_mirror_the_inputs_without_collisions(tmp_path, capsys, on
         assert len(record["faces"]) == 1
         faces = detector.detect(record["image"])
         ((x1, y1, x2, y2),) = expand_boxes(faces.boxes, 0.25, 256, 256).tolist()
-        crop = PIL.Image.open(Path("crops") / record["image"] / "face_000.jpg")
+        crop = PIL.Image.open(Path("crops") / record["image"].replace(".", "_") / "face_000.jpg")
         assert crop.size == (x2 - x1, y2 - y1)
         with PIL.Image.open(Path("vis") / record["image"]) as drawn:
             assert drawn.size == (256, 256) and drawn.format == ("JPEG" if record["image"].endswith(".jpg") else "PNG")

@@ -2,6 +2,7 @@
 records), on real photos with the shipped model; and the examples of README.md."""
 
 import gc
+import json
 import math
 import re
 import shutil
@@ -24,6 +25,7 @@ from srn.postprocess import Detections
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "docs" / "astronaut.png"  # NASA, public domain
 USAGE = ROOT / "README.md"
+PYTHON_API = ROOT / "docs" / "python.md"
 MULTIFACE = "data/demo/images/timesler__data_multiface.jpg"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,7 +72,12 @@ def test_faces_are_built_from_the_post_processors_detections():
     assert (faces.width, faces.height, faces.source) == (32, 24, "a.png") and faces.image is image
     assert_close(faces.boxes, detections.boxes, rtol=0, atol=0)
     assert_close(faces.scores, detections.scores, rtol=0, atol=0)
-    assert faces.to_records() == [{"box": [1.5, 2.0, 10.0, 20.25], "score": 0.75}, {"box": [0.0, 0.0, 4.0, 4.0], "score": 0.5}]
+    where = {"image": "a.png", "width": 32, "height": 24}
+    assert faces.to_records() == [{**where, "box": [1.5, 2.0, 10.0, 20.25], "score": 0.75},
+                                  {**where, "box": [0.0, 0.0, 4.0, 4.0], "score": 0.5}]
+    assert json.loads(faces.to_json()) == faces.record() == {**where, "faces": [{"box": [1.5, 2.0, 10.0, 20.25], "score": 0.75},
+                                                                              {"box": [0.0, 0.0, 4.0, 4.0], "score": 0.5}]}
+    assert "\n" not in faces.to_json() and faces.to_json(indent=2).count("\n") > 5
 
 
 def test_boxes_and_scores_live_on_the_cpu_as_plain_float32(astronaut):
@@ -104,12 +111,17 @@ def test_numpy_iteration_indexing_and_records(astronaut):
     assert isinstance(top, Faces) and len(top) == 1 and top.image is astronaut.image
 
     records = astronaut.to_records()
-    assert records == [{"box": [round(v, 2) for v in b], "score": round(s, 4)}
+    where = {"image": astronaut.source, "width": 512, "height": 512}
+    assert records == [{**where, "box": [round(v, 2) for v in b], "score": round(s, 4)}
                        for b, s in zip(astronaut.boxes.double().tolist(), astronaut.scores.double().tolist())]
     # The records' exact format: boxes to 2 decimals, scores to 4.
     made = Faces(torch.tensor([[1.234, 2.345, 10.0, 20.555]]), torch.tensor([0.98765]), 32, 32)
-    assert made.to_records() == [{"box": [1.23, 2.35, 10.0, 20.56], "score": 0.9876}]
-    assert repr(made) == "Faces(1 faces, 32x32)" and repr(made[0]) == "Face(box=[1.2, 2.3, 10.0, 20.6], score=0.9876)"
+    assert made.to_records() == [{"image": None, "width": 32, "height": 32, "box": [1.23, 2.35, 10.0, 20.56], "score": 0.9876}]
+    frame = Faces(made.boxes, made.scores, 32, 32, "clip.mp4", frame=3, time=0.123456)
+    assert frame.to_records() == [{"video": "clip.mp4", "frame": 3, "time": 0.1235, "width": 32, "height": 32,
+                                   "box": [1.23, 2.35, 10.0, 20.56], "score": 0.9876}]
+    assert repr(made[:0]) == "Faces(0 faces, 32x32)" and repr(frame) == "Faces(1 face, 32x32, source='clip.mp4')"
+    assert repr(made) == "Faces(1 face, 32x32)" and repr(made[0]) == "Face(box=[1.2, 2.3, 10.0, 20.6], score=0.9876)"
 
 
 def far_from_boxes(boxes: torch.Tensor, height: int, width: int, reach: int) -> np.ndarray:
@@ -171,6 +183,14 @@ def test_crops_grow_each_box_by_the_margin_and_clip_to_the_image(which, margin, 
     np.testing.assert_array_equal(faces[0].crop(margin), crops[0])
 
 
+def test_save_crops_writes_each_face_as_crops_gives_it(astronaut, tmp_path):
+    written = astronaut.save_crops(tmp_path / "crops", margin=0.1)
+    assert written == [tmp_path / "crops" / f"face_{i:03d}.jpg" for i in range(len(astronaut))]
+    for path, crop in zip(written, astronaut.crops(0.1)):
+        with PIL.Image.open(path) as image:
+            assert image.format == "JPEG" and image.size == (crop.shape[1], crop.shape[0])
+
+
 def test_expand_boxes_by_hand():
     boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [-5.0, 90.0, 4.2, 120.0], [100.0, 0.0, 100.0, 0.0]])
     # box 1: w 20, h 40, margin 0.25 -> 5 and 10 pixels: 5, 10, 35, 70
@@ -181,7 +201,7 @@ def test_expand_boxes_by_hand():
 
 def test_a_result_without_its_image_still_counts_but_cannot_draw(astronaut):
     bare = Faces(astronaut.boxes, astronaut.scores, astronaut.width, astronaut.height)
-    assert len(bare) == len(astronaut) and bare.to_records() == astronaut.to_records()
+    assert len(bare) == len(astronaut) and bare.record()["faces"] == astronaut.record()["faces"]
     with pytest.raises(ValueError, match="these Faces hold no image"):
         bare.plot()
     with pytest.raises(ValueError, match=r"the image must be uint8 of shape \(3, 512, 512\)"):
@@ -222,18 +242,23 @@ def test_stream_yields_in_order_and_holds_one_batch(detector, astronaut):
 
 
 def test_readme_examples_run(tmp_path, monkeypatch, capsys):
-    """Every ``python`` block of README.md, in order, in one namespace."""
+    """Every ``python`` block of README.md, then of docs/python.md (the README's example in full), in
+    order, in one namespace."""
     (tmp_path / "docs").mkdir()
     shutil.copy(ASTRONAUT, tmp_path / "docs" / "astronaut.png")
     monkeypatch.chdir(tmp_path)
-    blocks = re.findall(r"^```python\n(.*?)^```$", USAGE.read_text(), flags=re.DOTALL | re.MULTILINE)
-    assert len(blocks) >= 6
     namespace: dict = {}
-    for number, code in enumerate(blocks, 1):
-        exec(compile(code, f"{USAGE.name}, python block {number}", "exec"), namespace)  # noqa: S102
+    for page, at_least in ((USAGE, 1), (PYTHON_API, 6)):
+        blocks = re.findall(r"^```python\n(.*?)^```$", page.read_text(), flags=re.DOTALL | re.MULTILINE)
+        assert len(blocks) >= at_least, page
+        for number, code in enumerate(blocks, 1):
+            exec(compile(code, f"{page.relative_to(ROOT)}, python block {number}", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
-    assert "Faces(1 faces, 512x512, source='docs/astronaut.png')" in out
+    assert out.count("Faces(1 face, 512x512, source='docs/astronaut.png')\n") == 2  # the README's and the API page's
     # On the CPU the default is the shipped int8 model (the PyTorch checkpoint gives [176.38, 62.09, 275.36, 182.03], 0.9873).
-    assert "[{'box': [176.76, 61.89, 275.91, 182.58], 'score': 0.988}]" in out
+    box = "[176.76, 61.89, 275.91, 182.58]"
+    assert ('{"image": "docs/astronaut.png", "width": 512, "height": 512, "faces": [{"box": ' + box + ', "score": 0.988}]}') in out
+    assert f"[{{'image': 'docs/astronaut.png', 'width': 512, 'height': 512, 'box': {box}, 'score': 0.988}}]" in out
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["astronaut_anonymized.jpg", "astronaut_faces.jpg", "docs/astronaut.png", "drawn/astronaut.png", "face_0.png"]
+    assert written == ["astronaut_anonymized.jpg", "astronaut_faces.jpg", "crops/astronaut_png/face_000.jpg", "docs/astronaut.png",
+                       "drawn.jpg", "drawn/astronaut.png", "face_0.png"]

@@ -160,7 +160,7 @@ def test_an_image_suffix_is_not_a_video_output(weights, clip, tmp_path, capsys):
 def test_missing_pyav_is_one_line(weights, clip, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     assert main(["detect", str(clip), "--weights", weights]) == 2
-    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: pip install 'srn-face[video]'\n"
+    assert capsys.readouterr().err == "srn detect: error: video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')\n"
 
 
 class Unchanged:
@@ -214,3 +214,18 @@ def test_audio_the_container_refuses_is_reencoded_to_aac(tmp_path):
     reader = FrameReader(clip)
     reader.close()
     assert (reader.rate, reader.fps) == (Fraction(FPS), float(FPS))
+
+
+def test_hide_scores_reaches_the_drawn_videos(tmp_path):
+    from pathlib import Path
+
+    from srn.inference import Faces
+    from srn.pipeline.detect import plan_video_outputs
+
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    faces = Faces(torch.tensor([[40.0, 40.0, 90.0, 100.0]]), torch.tensor([0.9]), 160, 120)
+    changed = {}
+    for scores in (True, False):
+        (targets,) = plan_video_outputs([Path("clip.mp4")], str(tmp_path / f"{scores}.mp4"), None, scores=scores)
+        changed[scores] = int((targets.render(image, faces) != 0).any(axis=2).sum())
+    assert 0 < changed[False] < changed[True]  # the box alone, then the box and its label

@@ -25,11 +25,12 @@ Examples:
   srn detect photo.jpg                          faces as one JSON line on stdout
   srn detect photo.jpg --out drawn.jpg          the photo with its faces drawn
   srn detect photos/ --format csv --out faces.csv
-  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0.01
+  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0
   srn detect group.jpg --save-vis vis/ --weights SRN.pth --device cuda
   srn detect photos/ --out faces.jsonl --resume  streamed, one line per image
   srn detect 0 --out webcam.mp4                 the first webcam, until Ctrl-C
   srn anonymize photo.jpg                       photo_anonymized.jpg beside it
+  srn anonymize photo.jpg -o blurred.jpg        blurred.jpg
   srn anonymize photos/ clip.mp4 --out anonymized/
   srn convert SRN.pth srn_r50.pt                the authors' checkpoint into ours
   srn train srn_r50_widerface train.epochs=2

@@ -41,15 +41,16 @@ grown box holds (--mask ellipse) or all of it (--mask box).
 
 Without --out, each file is written beside itself as NAME_anonymized.EXT (NAME_anonymized_1.EXT
 and so on when that exists: nothing is ever overwritten), and a folder is mirrored into
-FOLDER_anonymized/. With --out DIR, every input is written under DIR with its path below the
-inputs' common folder (a/x.jpg and b/x.jpg become DIR/a/x.jpg and DIR/b/x.jpg), never over an
-input, and never inside a folder the inputs search. Images keep their format (JPEG at quality 95;
-no metadata is copied), their frames (GIF, animated PNG and WebP: the faces of every frame are
-hidden), pages (TIFF), alpha channel and 16-bit depth, or a warning says what could not be kept.
-Videos become H.264
-with their sound, in their container (x.avi and x.webm, which cannot hold H.264, become .mp4);
-they need the 'video' extra. A live source (a webcam number such as 0, or an rtsp://, http(s)://
-... stream URL) is written as NAME_anonymized.mp4 (or DIR/NAME.mp4) until it ends or Ctrl-C.
+FOLDER_anonymized/. With --out FILE, named like an image or a video (-o blurred.jpg, -o clip.mp4),
+the one input is written to FILE, in FILE's format. With --out DIR (any other name, or one ending
+in /), every input is written under DIR with its path below the inputs' common folder (a/x.jpg and
+b/x.jpg become DIR/a/x.jpg and DIR/b/x.jpg), never over an input, and never inside a folder the
+inputs search. Images keep their format (JPEG at quality 95; no metadata is copied), their frames
+(GIF, animated PNG and WebP: the faces of every frame are hidden), pages (TIFF), alpha channel and
+16-bit depth, or a warning says what could not be kept. Videos become H.264 with their sound, in
+their container (x.avi and x.webm, which cannot hold H.264, become .mp4); they need PyAV (pip
+install av). A live source (a webcam number such as 0, or an rtsp://, http(s):// ... stream URL)
+is written as NAME_anonymized.mp4 (or FILE.mp4, or DIR/NAME.mp4) until it ends or Ctrl-C.
 
 Privacy first: srn anonymize trades time for recall where srn detect does not. It keeps faces from
 a score of 0.1 (srn detect: 0.3), and it upscales an image or video whose longer side is under
@@ -64,10 +65,12 @@ always, a closing summary ("3 files, 5 faces, 0 failed in 4.2 s").
 
 Examples:
   srn anonymize photo.jpg                                 photo_anonymized.jpg beside it
+  srn anonymize photo.jpg -o blurred.jpg                  blurred.jpg
   srn anonymize photos/                                   photos_anonymized/, the same tree
   srn anonymize photos/ --out anonymized/ --method mosaic --mask-scale 1.5
   srn anonymize 'shoot/**/*.jpg' --out anonymized/ --method solid --score-thresh 0.2 --min-size 0
-  srn anonymize interview.mp4 --out anonymized/          anonymized/interview.mp4, sound kept
+  srn anonymize interview.mp4 -o blurred.mp4              blurred.mp4, sound kept
+  srn anonymize interview.mp4 --out anonymized/          anonymized/interview.mp4
   srn anonymize 0                                         the first webcam -> webcam0_anonymized.mp4
 """
 
@@ -79,12 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="PATH",
                         help="images, videos, folders (searched recursively for both) or globs; or one webcam number or stream URL")
-    parser.add_argument("--out", metavar="DIR", help="folder for the anonymised files, created if missing (default: beside each input, see above)")
+    parser.add_argument("-o", "--out", metavar="FILE|DIR",
+                        help="the anonymised file, for one input named like an image or video (blurred.jpg, clip.mp4); "
+                             "otherwise a folder for them, created if missing (default: beside each input, see above)")
     parser.add_argument("--method", choices=METHODS, default="blur", help="blur (Gaussian), mosaic (blocks) or solid (black)")
     parser.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help="hide the ellipse inside the grown box, or the whole box")
     parser.add_argument("--mask-scale", type=float_in(0.0, MAX_MASK_SCALE, low_open=True), default=1.3,
                         help=f"grow each box this many times around its centre before hiding it, in (0, {MAX_MASK_SCALE:g}]")
-    parser.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=DEFAULT_SCORE_THRESH,
+    parser.add_argument("-t", "--score-thresh", type=float_in(0.0, 1.0), default=DEFAULT_SCORE_THRESH,
                         help=f"hide faces scoring at least this, in [0, 1] (default {DEFAULT_SCORE_THRESH:g}: better a blurred elbow than a missed face)")
     parser.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=None, help="NMS IoU, in (0, 1] (default: the model's, 0.4)")
     parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),

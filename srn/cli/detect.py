@@ -53,7 +53,8 @@ image, JSON Lines for several), unless --out names a file. On stderr, on a termi
 
 --save-vis and --save-crops mirror the inputs' tree below the folder that holds them all, so that
 no two inputs share an output: a/x.jpg -> DIR/a/x.jpg (drawn, in the input's format; JPEG at
-quality 95), DIR/a/x.jpg/face_000.jpg (crops).
+quality 95), DIR/a/x_jpg/face_000.jpg (crops; a/x.png's go to DIR/a/x_png/). --hide-scores draws
+the boxes without their score labels, which cover the neighbouring faces in crowds.
 
 A video or a live source gives one JSON line per frame; --out X.mp4 writes the video with boxes
 drawn (and X.jsonl). A live source runs until it ends or Ctrl-C, which finishes every output.
@@ -64,7 +65,8 @@ Examples:
   srn detect photos/ --out faces.jsonl                 streamed, one line per image
   srn detect photos/ --out faces.jsonl --resume        go on where a stopped run ended
   srn detect photos/ --save-vis vis/ --save-crops crops/ --crop-margin 0.3
-  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0.01
+  srn detect group.jpg -o drawn.jpg --hide-scores      boxes only, for crowds
+  srn detect 'val/**/*.jpg' --format wider --out preds/ --score-thresh 0
   srn detect 0 --out webcam.mp4                        the first webcam, until Ctrl-C
   srn detect rtsp://camera.local/stream --out faces.jsonl
   torchrun --nproc_per_node=4 -m srn detect photos/ --out faces.jsonl
@@ -77,15 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("inputs", nargs="+", metavar="PATH",
                         help="image files, folders or globs; videos; or one webcam number or stream URL")
     detect.add_argument("--format", choices=FORMATS, default=None, help="record format (default: from --out's suffix, see above)")
-    detect.add_argument("--out", help="where results go, by suffix (see above; default: stdout)")
+    detect.add_argument("-o", "--out", help="where results go, by suffix (see above; default: stdout)")
     detect.add_argument("--resume", action="store_true", help="jsonl: skip the images already in --out (a torn last line is dropped)")
     detect.add_argument("--save-vis", metavar="DIR", help="also write each image with its boxes drawn, as DIR/<input path>")
-    detect.add_argument("--save-crops", metavar="DIR", help="also write each face, as DIR/<input path>/face_000.jpg ...")
+    detect.add_argument("--save-crops", metavar="DIR", help="also write each face: a/x.jpg's as DIR/a/x_jpg/face_000.jpg ...")
+    detect.add_argument("--hide-scores", action="store_true", help="drawn photos and videos (--out X.jpg, --out X.mp4, --save-vis): boxes without score labels")
     detect.add_argument("--crop-margin", type=float_in(0.0), default=0.2, help="crops: margin around the box, as a fraction of its width and height")
     detect.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
                              "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
-    detect.add_argument("--score-thresh", type=float_in(0.0, 1.0), default=0.3, help="keep faces scoring at least this, in [0, 1]")
+    detect.add_argument("-t", "--score-thresh", type=float_in(0.0, 1.0), default=0.3, help="keep faces scoring at least this, in [0, 1]")
     detect.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), default=None, help="NMS IoU, in (0, 1] (default: the model's, 0.4)")
     add_detector_args(detect)
     detect.set_defaults(func=run)
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no input images found")
     shard = sharding.Shard.from_env()
     _check_image_options(args, fmt, len(files), shard.distributed)
-    plan = pipeline.plan_outputs(fmt, files, args.out, args.inputs, shard, args.save_vis, args.save_crops)
+    plan = pipeline.plan_outputs(fmt, files, args.out, args.inputs, shard, args.save_vis, args.save_crops,
+                                 scores=not args.hide_scores)
     with pipeline.claim_outputs(plan, shard):  # one writer per output, from its manifest to the merge
         return _run_images(args, fmt, files, shard, plan)
 
@@ -226,7 +230,7 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: no such video file")
-    plans = pipeline.plan_video_outputs(paths, args.out, args.save_vis)
+    plans = pipeline.plan_video_outputs(paths, args.out, args.save_vis, scores=not args.hide_scores)
     detector = build_detector(args, args.score_thresh, args.nms_iou)
     outputs = {path: pipeline.written(targets) for path, targets in zip(paths, plans)}
 
@@ -254,7 +258,7 @@ def run_live(args: argparse.Namespace, source: str, fmt: str) -> int:
     refuse_photo_url(source)
     require_av()
     _check_stream_options(args, fmt, "live sources")
-    (targets,) = pipeline.plan_video_outputs([Path(source_name(source))], args.out, args.save_vis)
+    (targets,) = pipeline.plan_video_outputs([Path(source_name(source))], args.out, args.save_vis, scores=not args.hide_scores)
     report = Report("frame", per_item=False)
     outcome = pipeline.detect_live(lambda: build_detector(args, args.score_thresh, args.nms_iou), source, targets,
                                    args.batch_size, discard=pipeline.is_devnull(args.out))

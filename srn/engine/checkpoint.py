@@ -143,7 +143,7 @@ def restore_training_state(
 _ABSENT = object()
 
 
-def _shown(value: Any) -> str:
+def _or_absent(value: Any) -> str:
     return "(absent)" if value is _ABSENT else str(value)
 
 
@@ -163,7 +163,7 @@ def check_same_model(path: str | Path, saved_config: Mapping[str, Any], model_co
     current = to_dict(model_config)
     keys = [*current, *(key for key in saved if key not in current)]
     diffs = [
-        f"model.{key}: checkpoint {_shown(saved.get(key, _ABSENT))}, config {_shown(current.get(key, _ABSENT))}"
+        f"model.{key}: checkpoint {_or_absent(saved.get(key, _ABSENT))}, config {_or_absent(current.get(key, _ABSENT))}"
         for key in keys
         if key != "pretrained" and saved.get(key, _ABSENT) != current.get(key, _ABSENT)
     ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from srn.errors import InputPathError, OutputCollisionError
-from srn.evaluation.widerface import write_predictions
+from srn.evaluation.widerface import image_stem, write_predictions
 from srn.inference.loop import Item
 from srn.inference.results import Faces
 from srn.inference.sinks import register_sink
@@ -23,14 +23,11 @@ from srn.inference.writers import Record, RecordWriter
 
 __all__ = ["WiderWriter"]
 
-_WIDER_SUFFIXES = (".jpg", ".jpeg", ".png")  # what write_predictions drops from a file name
-
 
 def _target(key: str) -> str:
     """The file, below the output folder, that ``"<event>/<image name>"`` is written to."""
     event, _, name = key.rpartition("/")
-    stem = os.path.splitext(name)[0] if name.lower().endswith(_WIDER_SUFFIXES) else name
-    return f"{event}/{stem}.txt"
+    return f"{event}/{image_stem(name)}.txt"
 
 
 @register_sink("wider")

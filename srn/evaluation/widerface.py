@@ -304,6 +304,15 @@ def read_predictions(pred_dir: str | os.PathLike[str]) -> dict[tuple[str, str], 
     return predictions
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a WIDER key or prediction file name drops
+
+
+def image_stem(name: str) -> str:
+    """``"0_Parade_marchingband_1_5.jpg"`` -> ``"0_Parade_marchingband_1_5"``: the one rule by which an
+    image name becomes a WIDER image key and prediction file name (only image suffixes are dropped)."""
+    return os.path.splitext(name)[0] if name.lower().endswith(IMAGE_SUFFIXES) else name
+
+
 def write_predictions(
     pred_dir: str | os.PathLike[str],
     records: Mapping[str, tuple[Any, Any]],
@@ -331,7 +340,7 @@ def write_predictions(
         event, sep, name = key.replace("\\", "/").rpartition("/")
         if not sep or not event or not name:
             raise ValueError(f"record key {key!r} is not '<event>/<image>'")
-        stem = os.path.splitext(name)[0] if name.lower().endswith((".jpg", ".jpeg", ".png")) else name
+        stem = image_stem(name)
         boxes_np = as_numpy(boxes).reshape(-1, 4)
         scores_np = as_numpy(scores).reshape(-1)
         if boxes_np.shape[0] != scores_np.shape[0]:
@@ -557,7 +566,7 @@ class WiderResult(JsonResult):
 def _normalise_key(key: Any) -> tuple[str, str]:
     if isinstance(key, str):
         event, _, name = key.replace("\\", "/").rpartition("/")
-        return event, os.path.splitext(name)[0] if name.lower().endswith(".jpg") else name
+        return event, image_stem(name)
     event, name = key
     return str(event), str(name)
 

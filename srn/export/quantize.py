@@ -52,7 +52,7 @@ CALIBRATION_KEY = "quantization_calibration"
 DEFAULT_CALIBRATION_COUNT = 50
 DEFAULT_CALIBRATION_SIZE = 512
 ACTIVATION_TYPES = ("quint8", "qint8")
-# The key under which srn export onnx stores its metadata (the file format, README "Export and speed").
+# The key under which srn export onnx stores its metadata (the file format, docs/export.md).
 _SRN_METADATA_KEY = "srn"
 
 
@@ -268,7 +268,7 @@ def quantize_onnx(
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise MissingDependencyError("int8 quantisation needs onnx: pip install 'srn-face[export]'") from None
+        raise MissingDependencyError("int8 quantisation needs onnx: pip install onnx (in a checkout: pip install -e '.[export]')") from None
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if activation_type not in ACTIVATION_TYPES:
         raise ExportError(f"{out_path}: activation type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}")

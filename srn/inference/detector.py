@@ -99,7 +99,7 @@ class Detector:
             onnxruntime the checkpoint everywhere, with a one-line notice).
         device: "cpu", "cuda", "cuda:1", a GPU number ... (default: CUDA when available).
         score_thresh: detections below this score are dropped (after NMS). Default 0.3, the best
-            F1 of the shipped model's calibrated scores on held-out photos (README, model card);
+            F1 of the shipped model's calibrated scores on held-out photos (docs/model_card.md);
             0 keeps every candidate, for evaluation.
         nms_iou: IoU of the final NMS (the release's 0.4).
         max_size: images whose longer side exceeds this are downscaled before the network runs;

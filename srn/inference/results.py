@@ -11,6 +11,7 @@ only the batch in flight. ``faces.image = None`` lets it go; plot, save and crop
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -197,29 +198,44 @@ class Faces:
 
     def __repr__(self) -> str:
         source = f", source={self.source!r}" if self.source else ""
-        return f"Faces({len(self)} faces, {self.width}x{self.height}{source})"
+        count = f"{len(self)} face" + ("" if len(self) == 1 else "s")
+        return f"Faces({count}, {self.width}x{self.height}{source})"
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes, scores)`` as new float32 arrays of shapes (D, 4) and (D,);
         ``np.column_stack(faces.numpy())`` is the (D, 5) ``x1, y1, x2, y2, score`` layout."""
         return self.boxes.numpy().copy(), self.scores.numpy().copy()
 
-    def to_records(self, decimals: int = 2) -> list[dict[str, Any]]:
-        """``[{"box": [x1, y1, x2, y2], "score": s}, ...]``: boxes rounded to ``decimals``, scores to 4."""
+    def _where(self) -> dict[str, Any]:
+        """Which image (or video frame) these faces are in, and its size: the head of every record."""
+        if self.frame is None:
+            head: dict[str, Any] = {"image": self.source}
+        else:
+            head = {"video": self.source, "frame": self.frame, "time": round(self.time or 0.0, 4)}
+        return {**head, "width": self.width, "height": self.height}
+
+    def _faces(self, decimals: int = 2) -> list[dict[str, Any]]:
         boxes = self.boxes.detach().cpu().double().numpy().round(decimals)
         scores = self.scores.detach().cpu().double().numpy().round(4)
         return [{"box": b.tolist(), "score": float(s)} for b, s in zip(boxes, scores)]
+
+    def to_records(self, decimals: int = 2) -> list[dict[str, Any]]:
+        """One flat record per face, ready for a table (``pandas.DataFrame(faces.to_records())``):
+        ``{"image", "width", "height", "box": [x1, y1, x2, y2], "score"}`` (``"video", "frame",
+        "time"`` in place of ``"image"`` for a video frame); boxes rounded to ``decimals``, scores to 4."""
+        where = self._where()
+        return [{**where, **face} for face in self._faces(decimals)]
 
     def record(self) -> dict[str, Any]:
         """This image's record, the one every output of ``srn detect`` writes (JSON Lines, JSON,
         CSV): ``{"image", "width", "height", "faces": [{"box", "score"}]}`` for a photo, and
         ``{"video", "frame", "time", "width", "height", "faces"}`` for a frame of a video or a live
-        source (``time`` rounded to 4 decimals); boxes and scores as :meth:`to_records` rounds them."""
-        if self.frame is None:
-            head: dict[str, Any] = {"image": self.source}
-        else:
-            head = {"video": self.source, "frame": self.frame, "time": round(self.time or 0.0, 4)}
-        return {**head, "width": self.width, "height": self.height, "faces": self.to_records()}
+        source (``time`` rounded to 4 decimals); boxes rounded to 2 decimals, scores to 4."""
+        return {**self._where(), "faces": self._faces()}
+
+    def to_json(self, indent: int | None = None) -> str:
+        """:meth:`record` as JSON text: one line (``srn detect``'s JSON Lines record), or indented."""
+        return json.dumps(self.record(), indent=indent, ensure_ascii=False)
 
     def _image(self) -> Tensor:
         if self.image is None:
@@ -257,3 +273,15 @@ class Faces:
         boxes = self.boxes if indices is None else self.boxes[indices]
         regions = expand_boxes(boxes, margin, self.width, self.height).tolist()
         return [image[y1:y2, x1:x2].copy() for x1, y1, x2, y2 in regions]
+
+    def save_crops(self, folder: str | Path, margin: float = 0.2) -> list[Path]:
+        """Write each face cut out by :meth:`crops` to ``folder/face_000.jpg``, ``face_001.jpg`` ...
+        (best first, JPEG at quality 95, each atomically; the folder is created); returns the files.
+        ``srn detect --save-crops DIR`` writes a photo ``a/x.jpg``'s faces this way into
+        ``DIR/a/x_jpg/``.
+
+        Raises:
+            OutputPathError: a file cannot be written (see :func:`write_image`).
+        """
+        folder = Path(folder)
+        return [write_image(folder / f"face_{number:03d}.jpg", crop) for number, crop in enumerate(self.crops(margin))]

@@ -31,7 +31,7 @@ from typing import TypeVar
 from srn.errors import ConfigError, OutputPathError
 from srn.inference.loop import BaseSink, Item, ItemFailed
 from srn.inference.results import Faces
-from srn.inference.writers import CsvWriter, JsonArrayWriter, JsonLinesWriter, write_crops
+from srn.inference.writers import CsvWriter, JsonArrayWriter, JsonLinesWriter
 
 __all__ = ["SINKS", "SUFFIXES", "CropsSink", "DrawnImageSink", "register_sink", "sink_class"]
 
@@ -69,22 +69,23 @@ register_sink("json", ".json")(JsonArrayWriter)
 @register_sink("image")
 class DrawnImageSink(BaseSink):
     """Each image with its faces drawn (:meth:`srn.inference.Faces.save`), to ``target(item)``, or
-    to ``target`` itself when it is a path (a run of one photo)."""
+    to ``target`` itself when it is a path (a run of one photo); without their scores when
+    ``scores`` is False (crowds, where the labels cover the neighbouring faces)."""
 
-    def __init__(self, target: Path | Callable[[Item], Path]) -> None:
-        self.target = target
+    def __init__(self, target: Path | Callable[[Item], Path], scores: bool = True) -> None:
+        self.target, self.scores = target, scores
 
     def write(self, faces: Faces, item: Item | None = None) -> Path:
         path = self.target if isinstance(self.target, Path) else self.target(item)  # type: ignore[arg-type]
         try:
-            return faces.save(path)
+            return faces.save(path, scores=self.scores)
         except OutputPathError as exc:  # this image's file (a file where its folder should be): it alone fails
             raise ItemFailed(str(exc)) from None
 
 
 @register_sink("crops")
 class CropsSink(BaseSink):
-    """Each face cut out with ``margin`` (:func:`srn.inference.writers.write_crops`), into the
+    """Each face cut out with ``margin`` (:meth:`srn.inference.Faces.save_crops`), into the
     folder ``folder(item)``."""
 
     def __init__(self, folder: Callable[[Item], Path], margin: float = 0.2) -> None:
@@ -92,7 +93,7 @@ class CropsSink(BaseSink):
 
     def write(self, faces: Faces, item: Item | None = None) -> None:
         try:
-            write_crops(self.folder(item), faces, self.margin)  # type: ignore[arg-type]
+            faces.save_crops(self.folder(item), self.margin)  # type: ignore[arg-type]
         except OutputPathError as exc:
             raise ItemFailed(str(exc)) from None
         return None

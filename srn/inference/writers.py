@@ -73,7 +73,6 @@ __all__ = [
     "read_jsonl",
     "render",
     "weights_identity",
-    "write_crops",
 ]
 
 CSV_HEADER = ["image", "width", "height", "x1", "y1", "x2", "y2", "score"]
@@ -443,9 +442,3 @@ def _shown(value: Any) -> str:
 
 
 # -- faces cut out ------------------------------------------------------------------------------------
-
-
-def write_crops(folder: Path, faces: Faces, margin: float) -> list[Path]:
-    """Each face as ``folder/face_000.jpg``, ``face_001.jpg`` ... by descending score
-    (:meth:`srn.inference.Faces.crops` with ``margin``); returns the files written."""
-    return [write_image(folder / f"face_{number:03d}.jpg", crop) for number, crop in enumerate(faces.crops(margin))]

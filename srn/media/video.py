@@ -79,7 +79,7 @@ def require_av() -> Any:
     try:
         import av
     except ImportError:
-        raise MissingDependencyError("video needs PyAV: pip install 'srn-face[video]'") from None
+        raise MissingDependencyError("video needs PyAV: pip install av (in a checkout: pip install -e '.[video]')") from None
     return av
 
 
@@ -564,11 +564,11 @@ def item_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def draw_render(image: np.ndarray, faces: Any) -> np.ndarray:
-    """A :data:`Render` that draws boxes and scores (:func:`srn.inference.draw.draw_faces`)."""
+def draw_render(image: np.ndarray, faces: Any, scores: bool = True) -> np.ndarray:
+    """A :data:`Render` that draws boxes and, with ``scores``, their scores (:func:`srn.inference.draw.draw_faces`)."""
     from srn.inference.draw import draw_faces
 
-    return draw_faces(image, faces.boxes, faces.scores)
+    return draw_faces(image, faces.boxes, faces.scores if scores else None)
 
 
 class RecordLines(BaseSink):
@@ -603,10 +603,16 @@ class VideoTargets:
     Attributes:
         videos: files to write the video with boxes drawn to (any number, none included).
         jsonl: the file of the per-frame JSON lines, or None to write them to a text stream.
+        scores: whether the drawn videos show each box's score.
     """
 
     videos: list[Path]
     jsonl: Path | None
+    scores: bool = True
+
+    def render(self, image: np.ndarray, faces: Any) -> np.ndarray:
+        """The :data:`Render` of the drawn videos."""
+        return draw_render(image, faces, self.scores)
 
 
 def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: int,
@@ -627,7 +633,7 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         jsonl_tmp = stack.enter_context(atomic_output(targets.jsonl)) if targets.jsonl else None
         jsonl = stack.enter_context(open(jsonl_tmp, "w")) if jsonl_tmp else stdout  # noqa: SIM115 - the stack closes it
         lines = RecordLines(jsonl)
-        count = process_video(detector, path, batch_size, video_tmp, draw_render, None,
+        count = process_video(detector, path, batch_size, video_tmp, targets.render, None,
                               targets.videos[0] if targets.videos else None, sinks=[lines])
         found = lines.faces
         if jsonl is not stdout:

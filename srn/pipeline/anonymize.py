@@ -2,10 +2,11 @@
 images, videos and live sources into sinks that hide the faces (:mod:`srn.media.anonymized`,
 :class:`srn.media.video.VideoSink`).
 
-Without an output folder, each file is written beside itself as ``NAME_anonymized.EXT`` (a number
+Without an output, each file is written beside itself as ``NAME_anonymized.EXT`` (a number
 appended when that exists: nothing is ever overwritten), and a folder is mirrored into
-``FOLDER_anonymized/``. With one, every input is written under it with its path below the inputs'
-common folder, never over an input.
+``FOLDER_anonymized/``. An output named like an image or a video (``blurred.jpg``, ``clip.mp4``) is
+that file, for one input; any other output is a folder, and every input is written under it with
+its path below the inputs' common folder, never over an input.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, item_errors
 from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_dir, check_output_file, expand_inputs, is_video, relative_paths
 
 __all__ = ["SUFFIX", "anonymize_images", "anonymize_live", "anonymize_video", "beside_names", "free_name",
-           "live_target", "output_names", "plan_outputs"]
+           "live_target", "names_a_file", "output_names", "plan_outputs"]
 
 SUFFIX = "_anonymized"
 
@@ -83,14 +84,41 @@ def beside_names(patterns: Sequence[str], suffixes: frozenset[str]) -> tuple[lis
     return files, targets
 
 
+def names_a_file(out: str) -> bool:
+    """Whether the output ``out`` names one file: its suffix is an image's or a video's, and it is
+    neither a folder nor written with a trailing slash (``blurred.jpg``, ``clip.mp4``; not
+    ``anonymized/`` or ``out``)."""
+    return (not out.endswith(("/", os.sep)) and Path(out).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            and not Path(out).is_dir())
+
+
+def _file_target(out: str, files: Sequence[Path]) -> Path:
+    """The one input's output file ``out``, refused in one line when it cannot hold that input."""
+    target = Path(out)
+    if len(files) != 1:
+        raise OutputPathError(target, f"names one file, and {len(files)} inputs were found; "
+                                      "give a folder for several (for example --out anonymized/)")
+    source, suffix = files[0], target.suffix.lower()
+    if is_video(source) != (suffix in VIDEO_SUFFIXES):
+        kind, other = ("a video", "an image") if is_video(source) else ("an image", "a video")
+        raise OutputPathError(target, f"names {other}, and {source} is {kind}; give it {kind}'s suffix")
+    if is_video(source) and suffix not in OUTPUT_SUFFIXES:
+        raise OutputPathError(target, f"{suffix} cannot hold H.264; name it {', '.join(OUTPUT_SUFFIXES)}")
+    return check_output_file(target, inputs=files)
+
+
 def plan_outputs(out: str | None, patterns: Sequence[str], files: Sequence[Path] | None = None) -> tuple[list[Path], list[Path]]:
     """The inputs and every output path, checked before the first file is read: each folder can
-    be written, no two inputs share an output, and no output is an input."""
+    be written, no two inputs share an output, and no output is an input. ``out`` is that file for
+    one input when it :func:`names_a_file`, else a folder."""
     suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # folders: images and videos
     if out is None:
         files, targets = beside_names(patterns, suffixes)
         for folder in sorted({str(t.parent) for t in targets}):
             check_output_dir(folder, inputs=[])
+    elif names_a_file(out):
+        files = list(files) if files is not None else expand_inputs(patterns, suffixes)
+        targets = [_file_target(out, files)] if files else []
     else:
         files = list(files) if files is not None else expand_inputs(patterns, suffixes)
         folder = check_output_dir(out, inputs=files, input_patterns=patterns)
@@ -119,9 +147,13 @@ def claim_output(out: str | None) -> Iterator[None]:
 
 def live_target(name: str, out: str | None) -> Path:
     """The anonymised video of a live source named ``name``: ``NAME_anonymized.mp4`` here (numbered
-    when that exists), or ``OUT/NAME.mp4``; checked."""
+    when that exists), ``OUT`` when it names a video file (``cam.mp4``), or ``OUT/NAME.mp4``; checked."""
     if out is None:
         target = free_name(Path(f"{name}{SUFFIX}.mp4"), set())
+    elif names_a_file(out):
+        target = Path(out)
+        if target.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise OutputPathError(target, f"a live source is written as a video; name it {', '.join(OUTPUT_SUFFIXES)}")
     else:
         target = check_output_dir(out) / f"{name}.mp4"
     check_output_file(target)

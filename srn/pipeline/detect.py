@@ -36,13 +36,14 @@ from srn.inference.sinks import CropsSink, DrawnImageSink, sink_class
 from srn.inference.sources import ImageFileSource
 from srn.inference.writers import RunManifest, read_jsonl, resolved_image
 from srn.media.live import LiveSource, run_live
-from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, draw_render, item_errors
+from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, item_errors
 from srn.paths import check_output_dir, check_output_file, relative_paths
 
 __all__ = [
     "DRAWN_SUFFIXES",
     "RECORD_SUFFIXES",
     "Plan",
+    "crops_name",
     "detect_images",
     "detect_live",
     "detect_videos",
@@ -79,6 +80,7 @@ class Plan:
     relative: list[Path] = field(default_factory=list)  # each input below the inputs' common folder
     position: dict[str, int] = field(default_factory=dict)  # each input (as named in records) -> its index
     wider: WiderWriter | None = None  # the wider sink, made here to refuse two images on one file
+    scores: bool = True  # drawn photos show each box's score
 
     def vis_path(self, index: int) -> Path:
         """``DIR/<input path>``: the input's own name and format, or ``.png`` appended where that
@@ -90,16 +92,24 @@ class Plan:
         return self.vis_dir / f"{relative}.png"
 
     def crops_folder(self, index: int) -> Path:
+        """``DIR/<input folder>/<name>_<ext>/``: a/x.jpg -> DIR/a/x_jpg/ (a folder not named like a
+        photo, and a/x.png's faces apart from a/x.jpg's)."""
         assert self.crops_dir is not None
-        return self.crops_dir / self.relative[index]
+        return self.crops_dir / crops_name(self.relative[index])
+
+
+def crops_name(path: Path) -> Path:
+    """The folder of a photo's crops below ``--save-crops``: ``a/x.jpg`` -> ``a/x_jpg``."""
+    return path.with_name(f"{path.stem}_{path.suffix[1:]}" if path.suffix else f"{path.name}_faces")
 
 
 def plan_outputs(fmt: str, files: list[Path], out: str | None, patterns: Sequence[str], shard: Shard,
-                 save_vis: str | None = None, save_crops: str | None = None) -> Plan:
+                 save_vis: str | None = None, save_crops: str | None = None, scores: bool = True) -> Plan:
     """Check every output before any detection: one line for the first that cannot be written.
-    (The command line has refused the combinations of options that cannot work.)"""
+    (The command line has refused the combinations of options that cannot work.) ``scores``:
+    whether drawn photos show each box's score."""
     out = None if out in (None, "-") else out
-    plan = Plan(fmt, files, discard=is_devnull(out))
+    plan = Plan(fmt, files, discard=is_devnull(out), scores=scores)
     if fmt == "wider":
         assert out is not None
         plan.wider = WiderWriter(Path(out), files)  # refuses two images on one file
@@ -132,9 +142,9 @@ def sinks(plan: Plan, shard: Shard, crop_margin: float = 0.2, append: bool = Fal
     found: list[Any] = []
     if plan.fmt == "image":
         assert plan.out is not None
-        found.append(DrawnImageSink(plan.out))  # the drawn photo is the output; no records
+        found.append(DrawnImageSink(plan.out, plan.scores))  # the drawn photo is the output; no records
     if plan.vis_dir is not None:
-        found.append(DrawnImageSink(lambda item: plan.vis_path(plan.position[item.source])))
+        found.append(DrawnImageSink(lambda item: plan.vis_path(plan.position[item.source]), plan.scores))
     if plan.crops_dir is not None:
         found.append(CropsSink(lambda item: plan.crops_folder(plan.position[item.source]), crop_margin))
     if plan.wider is not None:
@@ -232,7 +242,7 @@ def finish_parts(plan: Plan, shard: Shard, stale_parts: Sequence[Path], resume: 
 # -- videos and live sources ----------------------------------------------------------------------
 
 
-def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None) -> list[VideoTargets]:
+def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None, scores: bool = True) -> list[VideoTargets]:
     """Where each input video's results go, checked (:func:`srn.paths.check_output_file`) before
     any frame is decoded:
 
@@ -241,7 +251,9 @@ def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None
     - ``X.jsonl``: the JSON lines only;
     - a folder ``DIR`` with several videos: ``DIR/<name>.mp4`` and ``DIR/<name>.jsonl`` for each;
     - None, ``-`` or the null device: JSON lines on stdout (or dropped);
-    - ``save_vis`` ``DIR``: also ``DIR/<name>.mp4`` with boxes drawn.
+    - ``save_vis`` ``DIR``: also ``DIR/<name>.mp4`` with boxes drawn;
+
+    with each box's score unless ``scores`` is False.
     """
     plans = []
     out_path = Path(out) if out and out != "-" and not is_devnull(out) else None
@@ -253,7 +265,7 @@ def plan_video_outputs(videos: list[Path], out: str | None, save_vis: str | None
     if len(set(names)) != len(names):
         raise InputPathError(videos[0], "two input videos share a name; run them separately")
     for video in videos:
-        targets = VideoTargets([], None)
+        targets = VideoTargets([], None, scores)
         if out_path is None:
             pass
         elif as_folder:
@@ -325,7 +337,7 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
         found: list[Any] = [RecordLines(lines, flush=True)]
         if targets.videos:
             video_tmp = stack.enter_context(atomic_output(targets.videos[0]))
-            found.append(VideoSink(video_tmp, frames.reader, draw_render, targets.videos[0]))
+            found.append(VideoSink(video_tmp, frames.reader, targets.render, targets.videos[0]))
         return found
 
     with contextlib.ExitStack() as held:

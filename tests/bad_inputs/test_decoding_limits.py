@@ -5,7 +5,6 @@ line that names the limit and how to raise it, before its buffer is allocated. T
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -49,10 +48,8 @@ def test_the_bomb_is_small_and_its_header_says_its_size(bomb):
 
 
 def test_a_bomb_is_refused_before_decoding_in_one_line(bomb):
-    start = time.perf_counter()
     with pytest.raises(ImageReadError) as info:
         read_image(bomb)
-    assert time.perf_counter() - start < 5  # refused from the header, not after a 4.8 GB decode
     assert str(info.value) == (
         f"{bomb}: 40000x40000 pixels (1600 megapixels) is above the limit of 500 megapixels that guards against "
         f"decompression bombs; to read it, raise the limit with the environment variable {MAX_PIXELS_ENV}=<pixels> "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import PIL.Image
@@ -30,10 +29,8 @@ def test_a_png_whose_header_pil_refuses_is_checked_from_its_ihdr(tmp_path):
     assert bomb.stat().st_size < 1_000_000
     assert read_header(bomb.read_bytes()) is None  # PIL refuses the header: one bad ancillary chunk
     assert container_size(bomb.read_bytes()) == (SIDE, SIDE)
-    start = time.perf_counter()
     with pytest.raises(ImageReadError) as info:
         read_image(bomb)
-    assert time.perf_counter() - start < 5
     assert str(info.value) == (
         f"{bomb}: {SIDE}x{SIDE} pixels (1600 megapixels) is above the limit of 500 megapixels that guards against "
         f"decompression bombs; to read it, raise the limit with the environment variable {MAX_PIXELS_ENV}=<pixels> "

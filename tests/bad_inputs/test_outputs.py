@@ -114,17 +114,17 @@ def test_leftovers_of_a_killed_run_are_not_inputs_and_are_cleaned(photos, small_
 def test_a_blocked_crop_folder_fails_its_image_alone(photos, small_weights, tmp_path, capsys):
     crops = tmp_path / "crops"
     crops.mkdir()
-    (crops / "b.png").write_text("a file where b.png's crop folder goes")
+    (crops / "b_png").write_text("a file where b.png's crop folder goes")
     out = tmp_path / "faces.jsonl"
     code, _, lines = run(capsys, "detect", photos, "--save-crops", crops, "--score-thresh", "0", "--out", out,
                          "--weights", small_weights, *CPU)
     assert code == 1, lines
-    named = [line for line in lines if str(crops / "b.png") in line]
-    assert named == [f"  {crops / 'b.png' / 'face_000.jpg'}: cannot be written: {crops / 'b.png'} is a file, not a folder"]
+    named = [line for line in lines if str(crops / "b_png") in line]
+    assert named == [f"  {crops / 'b_png' / 'face_000.jpg'}: cannot be written: {crops / 'b_png'} is a file, not a folder"]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["a.png", "c.png"]  # b.png has no record: --resume redoes it
-    assert (crops / "b.png").read_text() == "a file where b.png's crop folder goes"
-    assert (crops / "a.png" / "face_000.jpg").is_file() and (crops / "sub" / "c.png" / "face_000.jpg").is_file()
+    assert (crops / "b_png").read_text() == "a file where b.png's crop folder goes"
+    assert (crops / "a_png" / "face_000.jpg").is_file() and (crops / "sub" / "c_png" / "face_000.jpg").is_file()
 
 
 def test_a_folder_in_the_way_of_a_drawing_fails_that_image_alone(photos, small_weights, tmp_path, capsys):

@@ -5,7 +5,6 @@ config or as annotations) is said to be so, with nothing of it quoted."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -46,9 +45,7 @@ def test_a_billion_laughs_config_is_refused_before_it_is_walked(tmp_path, capsys
     config = tmp_path / "laughs.yaml"
     config.write_text(laughs() + "train: {output_dir: *a8}\n")
     assert config.stat().st_size < 700
-    start = time.perf_counter()
     code, lines = run(capsys, "train", config)
-    assert time.perf_counter() - start < 10
     assert (code, lines) == (2, [f"srn train: error: {config}: not a config file: its aliases expand to more than "
                                  f"{MAX_YAML_VALUES} values"])
 
@@ -91,9 +88,8 @@ def test_excerpts_are_short_printable_and_cheap():
     nested: object = ["lol"] * 9
     for _ in range(9):
         nested = [nested] * 9  # 9 ** 10 leaves, shared
-    start = time.perf_counter()
     text = excerpt(nested)
-    assert time.perf_counter() - start < 1 and len(text) <= 60
+    assert len(text) <= 60  # a repr of the 9 ** 10 leaves would never end
     assert excerpt("a\nb\x1b") == "'a\\nb\\x1b'"
     assert "..." in excerpt("x" * 10_000) and len(excerpt("x" * 10_000)) <= 60
     assert excerpt({"file": "labels.txt"}) == "{'file': 'labels.txt'}"
@@ -104,7 +100,9 @@ def test_a_long_unknown_key_or_value_is_an_excerpt(tmp_path):
     config.write_text(f"train:\n  lr: 0.1\n  {'k' * 1000}: 1\n")
     with pytest.raises(ConfigError) as info:
         load_yaml(TrainingConfig, config)
-    assert len(str(info.value)) < 500 and "kkkk" in str(info.value)
+    # the known keys are listed (a bounded list); the unknown one is an excerpt
+    message = str(info.value)
+    assert "kkkk" in message and "k" * 61 not in message and len(message) < 1000
     with pytest.raises(ConfigError) as info:
         apply_overrides(TrainingConfig(), [f"train.output_dir=[{'x' * 100_000}]"])
     assert len(str(info.value)) < 200
