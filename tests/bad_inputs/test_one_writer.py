@@ -192,8 +192,10 @@ def test_a_forked_child_that_outlives_a_killed_run_holds_nothing(tmp_path):
     code = ("import os, sys, time\nfrom srn.atomic import atomic_output, exclusive_lock\n"
             "with exclusive_lock(sys.argv[1]), atomic_output(sys.argv[1] + '.x') as tmp:\n"
             "    tmp.write_bytes(b'half')\n"
+            "    ready, tell = os.pipe()\n"
             "    child = os.fork()\n"
-            "    if child == 0:\n        time.sleep(60)\n        os._exit(0)\n"
+            "    if child == 0:\n        os.write(tell, b'.')\n        time.sleep(60)\n        os._exit(0)\n"
+            "    os.read(ready, 1)  # the child runs: its at-fork hooks have run\n"
             "    print(child, tmp, flush=True)\n    time.sleep(600)\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
