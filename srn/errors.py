@@ -25,6 +25,7 @@ __all__ = [
     "ImageValueError",
     "InputPathError",
     "MissingDependencyError",
+    "OutputBusyError",
     "OutputCollisionError",
     "OutputPathError",
     "PredictionFormatError",
@@ -137,6 +138,10 @@ class InputPathError(SRNError, ValueError):
 
 class OutputPathError(InputPathError):
     """A path given for output that cannot be written, or that would overwrite an input."""
+
+
+class OutputBusyError(OutputPathError):
+    """Another live run is writing this output (:func:`srn.atomic.exclusive_lock`)."""
 
 
 class ImageReadError(SRNError, ValueError):

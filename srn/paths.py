@@ -21,13 +21,14 @@ The output policy, which every writer of the package follows:
   (:func:`check_output_dir` with ``input_patterns``): the next run over that folder would read the
   outputs as inputs, and write their outputs over them;
 - **no leftovers**: the temporary files of a killed writer (``.<name>.<random>.partial<suffix>``)
-  are never taken as inputs (:func:`is_temporary`) and are removed when the same output is checked
-  again.
+  are never taken as inputs (:func:`is_temporary`) and are removed by the next run that checks an
+  output in their folder; a live writer holds a lock on its own, which is how the two are told apart.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import os
 import re
@@ -48,8 +49,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 # The temporary files of the package's writers: srn.atomic's ``.<name>.<random>.partial<suffix>``
 # and this module's own write probe.
 _TEMPORARY = re.compile(r"\..+\.partial(\.[^.]*)?|\.srn-write-test\..*", re.DOTALL)
-# A temporary file younger than this may belong to a writer that is still running (another process
-# of a torchrun job): it is left alone.
+# A write probe younger than this may belong to a check that is still running (another process): it
+# is left alone. (srn.atomic's temporary files are told by their lock instead.)
 _STALE_AFTER_S = 60.0
 
 
@@ -61,10 +62,11 @@ def is_temporary(path: PathLike) -> bool:
 
 def remove_temporaries(folder: PathLike, name: str | None = None, recursive: bool = False,
                        min_age_s: float = _STALE_AFTER_S) -> list[Path]:
-    """Delete what killed writers left in ``folder`` (below it too, with ``recursive``): the
-    temporary files of target ``name`` only, if given, else all of them; only those untouched for
-    ``min_age_s`` seconds (a younger one may belong to a writer still at work). Returns what was
-    removed; a file that cannot be removed is left."""
+    """Delete what dead writers left in ``folder`` (below it too, with ``recursive``): the
+    temporary files of target ``name`` only, if given, else all of them. A temporary file of
+    ``srn.atomic`` is stale when no process holds its lock (its writer holds it until the rename, and
+    the kernel drops it when the writer dies), whatever its age; a write probe of this module when
+    untouched for ``min_age_s`` seconds. Returns what was removed; a file that cannot be removed is left."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -80,12 +82,31 @@ def remove_temporaries(folder: PathLike, name: str | None = None, recursive: boo
             stale = Path(parent) / entry
             try:
                 info = stale.lstat()
-                if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= min_age_s:
-                    stale.unlink()
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                if entry.startswith(".srn-write-test."):
+                    if now - info.st_mtime >= min_age_s:
+                        stale.unlink()
+                        removed.append(stale)
+                elif _remove_unheld(stale):
                     removed.append(stale)
             except OSError:
                 continue
     return removed
+
+
+def _remove_unheld(path: Path) -> bool:
+    """Remove ``path`` if no process holds a lock on it (its writer is dead); True if removed."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer's
+        path.unlink()
+        return True
+    finally:
+        os.close(fd)
 
 
 def describe_mode(mode: int) -> str:
@@ -194,7 +215,8 @@ def _not_an_input(path: Path, inputs: Iterable[PathLike]) -> None:
 
 def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     """``path`` as a file that can be written: not a symbolic link, not a folder, not an input, in a
-    writable folder (created if missing). What a killed writer of ``path`` left beside it is removed."""
+    writable folder (created if missing). What dead writers left in that folder is removed
+    (:func:`remove_temporaries`)."""
     path = Path(path)
     if path.is_symlink():
         raise OutputPathError(path, "is a symbolic link; outputs are never written through one (name the file it points to, or remove the link)")
@@ -206,7 +228,7 @@ def check_output_file(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
     _not_an_input(path, inputs)
     folder = path.parent if str(path.parent) else Path(".")
     _prepare_folder(folder, path)
-    remove_temporaries(folder, name=path.name, min_age_s=0.0)
+    remove_temporaries(folder)  # a dead writer's, of this output, its manifest or anything else here
     return path
 
 

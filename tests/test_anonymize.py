@@ -236,6 +236,42 @@ def test_missing_pyav_is_one_line_before_any_work(talking_head, tmp_path, monkey
     assert not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".gif", ".png", ".webp"])
+def test_a_long_animation_is_read_a_few_frames_at_a_time(tmp_path, monkeypatch, suffix):
+    # Frames are decoded, detected and handed to the writer a chunk at a time, never all at once
+    # (the GIF, APNG and WebP writers of PIL may keep what they are given; the reading side does not).
+    import srn.media.image_file as image_file
+
+    rng = np.random.default_rng(0)
+    count = 40
+    frames = [PIL.Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)) for _ in range(count)]
+    source = tmp_path / f"long{suffix}"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=40)
+    decoded = 0
+    real_iter_frames = image_file.iter_frames
+
+    def counting(*args, **kwargs):
+        nonlocal decoded
+        for frame in real_iter_frames(*args, **kwargs):
+            decoded += 1
+            yield frame
+
+    monkeypatch.setattr(image_file, "iter_frames", counting)
+    seen = []
+
+    def detect(batch):
+        seen.append((len(seen), decoded, len(batch)))
+        return [torch.zeros((0, 4)) for _ in batch]
+
+    notes = image_file.anonymize_image_file(source, tmp_path / f"out{suffix}", detect, first_boxes=torch.zeros((0, 4)))
+    assert notes == []
+    with PIL.Image.open(tmp_path / f"out{suffix}") as written:
+        assert written.n_frames == count
+    chunk = image_file._FRAMES_PER_CALL
+    assert all(at <= (call + 1) * chunk for call, at, _ in seen), seen  # never more than a chunk ahead
+    assert sum(size for _, _, size in seen) == count - 1  # the first frame's faces were given
+
+
 def test_anonymize_one_video_out_named_like_a_video_is_that_file(talking_head, tmp_path, capsys):
     av = talking_head["av"]
     out = tmp_path / "blurred.mp4"

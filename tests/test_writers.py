@@ -160,13 +160,14 @@ def test_merge_restores_input_order_and_removes_the_parts(tmp_path, fmt):
     assert leftover_parts(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
-def test_merge_keeps_what_a_resumed_output_holds(tmp_path):
+def test_merge_keeps_what_a_resumed_output_holds_in_input_order(tmp_path):
+    # The resumed output's record of img_2 wins over the part's, and every record is in input order.
     files = [Path(f"img_{i}.jpg") for i in range(4)]
     out = tmp_path / "merged.jsonl"
     keep = [detection_record(faces_of("img_2.jpg", 1))]
     write_all(JsonLinesWriter(Shard(0, 2).part(out)), [faces_of("img_3.jpg", 0), faces_of("img_2.jpg", 2), faces_of("img_0.jpg", 1)])
     merge_parts(out, "jsonl", files, leftover_parts(out), keep)
-    assert [(r["image"], len(r["faces"])) for r in read_jsonl(out)] == [("img_2.jpg", 1), ("img_0.jpg", 1), ("img_3.jpg", 0)]
+    assert [(r["image"], len(r["faces"])) for r in read_jsonl(out)] == [("img_0.jpg", 1), ("img_2.jpg", 1), ("img_3.jpg", 0)]
 
 
 # -- the WIDER layout ----------------------------------------------------------------------------------

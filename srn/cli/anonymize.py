@@ -114,7 +114,14 @@ def run(args: argparse.Namespace) -> int:
     args.min_size = privacy_min_size(args, live=bool(live))
     if live:
         return run_live(args, live[0])
+    from srn.pipeline.anonymize import claim_output
 
+    with claim_output(args.out):  # one writer per output
+        return _run_files(args)
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    """``srn anonymize`` on image and video files."""
     from srn.inference.loop import ItemFailed
     from srn.media.anonymized import Hide
     from srn.pipeline import anonymize as pipeline

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from srn.cli.common import (
     HelpFormatter,
@@ -160,20 +161,31 @@ def run(args: argparse.Namespace) -> int:
     _check_image_options(args, fmt, len(files), shard.distributed)
     plan = pipeline.plan_outputs(fmt, files, args.out, args.inputs, shard, args.save_vis, args.save_crops,
                                  scores=not args.hide_scores)
+    with pipeline.claim_outputs(plan, shard):  # one writer per output, from its manifest to the merge
+        return _run_images(args, fmt, files, shard, plan)
+
+
+def _run_images(args: argparse.Namespace, fmt: str, files: list[Path], shard: Any, plan: Any) -> int:
+    from srn.inference import sharding
+    from srn.inference.writers import resolved_image, weights_identity
+    from srn.pipeline import detect as pipeline
+
+    report = Report("image")
     if shard.distributed:
         args.device = sharding.join_process_group(shard, args.device)
     detector = build_detector(args, args.score_thresh, args.nms_iou)
 
     # What is already done (--resume), by resolved path, and where this process writes.
     settings = {"score_thresh": args.score_thresh, "nms_iou": args.nms_iou, "max_size": args.max_size,
-                "precision": args.precision, "weights": weights_identity(args.weights)}
+                "min_size": args.min_size or None, "precision": args.precision, "weights": weights_identity(args.weights)}
     if args.weights is None:
         settings["device"] = detector.device.type  # the shipped model differs by device (int8 on the CPU)
     done, stale_parts = pipeline.resume_state(plan, shard, settings, args.inputs, args.resume,
                                               warn=lambda line: print(printable(f"srn detect: warning: {line}"), file=sys.stderr))
     mine = [index for index in shard.indices(len(files)) if not done or resolved_image(files[index]) not in done]
     if args.resume and shard.rank == 0:
-        print(f"srn detect: {len(done)} images already in {plan.out}", file=sys.stderr)
+        already = sum(1 for path in files if resolved_image(path) in done)  # of this run's inputs only
+        print(f"srn detect: {already} images already in {plan.out}", file=sys.stderr)
 
     summary = pipeline.detect_images(detector, plan, shard, mine, args.batch_size, args.workers, args.crop_margin,
                                      append=args.resume, observer=report)
@@ -227,8 +239,12 @@ def run_video(args: argparse.Namespace, fmt: str) -> int:
         print(f"{path}: {plural(frames, 'frame')}, {plural(faces, 'face')}" + (f" -> {', '.join(files)}" if files else ""),
               file=sys.stderr)
 
-    pipeline.detect_videos(detector, paths, plans, args.batch_size, discard=pipeline.is_devnull(args.out), done=done)
-    return 0
+    # A video that cannot be read or written is one line, and the next video goes on (exit 1).
+    failed = pipeline.detect_videos(detector, paths, plans, args.batch_size, discard=pipeline.is_devnull(args.out), done=done,
+                                    failed=lambda line: print(printable(f"srn detect: error: {line}"), file=sys.stderr))
+    if failed and len(paths) > 1:
+        print(f"srn detect: {failed} of {len(paths)} videos failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_live(args: argparse.Namespace, source: str, fmt: str) -> int:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from srn.atomic import atomic_write_text
-from srn.data.formats.common import parse_count, parse_finite, read_text
+from srn.data.formats.common import Quoting, parse_count, parse_finite, quoted, read_text
 from srn.errors import AnnotationError, PredictionFormatError
 from srn.evaluation.common import (
     JsonResult,
@@ -237,9 +237,13 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
         lines.pop()  # the text after the final newline is not a line
     if len(lines) < 2:
         raise PredictionFormatError(path, len(lines) + 1, "missing the box count line")
+    # What an error may quote of the file: nothing of one that is no prediction file (a password file).
+    rule = Quoting(path, "a WIDER FACE prediction file", [(n, line) for n, line in enumerate(lines, start=1) if line.strip()],
+                   PredictionFormatError)
     count = parse_count(lines[1])
     if count is None:
-        raise PredictionFormatError(path, 2, f"expected the box count (a whole number >= 0), got {lines[1]!r}")
+        raise rule.error(2, f"expected the box count (a whole number >= 0), got {quoted(lines[1])}",
+                         plain="expected the box count, a whole number >= 0")
 
     data = lines[2 : 2 + count]
     if len(data) < count:
@@ -257,7 +261,7 @@ def read_prediction_file(path: str | os.PathLike[str]) -> np.ndarray:
     rows = [line.split() for line in data]
     for i, row in enumerate(rows):
         if len(row) != 5:
-            raise PredictionFormatError(path, 3 + i, f"expected 'x y w h score', got {data[i]!r}")
+            raise rule.error(3 + i, f"expected 'x y w h score', got {quoted(data[i])}", plain="expected 'x y w h score'")
     boxes = None
     block = "".join(data)
     if block.isascii() and "_" not in block:  # what float() takes beyond plain decimals

@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 from torch import Tensor
 
-from srn.atomic import atomic_output
+from srn.atomic import atomic_file
 from srn.errors import OutputPathError
 from srn.inference.draw import draw_faces
 from srn.postprocess import Detections
@@ -81,8 +81,8 @@ def write_image(path: str | Path, image: np.ndarray | Tensor) -> Path:
     picture = PIL.Image.fromarray(np.ascontiguousarray(image))
     options: dict[str, Any] = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
     try:
-        with atomic_output(path) as tmp:
-            picture.save(tmp, format=image_format, **options)
+        with atomic_file(path) as handle:  # every byte the encoder gives reaches the disk, or an error
+            picture.save(handle, format=image_format, **options)
     except OSError as exc:
         raise OutputPathError(path, _write_failure(path, exc)) from None
     return path

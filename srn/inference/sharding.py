@@ -5,19 +5,20 @@ Process ``r`` of ``n`` takes every ``n``-th input from the ``r``-th (:meth:`Shar
 the shares differ by one input at most whatever the order of the files. Each process writes its
 records as JSON Lines to its own part, ``OUT.rank<r>.jsonl`` beside the output ``OUT``
 (:meth:`Shard.part`); when every process is done, process 0 merges the parts into ``OUT`` in the
-order of the inputs (:func:`merge_parts`) and removes them. Parts that a killed run left behind are
+order of the inputs (:func:`merge_parts`, with what a resumed output already held) and removes them. Parts that a killed run left behind are
 found again (:func:`leftover_parts`) and merged by the run that resumes it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from srn.atomic import atomic_write_text
-from srn.inference.writers import Record, read_jsonl, render
+from srn.inference.writers import Record, read_jsonl, render, resolved_image
 
 __all__ = ["Shard", "all_processes_sum", "barrier", "join_process_group", "leave_process_group", "leftover_parts", "merge_parts"]
 
@@ -64,19 +65,27 @@ def leftover_parts(out: Path) -> list[Path]:
 
 
 def merge_parts(out: Path, fmt: str, files: Sequence[Path], parts: Sequence[Path], keep: Sequence[Record] = ()) -> None:
-    """Write ``keep`` and then the parts' records, in the order of ``files``, to ``out`` in ``fmt``
-    (json, jsonl or csv), atomically; then remove the parts.
+    """Write ``keep`` (what a resumed output already held) and the parts' records together, in the
+    order of ``files``, to ``out`` in ``fmt`` (json, jsonl or csv), atomically; then remove the parts.
 
-    A record of an image that ``keep`` already holds is dropped; a record of an image that is not
-    in ``files`` goes last.
+    An image is written once (its first record, ``keep``'s before the parts'); a record of an image
+    that is not in ``files`` goes last. Images are matched by name, then by resolved path.
     """
     position = {str(path): index for index, path in enumerate(files)}
-    seen = {record["image"] for record in keep}
+    resolved = {resolved_image(path): index for index, path in enumerate(files)}
+
+    def order(record: Record) -> int:
+        name = record["image"]
+        return position.get(name, resolved.get(resolved_image(name), len(files)))
+
+    seen: set[str] = set()
     merged: list[Record] = []
-    for part in parts:
-        merged.extend(record for record in read_jsonl(part) if record["image"] not in seen)
-    merged.sort(key=lambda record: position.get(record["image"], len(position)))
-    atomic_write_text(out, render(fmt, [*keep, *merged]))
+    for record in itertools.chain(keep, *(read_jsonl(part) for part in parts)):
+        if record["image"] not in seen:
+            seen.add(record["image"])
+            merged.append(record)
+    merged.sort(key=order)  # stable: equal positions keep their order
+    atomic_write_text(out, render(fmt, merged))
     for part in parts:
         part.unlink(missing_ok=True)
 

@@ -43,11 +43,10 @@ already done by their resolved paths (:meth:`RunManifest.done_images`): ``photos
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,7 +117,7 @@ class RecordWriter(BaseSink):
 class _StreamedWriter(RecordWriter):
     """Text appended per batch to a file or stdout: :meth:`write` collects a batch's text,
     :meth:`flush` writes it in one piece, straight to the file descriptor (no buffer that could
-    flush half a batch later). When a write fails (a full disk), the file is cut back to its last
+    flush half a batch later), and ``fsync``-s a file, so that a batch counts once it is on the disk. When a write fails (a full disk), the file is cut back to its last
     whole batch before the error is raised."""
 
     header: ClassVar[str] = ""
@@ -160,6 +159,8 @@ class _StreamedWriter(RecordWriter):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view):]
+                if regular:
+                    os.fsync(self._fd)  # a batch counts as written once it is on the disk
             except OSError as exc:  # a full disk: cut the torn batch, keep the whole ones
                 if regular:
                     with contextlib.suppress(OSError):
@@ -211,8 +212,9 @@ class JsonLinesWriter(_StreamedWriter):
 
 
 class CsvWriter(_StreamedWriter):
-    """CSV, one row per face, streamed (see the module doc); Python's :mod:`csv` quotes names that
-    hold commas, quotes or newlines, and reads them back as they were."""
+    """CSV, one row per face, streamed (see the module doc); a name that holds a comma, a quote or
+    any control character (a carriage return, a newline) is quoted, so that Python's :mod:`csv`
+    (opened with ``newline=""``) reads it back as it was."""
 
     header: ClassVar[str] = ",".join(CSV_HEADER) + "\n"
 
@@ -226,10 +228,19 @@ class CsvWriter(_StreamedWriter):
 
     @classmethod
     def text(cls, records: Iterable[Record]) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows(row for record in records for row in cls.rows(record))
-        return buffer.getvalue()
+        return "".join(",".join(_csv_field(value) for value in row) + "\n"
+                       for record in records for row in cls.rows(record))
+
+
+# A field is quoted when it holds the separator, a quote, or any character that some reader takes for
+# the end of a line or that is no text (C0 and C1 controls, carriage return included, and the Unicode
+# line and paragraph separators): Python's csv quotes only "\n" of them, and a "\r" tore the row.
+_CSV_QUOTED = re.compile(r'[,"\x00-\x1f\x7f-\x9f\u2028\u2029]')
+
+
+def _csv_field(value: Any) -> str:
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if _CSV_QUOTED.search(text) else text
 
 
 class JsonArrayWriter(RecordWriter):
@@ -395,12 +406,15 @@ class RunManifest:
             raise PredictionFormatError(path, None, "not an srn detect run manifest")
         return cls(data["settings"], tuple(data["inputs"]), data["cwd"])
 
-    def check(self, wanted: RunManifest, out: str | os.PathLike[str]) -> None:
+    def check(self, wanted: RunManifest, out: str | os.PathLike[str], relative_inputs: bool = False) -> None:
         """Refuse to extend ``out`` (made as this manifest says) with a run that ``wanted`` describes.
+        With ``relative_inputs`` (the run names some inputs relative to its folder, so its records
+        will too) the run must be in the folder that made the file: the records of one file name
+        their images relative to one folder, :attr:`cwd`.
 
         Raises:
             OutputPathError: one line that names every setting that differs (its value in the file,
-                then in this run), or the inputs.
+                then in this run), or the inputs, or the folder.
         """
         keys = sorted(set(self.settings) | set(wanted.settings))
         changed = [f"{key} {_shown(self.settings.get(key))} there, {_shown(wanted.settings.get(key))} here"
@@ -411,6 +425,9 @@ class RunManifest:
         if sorted(self.inputs) != sorted(wanted.inputs):
             raise OutputPathError(out, f"was made from other inputs ({', '.join(self.inputs)} there; "
                                        f"{', '.join(wanted.inputs)} here); resume with the same inputs, or write a new file")
+        if relative_inputs and os.path.realpath(self.cwd) != os.path.realpath(wanted.cwd):
+            raise OutputPathError(out, f"was made in the folder {self.cwd}, and its records name images relative to it; "
+                                       "resume from that folder, or give the inputs as absolute paths")
 
     def done_images(self, sources: Iterable[Path], repair: Path | None = None) -> set[str]:
         """The images already in ``sources``, resolved from this manifest's folder

@@ -2,6 +2,10 @@
 animation (GIF, animated PNG and WebP), every page of a multi-page TIFF, the alpha channel, and a
 16-bit depth.
 
+Frames are streamed: decoded (:func:`srn.data.image_io.iter_frames`), detected and hidden a few at a
+time, and handed to the writer as they come, so that a long animation is never held whole by the
+reading side (GIF and TIFF are written frame by frame; PIL's APNG and WebP writers take a list).
+
 The detector sees 8-bit RGB (:func:`srn.data.image_io.read_image`); the file written from that alone
 would lose the rest. So a file for which 8-bit RGB is not the whole story (:func:`what_rgb_loses`)
 is read again here, frame by frame in its own pixel type: the colour channels of each frame are
@@ -9,7 +13,8 @@ anonymised (:func:`srn.media.anonymize.anonymize`, at 8 or 16 bits) with the fac
 frame, and the alpha channel is put back as it was. Frames are written upright (EXIF orientation
 applied, as the detector saw them), in the file's own format, with their durations, loop count and
 disposal. What cannot be kept is said, not dropped silently: :func:`anonymize_image_file` returns
-one line per loss (a 16-bit TIFF page written with 8 bits, say).
+one line per loss (a 16-bit TIFF page written with 8 bits, or 16-bit colour that PIL decodes as 8,
+say).
 
 PIL reads and writes every frame format here; it cannot hold 16-bit colour, so 16-bit PNG files are
 decoded by torchvision (``ImageReadMode.UNCHANGED``) and written by :func:`write_png`.
@@ -18,21 +23,22 @@ decoded by torchvision (``ImageReadMode.UNCHANGED``) and written by :func:`write
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from PIL import ImageOps
+from PIL import ImageOps, TiffImagePlugin
 from torch import Tensor
 
-from srn.atomic import atomic_output
+from srn.atomic import atomic_file, atomic_write_bytes
 from srn.data.image_io import check_pixels, container_size, iter_frames, orient, read_header
 from srn.errors import ImageReadError, OutputPathError
 from srn.media.anonymize import anonymize
@@ -47,6 +53,7 @@ _TIFF_COMPRESSIONS = frozenset({"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_d
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
 JPEG_QUALITY = 95
+_FRAMES_PER_CALL = 8  # frames of an animation detected at a time (and held at most, where the writer streams)
 
 # detect(frames) -> boxes per frame: each frame an 8-bit RGB Tensor[3, H, W], each result Tensor[D, 4].
 DetectFrames = Callable[[list[Tensor]], list[Tensor]]
@@ -80,11 +87,19 @@ def what_rgb_loses(path: str | os.PathLike[str]) -> list[str]:
                     lost.append(f"its {frames} {'pages' if picture.format == 'TIFF' else 'frames'}")
                 if picture.mode in _ALPHA_MODES or (picture.mode in ("P", "L", "RGB") and "transparency" in picture.info):
                     lost.append("its alpha channel")
-                if picture.mode in _WIDE_MODES or _png_bit_depth(head) == 16:
+                if picture.mode in _WIDE_MODES or _png_bit_depth(head) == 16 or _wide_colour(picture):
                     lost.append("its 16-bit depth")
     except Exception:  # noqa: BLE001 - not an image PIL reads: read_image has said what is wrong with it
         return []
     return lost
+
+
+def _wide_colour(picture: PIL.Image.Image) -> bool:
+    """Whether PIL reads ``picture`` as 8-bit colour from more bits (a 16-bit RGB TIFF, which it
+    narrows as it decodes)."""
+    bits = getattr(picture, "tag_v2", {}).get(258, ()) if picture.format == "TIFF" else ()
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return picture.mode not in _WIDE_MODES and any(isinstance(b, int) and b > 8 for b in bits)
 
 
 def _open(data: bytes) -> PIL.Image.Image:
@@ -113,53 +128,55 @@ def _rgb8(colour: np.ndarray) -> Tensor:
     return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor.contiguous()
 
 
-def _hide_frames(frames: list[np.ndarray], detect: DetectFrames, hide: Callable[[np.ndarray, Tensor], np.ndarray],
-                 first_boxes: Tensor | None) -> list[np.ndarray]:
-    """Each frame (H, W, C) with the faces found in it hidden in its colour channels, alpha kept."""
-    split = [_colour_and_alpha(frame) for frame in frames]
-    todo = [i for i in range(len(frames)) if i > 0 or first_boxes is None]
-    found = dict(zip(todo, detect([_rgb8(split[i][0]) for i in todo]) if todo else []))
-    if first_boxes is not None:
-        found[0] = first_boxes
-    out = []
-    for index, (colour, alpha) in enumerate(split):
-        hidden = hide(colour, found[index])
-        out.append(hidden if alpha is None else np.concatenate([hidden, alpha[:, :, None]], axis=2))
-    return out
+def _hide_frames(frames: Iterable[np.ndarray], detect: DetectFrames, hide: Callable[[np.ndarray, Tensor], np.ndarray],
+                 first_boxes: Tensor | None, chunk: int = _FRAMES_PER_CALL) -> Iterator[np.ndarray]:
+    """Each frame (H, W, C) with the faces found in it hidden in its colour channels, alpha kept;
+    ``chunk`` frames are detected at a time, so that no more are held."""
+    iterator = iter(frames)
+    index = 0
+    while batch := list(itertools.islice(iterator, chunk)):
+        split = [_colour_and_alpha(frame) for frame in batch]
+        todo = [i for i in range(len(batch)) if index + i > 0 or first_boxes is None]
+        found = dict(zip(todo, detect([_rgb8(split[i][0]) for i in todo]) if todo else []))
+        if index == 0 and first_boxes is not None:
+            found[0] = first_boxes
+        for i, (colour, alpha) in enumerate(split):
+            hidden = hide(colour, found[i])
+            yield hidden if alpha is None else np.concatenate([hidden, alpha[:, :, None]], axis=2)
+        index += len(batch)
 
 
-def _pil_frames(source: Path, data: bytes, notes: list[str]) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
-    """Every frame upright, as (H, W, C): uint8 RGB or RGBA, or uint16 grey for a one-frame 16-bit
-    file (a many-page one is written with 8-bit pages, and said so); each frame's own info; and the
-    file's (its format under ``"format"``). Each frame is checked against the pixel limit before it
-    is decoded (:func:`srn.data.image_io.iter_frames`)."""
-    frames, infos = [], []
+def _pil_frames(source: Path, data: bytes, notes: list[str], meta: dict[str, Any]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Every frame upright, one at a time, as (H, W, C): uint8 RGB or RGBA, or uint16 grey for a
+    one-frame 16-bit file (a many-page one is written with 8-bit pages, and said so), with the
+    frame's own info. At the first frame, ``meta`` gets the file's ``count`` of frames, ``format``
+    and ``info`` (the first frame's). Each frame is checked against the pixel limit before it is
+    decoded (:func:`srn.data.image_io.iter_frames`), and only one is decoded at a time."""
     narrowed = 0
-    single, frame = True, None
+    single = True
     for index, frame in enumerate(iter_frames(source, data)):
         if index == 0:
-            single = int(getattr(frame, "n_frames", 1) or 1) == 1
-        infos.append(dict(frame.info))
+            count = 1 if frame.format == "MPO" else int(getattr(frame, "n_frames", 1) or 1)
+            single = count == 1
+            meta.update(count=count, format=frame.format, info=dict(frame.info))
+            if _wide_colour(frame):
+                notes.append("its 16-bit colour is written with 8 bits (PIL decodes it as 8; a 16-bit PNG keeps 16)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             upright = ImageOps.exif_transpose(frame) or frame
         if upright.mode in _WIDE_MODES and single:
-            values = np.asarray(upright).astype(np.int64)
-            frames.append(np.clip(values, 0, 65535).astype(np.uint16)[:, :, None])
-            continue
-        if upright.mode in _WIDE_MODES:
+            array = np.clip(np.asarray(upright).astype(np.int64), 0, 65535).astype(np.uint16)[:, :, None]
+        elif upright.mode in _WIDE_MODES:
+            if not narrowed:
+                notes.append("its 16-bit pages are written with 8 bits (the pages of one file are 8-bit here)")
             narrowed += 1
             values = np.clip(np.asarray(upright).astype(np.int64), 0, 65535)
             grey = ((values + 128) // 257).astype(np.uint8)  # round(v / 257), as read_image
-            frames.append(np.repeat(grey[:, :, None], 3, axis=2))
-            continue
-        alpha = upright.mode in _ALPHA_MODES or "transparency" in upright.info
-        frames.append(np.asarray(upright.convert("RGBA" if alpha else "RGB")))
-    if narrowed:
-        notes.append(f"its {narrowed} 16-bit pages are written with 8 bits (the pages of one file are 8-bit here)")
-    picture_info = dict(frame.info) if frame is not None else {}  # the last frame's, as PIL leaves the file
-    picture_info["format"] = frame.format if frame is not None else None
-    return frames, infos, picture_info
+            array = np.repeat(grey[:, :, None], 3, axis=2)
+        else:
+            alpha = upright.mode in _ALPHA_MODES or "transparency" in upright.info
+            array = np.asarray(upright.convert("RGBA" if alpha else "RGB"))
+        yield array, dict(frame.info)  # read once decoded: a WebP frame's duration is known only then
 
 
 def _webp_lossless(data: bytes) -> bool:
@@ -177,18 +194,23 @@ def _webp_lossless(data: bytes) -> bool:
     return False
 
 
-def _save_pil(target: Path, fmt: str, frames: list[np.ndarray], infos: list[dict[str, Any]],
+def _save_pil(target: Path, fmt: str, frames: Iterator[tuple[np.ndarray, dict[str, Any]]], count: int,
               picture_info: dict[str, Any], lossless: bool) -> None:
-    images = [PIL.Image.fromarray(f[:, :, 0] if f.shape[2] == 1 else f) for f in frames]  # uint16 grey: mode I;16
+    """Write ``count`` frames, as ``frames`` yields them, to ``target`` in ``fmt``: GIF and TIFF
+    take them one at a time; APNG and WebP writers take a list (PIL reads an animated PNG's frames
+    twice, and its WebP writer lists them)."""
+    durations: list[int] = []
+    disposals: list[int] = []
+
+    def pictures() -> Iterator[PIL.Image.Image]:
+        for frame, info in frames:  # the info lists grow as the writer asks for the next frame
+            durations.append(int(info.get("duration", 100) or 100))
+            disposals.append(int(info.get("disposal", 0) or 0))
+            yield PIL.Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame)  # uint16 grey: mode I;16
+
+    images = pictures()
+    first = next(images)
     options: dict[str, Any] = {}
-    if len(images) > 1:
-        options.update(save_all=True, append_images=images[1:])
-        if fmt in ("GIF", "PNG", "WEBP"):
-            options["duration"] = [int(info.get("duration", 100) or 100) for info in infos]
-            if "loop" in picture_info:  # a GIF without a loop count plays once
-                options["loop"] = int(picture_info["loop"] or 0)
-        if fmt in ("GIF", "PNG"):
-            options["disposal"] = [int(info.get("disposal", 0) or 0) for info in infos]
     if fmt == "JPEG":
         options["quality"] = JPEG_QUALITY
     elif fmt == "WEBP":
@@ -196,8 +218,22 @@ def _save_pil(target: Path, fmt: str, frames: list[np.ndarray], infos: list[dict
     elif fmt == "TIFF":
         compression = picture_info.get("compression", "raw")
         options["compression"] = compression if compression in _TIFF_COMPRESSIONS else "tiff_lzw"
-    with atomic_output(target) as tmp:
-        images[0].save(tmp, format=fmt, **options)
+    with atomic_file(target) as handle:  # every byte the encoder gives reaches the disk, or an error
+        if count == 1:
+            first.save(handle, format=fmt, **options)
+        elif fmt == "TIFF":
+            with TiffImagePlugin.AppendingTiffWriter(handle) as pages:
+                for page in itertools.chain([first], images):
+                    page.save(pages, format="TIFF", **options)
+                    pages.newFrame()
+        else:
+            rest: Iterable[PIL.Image.Image] = images if fmt == "GIF" else list(images)
+            options.update(save_all=True, append_images=rest, duration=durations)
+            if "loop" in picture_info:  # a GIF without a loop count plays once
+                options["loop"] = int(picture_info["loop"] or 0)
+            if fmt in ("GIF", "PNG"):
+                options["disposal"] = disposals
+            first.save(handle, format=fmt, **options)
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
@@ -213,8 +249,7 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     data = _PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b"")
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, data)
     return Path(path)
 
 
@@ -275,26 +310,35 @@ def anonymize_image_file(
     notes: list[str] = []
     try:
         if _png_bit_depth(data) == 16 and fmt == "PNG":
-            frames = _hide_frames(_wide_png_frames(source, data), detect, hide, first_boxes)
+            (wide,) = _hide_frames(_wide_png_frames(source, data), detect, hide, first_boxes)
             with _open(data) as picture:
                 if int(getattr(picture, "n_frames", 1) or 1) > 1:
                     notes.append("only the first frame of a 16-bit animated PNG is kept")
-            write_png(target, frames[0])
+            write_png(target, wide)
             return notes
-        frames, infos, picture_info = _pil_frames(source, data, notes)
-        if picture_info.pop("format") == "TIFF":
+        meta: dict[str, Any] = {}
+        stream = _pil_frames(source, data, notes, meta)
+        first = next(stream, None)
+        if first is None:
+            raise ImageReadError(source, "has no frame to decode")
+        count, picture_info = meta["count"], meta["info"]
+        if meta["format"] == "TIFF":
             picture_info["compression"] = picture_info.get("compression", "raw")
-        if len(frames) > 1 and fmt not in ("GIF", "PNG", "WEBP", "TIFF"):
-            notes.append(f"only the first of its {len(frames)} frames is kept ({target.suffix} holds one)")
-            frames, infos = frames[:1], infos[:1]
-        if frames[0].shape[2] == 4 and fmt in ("JPEG", "BMP"):
+        if count > 1 and fmt not in ("GIF", "PNG", "WEBP", "TIFF"):
+            notes.append(f"only the first of its {count} frames is kept ({target.suffix} holds one)")
+            stream.close()
+            count = 1
+        frames: Iterator[tuple[np.ndarray, dict[str, Any]]] = itertools.chain([first], stream)
+        if first[0].shape[2] == 4 and fmt in ("JPEG", "BMP"):
             notes.append(f"its alpha channel is dropped ({target.suffix} has none)")
-            frames = [f[:, :, :3] for f in frames]
-        if frames[0].dtype == np.uint16 and fmt not in ("PNG", "TIFF"):
+            frames = ((f[:, :, :3], info) for f, info in frames)
+        if first[0].dtype == np.uint16 and fmt not in ("PNG", "TIFF"):
             notes.append(f"its 16-bit depth is written with 8 bits ({target.suffix} holds 8)")
-            frames = [((f.astype(np.uint32) + 128) // 257).astype(np.uint8) for f in frames]
-        hidden = _hide_frames(frames, detect, hide, first_boxes)
-        _save_pil(target, fmt, hidden, infos, picture_info, lossless=fmt == "WEBP" and data[8:12] == b"WEBP" and _webp_lossless(data))
+            frames = ((((f.astype(np.uint32) + 128) // 257).astype(np.uint8), info) for f, info in frames)
+        frames, infos = itertools.tee(frames)
+        hidden = zip(_hide_frames((f for f, _ in frames), detect, hide, first_boxes), (info for _, info in infos))
+        _save_pil(target, fmt, hidden, count, picture_info,
+                  lossless=fmt == "WEBP" and data[8:12] == b"WEBP" and _webp_lossless(data))
     except OSError as exc:
         raise OutputPathError(target, f"cannot be written ({exc.strerror or exc})") from None
     return notes

@@ -28,8 +28,10 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import queue
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +60,7 @@ __all__ = [
     "VideoWriter",
     "detect_video",
     "draw_render",
+    "item_errors",
     "process_video",
     "require_av",
 ]
@@ -382,6 +385,19 @@ class VideoWriter:
             self._container.close()
         except self.av.FFmpegError as exc:
             raise OutputPathError(self.name, f"cannot finish the video ({exc})") from None
+        self._check_written()
+
+    def _check_written(self) -> None:
+        """Read the finished file back: it must hold every frame encoded (a full disk under FFmpeg
+        can leave a file that ends early without an error)."""
+        try:
+            with self.av.open(str(self.path)) as written:
+                stream = written.streams.video[0]
+                count = stream.frames or sum(1 for packet in written.demux(stream) if packet.size)
+        except (self.av.FFmpegError, OSError, IndexError, ValueError) as exc:
+            raise OutputPathError(self.name, f"cannot finish the video: it does not read back ({exc})") from None
+        if count != self.frames:
+            raise OutputPathError(self.name, f"cannot finish the video: {count} of its {self.frames} frames reached the disk")
 
     def abort(self) -> None:
         """Stop without finishing the file (the caller removes it)."""
@@ -535,6 +551,19 @@ def process_video(
     return summary.items
 
 
+def item_errors() -> tuple[type[BaseException], ...]:
+    """What one video's run may raise that fails that video alone: the package's errors, the
+    system's, and FFmpeg's where PyAV has not wrapped them."""
+    from srn.errors import SRNError
+
+    errors: tuple[type[BaseException], ...] = (OSError, SRNError, ValueError, EOFError)
+    with contextlib.suppress(ImportError):
+        import av
+
+        errors += (av.FFmpegError,)
+    return errors
+
+
 def draw_render(image: np.ndarray, faces: Any, scores: bool = True) -> np.ndarray:
     """A :data:`Render` that draws boxes and, with ``scores``, their scores (:func:`srn.inference.draw.draw_faces`)."""
     from srn.inference.draw import draw_faces
@@ -556,6 +585,15 @@ class RecordLines(BaseSink):
     def flush(self) -> None:
         if self.flush_each_batch:
             self.stream.flush()
+
+    def close(self) -> None:
+        """Flush the stream and, where it is a file, make it durable (a full disk is an error here,
+        not a short file that looks finished)."""
+        self.stream.flush()
+        with contextlib.suppress(AttributeError, io.UnsupportedOperation, ValueError):
+            fd = self.stream.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fsync(fd)
 
 
 @dataclass
@@ -601,6 +639,6 @@ def detect_video(detector: Any, path: Path, targets: VideoTargets, batch_size: i
         if jsonl is not stdout:
             jsonl.close()
         for extra in targets.videos[1:]:
-            with atomic_output(extra) as tmp:
+            with atomic_output(extra, size=os.path.getsize(video_tmp)) as tmp:
                 shutil.copyfile(video_tmp, tmp)
     return count, found

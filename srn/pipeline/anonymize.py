@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from srn.atomic import atomic_output
-from srn.errors import OutputCollisionError, OutputPathError, SRNError
+from srn.atomic import atomic_output, exclusive_lock
+from srn.errors import OutputCollisionError, OutputPathError
 from srn.inference.loop import Observer, RunSummary, failure_line, run
 from srn.inference.sources import ImageFileSource
 from srn.media.anonymized import AnonymizedImageSink, Hide
 from srn.media.live import LiveSource, run_live
-from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, process_video
+from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, item_errors, process_video
 from srn.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_dir, check_output_file, expand_inputs, is_video, relative_paths
 
 __all__ = ["SUFFIX", "anonymize_images", "anonymize_live", "anonymize_video", "beside_names", "free_name",
@@ -136,6 +136,15 @@ def plan_outputs(out: str | None, patterns: Sequence[str], files: Sequence[Path]
     return list(files), targets
 
 
+@contextlib.contextmanager
+def claim_output(out: str | None) -> Iterator[None]:
+    """Hold ``out`` for this run (:func:`srn.atomic.exclusive_lock`): a second run into the same
+    output is one line, before anything is written. Files written beside their inputs are each
+    written whole by one writer (:mod:`srn.atomic`) and need no lock."""
+    with exclusive_lock(out) if out is not None else contextlib.nullcontext():
+        yield
+
+
 def live_target(name: str, out: str | None) -> Path:
     """The anonymised video of a live source named ``name``: ``NAME_anonymized.mp4`` here (numbered
     when that exists), ``OUT`` when it names a video file (``cam.mp4``), or ``OUT/NAME.mp4``; checked."""
@@ -174,7 +183,7 @@ def anonymize_video(detector: Any, path: Path, target: Path, hide: Hide, batch_s
         try:
             with atomic_output(target) as tmp:
                 frames = process_video(detector, path, batch_size, tmp, render=hide, output_name=target, sinks=[faces])
-        except (OSError, SRNError) as exc:
+        except item_errors() as exc:  # a video that cannot be read or written fails alone
             raise ItemFailed(failure_line(path, exc)) from None
     return frames, faces.faces
 
@@ -185,4 +194,5 @@ def anonymize_live(detector_factory: Callable[[], Any], source: str, target: Pat
     def outputs(stack: contextlib.ExitStack, frames: LiveSource) -> list[Any]:
         return [VideoSink(stack.enter_context(atomic_output(target)), frames.reader, hide, target)]
 
-    return run_live(source, detector_factory, outputs, batch_size)
+    with exclusive_lock(target):
+        return run_live(source, detector_factory, outputs, batch_size)

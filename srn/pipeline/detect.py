@@ -22,20 +22,21 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from srn.errors import InputPathError, OutputPathError
+from srn.atomic import exclusive_lock
+from srn.errors import InputPathError, OutputBusyError, OutputPathError, printable
 from srn.evaluation.wider_writer import WiderWriter
-from srn.inference.loop import Observer, RunSummary, run
+from srn.inference.loop import Observer, RunSummary, failure_line, run
 from srn.inference.sharding import Shard, leftover_parts, merge_parts
 from srn.inference.sinks import CropsSink, DrawnImageSink, sink_class
 from srn.inference.sources import ImageFileSource
-from srn.inference.writers import RunManifest, read_jsonl
+from srn.inference.writers import RunManifest, read_jsonl, resolved_image
 from srn.media.live import LiveSource, run_live
-from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video
+from srn.media.video import OUTPUT_SUFFIXES, RecordLines, VideoSink, VideoTargets, detect_video, item_errors
 from srn.paths import check_output_dir, check_output_file, relative_paths
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "detect_images",
     "detect_live",
     "detect_videos",
+    "claim_outputs",
     "finish_parts",
     "is_devnull",
     "plan_outputs",
@@ -161,27 +163,56 @@ def sinks(plan: Plan, shard: Shard, crop_margin: float = 0.2, append: bool = Fal
     return found
 
 
+@contextlib.contextmanager
+def claim_outputs(plan: Plan, shard: Shard) -> Iterator[None]:
+    """Hold the run's output (with its manifest), and under torchrun this process's part, for the
+    block (:func:`srn.atomic.exclusive_lock`): a second run on them is one line, before anything is
+    written. stdout and the null device are no one's."""
+    with contextlib.ExitStack() as stack:
+        if plan.out is not None and not plan.discard:
+            if shard.rank == 0:
+                stack.enter_context(exclusive_lock(plan.out))
+            if shard.distributed and plan.wider is None:
+                stack.enter_context(exclusive_lock(shard.part(plan.out)))
+        yield
+
+
 def resume_state(plan: Plan, shard: Shard, settings: dict[str, Any], patterns: Sequence[str], resume: bool,
                  warn: Callable[[str], None]) -> tuple[set[str], list[Path]]:
     """The run manifest of a JSON Lines output (:class:`srn.inference.writers.RunManifest`):
-    written beside it by a new run; when resuming, checked against this run's ``settings`` and
-    inputs (a mismatch is an :class:`srn.errors.OutputPathError`). Returns the images that the file,
-    and the parts a killed torchrun run left, already hold (resolved paths), and those parts."""
+    written beside it by a new run; when resuming, checked against this run's ``settings``, inputs
+    and folder (a mismatch is an :class:`srn.errors.OutputPathError`). A file without a manifest is
+    resumed only when every record in it is of an input of this run. Returns the images that the
+    file, and the parts a killed torchrun run left, already hold (resolved paths), and those parts."""
     if plan.fmt != "jsonl" or plan.out is None:
         return set(), []
     wanted = RunManifest.for_run(settings, patterns)
     existing = RunManifest.read(plan.out) if resume else None
     if existing is not None:
-        existing.check(wanted, plan.out)
-    elif shard.rank == 0:
+        existing.check(wanted, plan.out, relative_inputs=any(not os.path.isabs(p) for p in patterns))
+    else:
         if resume and plan.out.is_file() and plan.out.stat().st_size > 0:
-            warn(f"{plan.out} has no run manifest; its records are taken as made with this run's settings")
-        wanted.write(plan.out)
+            _only_inputs(plan, read_jsonl(plan.out))
+            if shard.rank == 0:
+                warn(f"{plan.out} has no run manifest; its records are taken as made with this run's settings")
+        if shard.rank == 0:
+            wanted.write(plan.out)
     if not resume:
         return set(), []
     stale_parts = leftover_parts(plan.out)
     repair = shard.part(plan.out) if shard.distributed else plan.out
     return (existing or wanted).done_images([plan.out, *stale_parts], repair=repair), stale_parts
+
+
+def _only_inputs(plan: Plan, records: Sequence[dict[str, Any]]) -> None:
+    """Refuse a file without a manifest that holds a record of an image that is not an input."""
+    inputs = {resolved_image(path) for path in plan.files}
+    foreign = [record["image"] for record in records if resolved_image(record["image"]) not in inputs]
+    if foreign:
+        assert plan.out is not None
+        raise OutputPathError(plan.out, f"has no run manifest, and {len(foreign)} of its {len(records)} records are "
+                                        f"of images that are not inputs of this run ({printable(foreign[0])}, ...); "
+                                        "resume only a file this run made, or write a new file")
 
 
 def detect_images(detector: Any, plan: Plan, shard: Shard, indices: Sequence[int], batch_size: int, workers: int,
@@ -260,14 +291,34 @@ def written(targets: VideoTargets) -> list[str]:
 
 
 def detect_videos(detector: Any, paths: Sequence[Path], plans: Sequence[VideoTargets], batch_size: int,
-                  discard: bool = False, done: Callable[[Path, int, int], None] = lambda path, frames, faces: None) -> None:
-    """Each video's run (:func:`srn.media.video.detect_video`); ``done(path, frames, faces)`` after
-    each. With ``discard`` the JSON lines of videos without a file for them are dropped."""
+                  discard: bool = False, done: Callable[[Path, int, int], None] = lambda path, frames, faces: None,
+                  failed: Callable[[str], None] = lambda line: None) -> int:
+    """Each video's run (:func:`srn.media.video.detect_video`), its output files held for it
+    (:func:`srn.atomic.exclusive_lock`); ``done(path, frames, faces)`` after each. A video that
+    cannot be read or written is one line to ``failed`` (its files are not written) and the next
+    one goes on; returns how many failed. With ``discard`` the JSON lines of videos without a file
+    for them are dropped."""
+    failures = 0
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(open(os.devnull, "w")) if discard else None  # noqa: SIM115
         for path, targets in zip(paths, plans):
-            frames, faces = detect_video(detector, path, targets, batch_size, stream=stream)
+            try:
+                with contextlib.ExitStack() as held:
+                    for target in _outputs(targets):
+                        held.enter_context(exclusive_lock(target))
+                    frames, faces = detect_video(detector, path, targets, batch_size, stream=stream)
+            except OutputBusyError:
+                raise
+            except item_errors() as exc:
+                failures += 1
+                failed(failure_line(path, exc))
+                continue
             done(path, frames, faces)
+    return failures
+
+
+def _outputs(targets: VideoTargets) -> list[Path]:
+    return [*targets.videos, *([targets.jsonl] if targets.jsonl else [])]
 
 
 def detect_live(detector_factory: Callable[[], Any], source: str, targets: VideoTargets, batch_size: int,
@@ -289,8 +340,11 @@ def detect_live(detector_factory: Callable[[], Any], source: str, targets: Video
             found.append(VideoSink(video_tmp, frames.reader, targets.render, targets.videos[0]))
         return found
 
-    summary = run_live(source, detector_factory, outputs, batch_size)
+    with contextlib.ExitStack() as held:
+        for target in _outputs(targets):
+            held.enter_context(exclusive_lock(target))
+        summary = run_live(source, detector_factory, outputs, batch_size)
     for extra in targets.videos[1:]:
-        with atomic_output(extra) as tmp:
+        with atomic_output(extra, size=os.path.getsize(targets.videos[0])) as tmp:
             shutil.copyfile(targets.videos[0], tmp)
     return summary

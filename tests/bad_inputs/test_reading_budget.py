@@ -14,6 +14,7 @@ from srn.data.formats.fddb import read_fddb_ellipses
 from srn.data.formats.wider import parse_wider_file
 from srn.errors import AnnotationError, ConfigError, PredictionFormatError, excerpt
 from srn.evaluation.fddb import read_fddb_detections
+from srn.evaluation.widerface import read_prediction_file
 
 SECRET = "S3CRETHASH"
 # A password file, as /etc/shadow is laid out (the tests cannot read the real one).
@@ -126,6 +127,7 @@ def test_a_base_that_is_not_a_config_quotes_nothing(tmp_path, capsys):
     (read_fddb_ellipses, AnnotationError, "an FDDB ellipse list"),
     (read_fddb_detections, PredictionFormatError, "an FDDB detection list"),
     (parse_wider_file, AnnotationError, "a WIDER FACE annotation file"),
+    (read_prediction_file, PredictionFormatError, "a WIDER FACE prediction file"),
 ])
 def test_a_password_file_as_annotations_quotes_nothing(tmp_path, reader, error, kind):
     shadow = tmp_path / "shadow"
@@ -136,6 +138,14 @@ def test_a_password_file_as_annotations_quotes_nothing(tmp_path, reader, error, 
     reason = message.removeprefix(str(shadow))
     assert SECRET not in reason and "root" not in reason and "daemon" not in reason
     assert f"not {kind} (" in message and "\n" not in message
+
+
+def test_a_wider_prediction_file_still_gets_its_line_quoted(tmp_path):
+    predictions = tmp_path / "0_Parade_2.txt"
+    predictions.write_text("img\n2\n1 2 3 4 0.5\n1 2 3\n")
+    with pytest.raises(PredictionFormatError) as info:
+        read_prediction_file(predictions)
+    assert str(info.value) == f"{predictions}, line 4: expected 'x y w h score', got '1 2 3'"
 
 
 def test_srn_eval_fddb_with_a_password_file_quotes_nothing(tmp_path, capsys):
