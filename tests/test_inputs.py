@@ -61,14 +61,30 @@ def test_temporary_files_of_killed_writers_are_never_inputs(tree):
     assert is_temporary("a/.1.jpg.k3j4h5g6.partial.jpg") and not is_temporary("a/1.partial.jpg")
 
 
+def _held(path: Path):
+    """An open descriptor holding the writer's lock on ``path``, as ``srn.atomic`` holds its temporaries."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
 def test_stale_temporaries_are_removed_when_the_output_is_checked_again(tmp_path):
+    # A temporary file is stale when no process holds its lock, whatever its age or its output:
+    # a live writer holds its own until the rename.
     out = tmp_path / "faces.jsonl"
     stale = tmp_path / ".faces.jsonl.abcd1234.partial.jsonl"
     other = tmp_path / ".other.json.abcd1234.partial.json"
-    for path in (stale, other):
+    live = tmp_path / ".other.json.efgh5678.partial.json"
+    for path in (stale, other, live):
         path.write_text("torn")
-    check_output_file(out)
-    assert not stale.exists() and other.exists()  # only the checked output's own leftovers
+    fd = _held(live)
+    try:
+        check_output_file(out)
+        assert not stale.exists() and not other.exists() and live.exists()
+    finally:
+        os.close(fd)
 
     crops = tmp_path / "crops"
     old, young = crops / "a" / ".face_000.jpg.k.partial.jpg", crops / "b" / ".face_001.jpg.k.partial.jpg"
@@ -76,8 +92,14 @@ def test_stale_temporaries_are_removed_when_the_output_is_checked_again(tmp_path
         path.parent.mkdir(parents=True)
         path.write_bytes(b"x")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
+    fd = _held(young)
+    try:
+        check_output_dir(crops, input_patterns=[tmp_path / "photos"])
+        assert not old.exists() and young.exists()  # the young one is a live writer's (torchrun)
+    finally:
+        os.close(fd)
     check_output_dir(crops, input_patterns=[tmp_path / "photos"])
-    assert not old.exists() and young.exists()  # a young one may be a live writer's (torchrun)
+    assert not young.exists()  # once its writer is gone
 
 
 def test_input_roots_are_named_folders_and_the_fixed_part_of_globs(tree):
@@ -130,12 +152,16 @@ def test_videos_are_known_by_their_suffix():
     assert is_video("clip.MP4") and is_video(Path("x/y.webm")) and not is_video("photo.jpg")
 
 
-def test_only_the_checked_outputs_own_temporaries_are_removed(tmp_path):
+def test_a_temporary_of_another_writer_stays_while_it_is_held(tmp_path):
     # faces.jsonl's manifest is written beside it, by another process under torchrun: its temporary
-    # file (.faces.jsonl.manifest.json.<random>.partial.json) is not faces.jsonl's.
+    # file (.faces.jsonl.manifest.json.<random>.partial.json) stays while that process writes it.
     theirs = tmp_path / ".faces.jsonl.manifest.json.abcd1234.partial.json"
     mine = tmp_path / ".faces.jsonl.k2j3h4g5.partial.jsonl"
     for path in (theirs, mine):
         path.write_text("x")
-    check_output_file(tmp_path / "faces.jsonl")
-    assert theirs.exists() and not mine.exists()
+    fd = _held(theirs)
+    try:
+        check_output_file(tmp_path / "faces.jsonl")
+        assert theirs.exists() and not mine.exists()
+    finally:
+        os.close(fd)
