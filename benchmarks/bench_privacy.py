@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs["srn anonymize" + (f" {args.srn_args}" if args.srn_args else "")] = (lambda name: srn_out / name, time.time() - t0)
         if not args.no_deface:
             deface_in = tmp / "deface"
-            subprocess.run(["cp", "-r", str(tmp / "in"), str(deface_in)], check=True)
+            shutil.copytree(tmp / "in", deface_in)
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env.pop("PYTHONPATH", None)
             t0 = time.time()

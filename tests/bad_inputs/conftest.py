@@ -73,3 +73,14 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+def run_cli(capsys, *argv) -> tuple[int, list[str]]:
+    """``srn ARGV`` in this process: its exit code and its stderr lines, which never hold a traceback."""
+    from srn.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err.splitlines()

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from srn.cli import main
 from srn.config import DetectorConfig, ModelConfig, PostProcessConfig, TrainingConfig, load_yaml
 from srn.errors import ConfigError
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
+from tests.bad_inputs.conftest import run_cli as run
 
 
 def write(path: Path, data: object) -> Path:

@@ -21,22 +21,14 @@ import pytest
 
 import srn.atomic
 from srn.atomic import atomic_file, atomic_output
-from srn.cli import main
 from srn.inference.writers import CsvWriter
 from srn.media.image_file import write_png
 from srn.paths import is_temporary, remove_temporaries
 from tests.bad_inputs.conftest import PHOTO
+from tests.bad_inputs.conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = ["--device", "cpu", "--workers", "0", "--threads", "1", "--batch-size", "1", "--min-size", "0"]
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
 
 
 @pytest.fixture

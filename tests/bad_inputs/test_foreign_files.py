@@ -13,23 +13,15 @@ import torch
 import yaml
 
 from srn.anchors import feature_sizes_for_image
-from srn.cli import main
 from srn.config import MAX_SCORE_CALIBRATION, PostProcessConfig
 from srn.errors import ConfigError, ExportError
 from srn.inference.onnx_format import raw_output_names, read_metadata
 from tests.bad_inputs.conftest import PHOTO
 from tests.bad_inputs.foreign_onnx import foreign_onnx, srn_metadata
+from tests.bad_inputs.conftest import run_cli as run
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
 
 
 def outputs(anchors: int = 2, sizes=None) -> dict[str, list[int]]:

@@ -9,19 +9,11 @@ import shutil
 
 import pytest
 
-from srn.cli import main
 from srn.errors import ImageReadError, InputPathError, printable
 from tests.bad_inputs.conftest import PHOTO
+from tests.bad_inputs.conftest import run_cli as run
 
 CPU = ["--device", "cpu", "--workers", "0", "--threads", "1"]
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
 
 
 def test_printable_escapes_what_would_break_a_line():

@@ -18,21 +18,13 @@ import PIL.Image
 import pytest
 
 from srn.atomic import exclusive_lock, lock_path
-from srn.cli import main
 from srn.errors import OutputBusyError
 from srn.inference.writers import RunManifest, manifest_path
 from tests.bad_inputs.conftest import PHOTO
+from tests.bad_inputs.conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = ["--device", "cpu", "--workers", "0", "--threads", "1", "--batch-size", "1"]
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
 
 
 @pytest.fixture

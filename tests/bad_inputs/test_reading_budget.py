@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import pytest
 
-from srn.cli import main
 from srn.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, TrainingConfig, apply_overrides, load_yaml, parse_yaml
 from srn.data.formats.fddb import read_fddb_ellipses
 from srn.data.formats.wider import parse_wider_file
 from srn.errors import AnnotationError, ConfigError, PredictionFormatError, excerpt
 from srn.evaluation.fddb import read_fddb_detections
 from srn.evaluation.widerface import read_prediction_file
+from tests.bad_inputs.conftest import run_cli as run
 
 SECRET = "S3CRETHASH"
 # A password file, as /etc/shadow is laid out (the tests cannot read the real one).
 SHADOW = (f"root:$6$saltsalt${SECRET}xyz:19000:0:99999:7:::\n"
           f"daemon:*:19000:0:99999:7:::\nbin: {SECRET}2\nsys:*:19000:0:99999:7:::\n")
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err.splitlines()
 
 
 def laughs(levels: int = 9, width: int = 9) -> str:
