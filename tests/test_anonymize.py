@@ -27,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def detector():
-    from srn.cli.anonymize import DEFAULT_MIN_SIZE, DEFAULT_SCORE_THRESH
+    from srn.cli.anonymize import DEFAULT_SCORE_THRESH
 
-    return Detector(device="cpu", score_thresh=DEFAULT_SCORE_THRESH, min_size=DEFAULT_MIN_SIZE)  # srn anonymize's defaults
+    return Detector(device="cpu", score_thresh=DEFAULT_SCORE_THRESH)  # srn anonymize's defaults
 
 
 @pytest.fixture(scope="module", params=["astronaut", "multiface"])

@@ -29,10 +29,10 @@ MASKS = ("box", "ellipse")
 DEFAULT_MASK = "box"
 MAX_MASK_SCALE = 10.0  # ten times a face's box covers its surroundings; beyond that is a mistake
 # Privacy first (benchmarks/RESULTS.md, "Privacy recall on the pixels written"): a lower threshold than
-# srn detect's 0.3, and images and videos whose longer side is under 1536 px are upscaled to it, so that
-# small faces are found (0.886 -> 0.937 of the visible faces hidden, at about 3x the time on small photos).
+# srn detect's 0.3 (0.886 -> 0.909 of the visible faces hidden). Upscaling small files to 1536 px hid more
+# in crowds (0.937) but lost large faces (held-out AP of faces >= 64 px 0.910 -> 0.639 on crowds,
+# 0.942 -> 0.516 on portraits), so files are not upscaled by default.
 DEFAULT_SCORE_THRESH = 0.1
-DEFAULT_MIN_SIZE = 1536
 
 DESCRIPTION = """\
 Hide the faces in images, videos and live sources: each detected face's box, grown --mask-scale
@@ -52,13 +52,10 @@ their container (x.avi and x.webm, which cannot hold H.264, become .mp4); they n
 install av). A live source (a webcam number such as 0, or an rtsp://, http(s):// ... stream URL)
 is written as NAME_anonymized.mp4 (or FILE.mp4, or DIR/NAME.mp4) until it ends or Ctrl-C.
 
-Privacy first: srn anonymize trades time for recall where srn detect does not. It keeps faces from
-a score of 0.1 (srn detect: 0.3), and it upscales an image or video whose longer side is under
-1536 px to 1536 before detection (--min-size; not for live sources, which must keep up), which
-finds small faces that the native size misses: on the project's held-out crowd, WIDER and demo
-crowd photos this hides 0.937 of
-the faces of 24 px or more instead of 0.886, at about three times the time for small photos.
-Use --min-size 0 --score-thresh 0.2 for the faster, older behaviour.
+Privacy first: srn anonymize keeps faces from a score of 0.1 (srn detect: 0.3); on the project's
+held-out crowd, WIDER and demo crowd photos this hides 0.909 of the faces of 24 px or more instead
+of 0.886 at 0.2, and blurs more things that are not faces. --min-size 1536 finds more small faces
+in crowds (0.937) but misses large ones (a close portrait), so it is not the default.
 
 What is printed: on a terminal, a line per file ("photo.jpg: 2 faces -> photo_anonymized.jpg");
 always, a closing summary ("3 files, 5 faces, 0 failed in 4.2 s").
@@ -95,23 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
                              "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
-    add_detector_args(parser, min_size_help=f"{DEFAULT_MIN_SIZE} for files, or --max-size if lower; never for live sources")
+    add_detector_args(parser)
     parser.set_defaults(func=run)
-
-
-def privacy_min_size(args: argparse.Namespace, live: bool) -> int | None:
-    """``--min-size`` as given, else the privacy-first default for files (never above --max-size),
-    and none for a live source."""
-    if args.min_size is not None:
-        return args.min_size
-    return None if live else min(DEFAULT_MIN_SIZE, args.max_size)
 
 
 def run(args: argparse.Namespace) -> int:
     from srn.media.live import is_live_source
 
     live = [p for p in args.inputs if is_live_source(p)]
-    args.min_size = privacy_min_size(args, live=bool(live))
     if live:
         return run_live(args, live[0])
     from srn.pipeline.anonymize import claim_output

@@ -127,9 +127,9 @@ class OneLineParser(argparse.ArgumentParser):
         return ""
 
 
-def add_detector_args(parser: argparse.ArgumentParser, min_size_help: str = "never") -> None:
+def add_detector_args(parser: argparse.ArgumentParser) -> None:
     """The options that choose and configure the detector (``srn detect``, ``srn eval``); each value
-    is range-checked when parsed. ``min_size_help``: what ``--min-size`` left out means for the command."""
+    is range-checked when parsed."""
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
@@ -138,7 +138,7 @@ def add_detector_args(parser: argparse.ArgumentParser, min_size_help: str = "nev
                             "in the original's pixels); lower it for speed and memory, raise it for tiny faces in large photos (at least 32)")
     group.add_argument("--min-size", type=int_at_least(0), default=None, metavar="PIXELS",
                        help="upscale an image whose longer side is shorter than this to it before detection, so that small faces "
-                            f"get found (boxes still come back in the original's pixels); 32 to --max-size, 0 for never (default: {min_size_help})")
+                            f"get found (boxes still come back in the original's pixels); 32 to --max-size, 0 for never (default: never)")
     group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     group.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")

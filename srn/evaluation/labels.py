@@ -7,8 +7,7 @@ WIDER ``invalid``) count neither way. Matching and AP are :func:`srn.evaluation.
 each detection, best score first, takes the labelled face it overlaps most, the first detection on a
 face is a true positive, and AP is VOC's. AP@0.5:0.95 is the mean of the AP at IoU 0.50, 0.55, ...,
 0.95 (COCO's). Recall and precision are given at the score thresholds the commands use (0.3 for
-``srn detect``, 0.1 for ``srn anonymize``), so a user reads what a run with those defaults finds
-(``srn anonymize`` also upscales small photos to 1536 px: ``--min-size 1536`` evaluates that).
+``srn detect``, 0.1 for ``srn anonymize``), so a user reads what a run with those defaults finds.
 
 Predictions are the records ``srn detect`` writes (JSON Lines or a JSON array of
 ``{"image", "faces": [{"box": [x1, y1, x2, y2], "score"}]}``); :func:`read_detection_records` reads
