@@ -10,6 +10,7 @@ _EXPORTS = {
     "Detector": "srn.inference",
     "Face": "srn.inference",
     "Faces": "srn.inference",
+    "ZoomPass": "srn.inference",
     "draw_faces": "srn.inference",
     "anonymize": "srn.media.anonymize",
     "SRN": "srn.model",

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,19 +192,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights", nargs="+", required=True, help="candidate models (.pt or .onnx)")
     parser.add_argument("--reference", default=str(ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx"), help="the shipped model")
-    parser.add_argument("--min-sizes", type=int, nargs="+", default=[0],
-                        help="run each candidate once per value: the Detector's min_size, a test-time scale policy (0: none)")
+    parser.add_argument("--min-sizes", type=int, nargs="*", default=[0],
+                        help="run each candidate once per value: the Detector's min_size, a test-time scale policy (0: none; no value: only the --zoom-passes)")
+    parser.add_argument("--zoom-passes", nargs="+", default=[], metavar="SIZE:MAX_FACE[:WHEN]",
+                        help="also run each candidate with a second upscaled pass (srn.ZoomPass), once per value")
+    parser.add_argument("--reference-from", type=Path,
+                        help="take the shipped model's report from this earlier --json of the same data, instead of running it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="smoke test: the first N images of each list (not a result)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     held_out = HeldOut(args.data, args.shared, args.limit)
+    from srn import ZoomPass
+
     rows = []
-    runs = [(args.reference, 0)] + [(w, m) for w in args.weights for m in args.min_sizes]
-    for weights, min_size in runs:
-        name = weights + (f" min_size {min_size}" if min_size else "")
+    runs: list[tuple[str, str, dict[str, Any]]] = []
+    if args.reference_from is not None:
+        earlier = json.loads(args.reference_from.read_text())
+        rows.append((args.reference, earlier["models"][earlier["reference"]]))
+    else:
+        runs.append((args.reference, "", {}))
+    for weights in args.weights:
+        runs += [(weights, f" min_size {m}" if m else "", {"min_size": m or None}) for m in args.min_sizes]
+        for spec in args.zoom_passes:
+            size, max_face, *when = spec.split(":")
+            zoom = ZoomPass(int(size), float(max_face), float(when[0]) if when else None)
+            runs.append((weights, f" zoom {spec}", {"zoom_pass": zoom}))
+    for weights, suffix, options in runs:
+        name = weights + suffix
         print(f"{name}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
-        rows.append((name, held_out.score(detect_all(weights, held_out.paths, args.threads, min_size=min_size or None))))
+        start = time.perf_counter()
+        found = detect_all(weights, held_out.paths, args.threads, **options)
+        report = held_out.score(found)
+        report["seconds_per_image"] = (time.perf_counter() - start) / max(1, len(held_out.paths))
+        rows.append((name, report))
     reference = rows[0][1]
     verdicts = {name: verdict(report, reference) for name, report in rows[1:]}
     print(format_report([(n.rsplit("/", 1)[-1], r) for n, r in rows]), end="")

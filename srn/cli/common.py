@@ -127,9 +127,9 @@ class OneLineParser(argparse.ArgumentParser):
         return ""
 
 
-def add_detector_args(parser: argparse.ArgumentParser) -> None:
+def add_detector_args(parser: argparse.ArgumentParser, zoom_pass: int = 0) -> None:
     """The options that choose and configure the detector (``srn detect``, ``srn eval``); each value
-    is range-checked when parsed."""
+    is range-checked when parsed. ``zoom_pass``: the command's default second-pass size (0: none)."""
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
@@ -139,6 +139,12 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-size", type=int_at_least(0), default=None, metavar="PIXELS",
                        help="upscale an image whose longer side is shorter than this to it before detection, so that small faces "
                             f"get found (boxes still come back in the original's pixels); 32 to --max-size, 0 for never (default: never)")
+    group.add_argument("--zoom-pass", type=int_at_least(0), default=zoom_pass, metavar="PIXELS",
+                       help="also run each image upscaled so that its longer side is this many pixels (at most --max-size), and add "
+                            "the faces under --zoom-max-face px that this second pass finds: more small faces, for the second pass's "
+                            f"time; an image already that large runs once; 0 for none (default: {zoom_pass or 'none'})")
+    group.add_argument("--zoom-max-face", type=float_in(0.0, 2100.0, low_open=True), default=32.0, metavar="PIXELS",
+                       help="the faces kept from --zoom-pass: shorter side under this many pixels of the original (default: 32)")
     group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass")
     group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bf16 weights, BatchNorm folded, channels_last")
     group.add_argument("--cuda-graphs", action="store_true", help="capture and replay CUDA graphs per input shape (CUDA only; for video and same-size images)")
@@ -151,7 +157,7 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
     """The :class:`srn.inference.Detector` that the detector options describe."""
     import torch
 
-    from srn.inference import Detector
+    from srn.inference import Detector, ZoomPass
 
     threads = args.threads
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
@@ -159,6 +165,7 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        zoom = ZoomPass(args.zoom_pass, args.zoom_max_face) if args.zoom_pass else None
         return Detector(
             weights=args.weights,
             threads=threads,
@@ -167,6 +174,7 @@ def build_detector(args: argparse.Namespace, score_thresh: float, nms_iou: float
             nms_iou=nms_iou,
             max_size=args.max_size,
             min_size=args.min_size or None,  # 0: never upscale
+            zoom_pass=zoom,
             batch_size=args.batch_size,
             precision=args.precision,
             cuda_graphs=args.cuda_graphs,

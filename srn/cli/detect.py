@@ -177,7 +177,8 @@ def _run_images(args: argparse.Namespace, fmt: str, files: list[Path], shard: An
 
     # What is already done (--resume), by resolved path, and where this process writes.
     settings = {"score_thresh": args.score_thresh, "nms_iou": args.nms_iou, "max_size": args.max_size,
-                "min_size": args.min_size or None, "precision": args.precision, "weights": weights_identity(args.weights)}
+                "min_size": args.min_size or None,
+                "zoom_pass": [args.zoom_pass, args.zoom_max_face] if args.zoom_pass else None, "precision": args.precision, "weights": weights_identity(args.weights)}
     if args.weights is None:
         settings["device"] = detector.device.type  # the shipped model differs by device (int8 on the CPU)
     done, stale_parts = pipeline.resume_state(plan, shard, settings, args.inputs, args.resume,

@@ -29,7 +29,7 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union, overload
 
@@ -62,6 +62,71 @@ DEFAULT_CPU_WEIGHTS = DEFAULT_WEIGHTS.with_name("srn_mobilenet_v2.int8.onnx")
 SIZE_DIVISOR = 32
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZoomPass:
+    """A second, upscaled pass for the faces too small for the first: a test-time scale policy.
+
+    Each image is also run with its longer side upscaled to ``size`` pixels (never past the
+    detector's ``max_size``; an image that the first pass already ran at that scale or larger gets no
+    second pass). Of the faces that pass finds, those whose shorter side is under ``max_face``
+    original pixels join the first pass's, and the union is merged by NMS at the detector's IoU.
+    Larger faces come from the first pass only: upscaled past the largest anchors they are found
+    badly, and parts of them (an eye, a nose) can look like small faces, so a small box lying mostly
+    inside a first-pass face at least twice ``max_face`` is dropped.
+
+    Args:
+        size: the longer side, in pixels, of the upscaled pass.
+        max_face: faces from the upscaled pass are kept under this size (shorter side, original pixels).
+        when: run the upscaled pass only on images where the first pass found a face under
+            ``max_face`` scoring at least this (None: on every image). The first pass's own score
+            threshold applies first, so a ``when`` under it means "any small face the first pass kept".
+    """
+
+    size: int = 1536
+    max_face: float = 32.0
+    when: float | None = None
+
+    def __post_init__(self) -> None:
+        check_image_size("the zoom pass's size", self.size, self.size)
+        if not self.size >= 32:
+            raise ConfigError(f"the zoom pass's size must be at least 32, got {self.size}")
+        if not 0.0 < self.max_face <= self.size:
+            raise ConfigError(f"the zoom pass's largest face must be in (0, {self.size}], got {self.max_face}")
+        if self.when is not None and not 0.0 <= self.when <= 1.0:
+            raise ConfigError(f"the zoom pass's score to run must be in [0, 1], got {self.when}")
+
+    def runs_on(self, first: Detections) -> bool:
+        """Whether the first pass's detections (original pixels) call for the upscaled pass."""
+        if self.when is None:
+            return True
+        sides = torch.minimum(first.boxes[:, 2] - first.boxes[:, 0], first.boxes[:, 3] - first.boxes[:, 1])
+        return bool(((sides < self.max_face) & (first.scores >= self.when)).any())
+
+    def merge(self, first: Detections, second: Detections, nms_iou: float, max_detections: int) -> Detections:
+        """The first pass's detections with the upscaled pass's small faces (both in original pixels)."""
+        from torchvision.ops import nms
+
+        boxes, scores = second
+        small = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < self.max_face
+        boxes, scores = boxes[small], scores[small]
+        large = first.boxes[torch.minimum(first.boxes[:, 2] - first.boxes[:, 0],
+                                          first.boxes[:, 3] - first.boxes[:, 1]) >= 2 * self.max_face]
+        if len(boxes) and len(large):
+            # The share of each small box inside each large first-pass face.
+            top_left = torch.maximum(boxes[:, None, :2], large[None, :, :2])
+            bottom_right = torch.minimum(boxes[:, None, 2:], large[None, :, 2:])
+            inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+            area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+            inside = (inter / area.clamp(min=1e-6)[:, None]).amax(1) > 0.5
+            boxes, scores = boxes[~inside], scores[~inside]
+        if not len(boxes):
+            return first
+        boxes = torch.cat([first.boxes, boxes.to(first.boxes.dtype)])
+        scores = torch.cat([first.scores, scores.to(first.scores.dtype)])
+        keep = nms(boxes, scores, nms_iou)[:max_detections]  # by score descending
+        return Detections(boxes[keep], scores[keep])
 
 
 def default_device() -> torch.device:
@@ -107,6 +172,8 @@ class Detector:
         min_size: images whose longer side is shorter than this are upscaled so that it is
             ``min_size`` (test-time scale: small faces in small photos get bigger; never past
             ``max_size``); None leaves them as they are. Boxes are mapped back to original pixels.
+        zoom_pass: a :class:`ZoomPass`, a second upscaled pass whose small faces join the first
+            pass's (more small faces found, at the cost of the second pass's time); None: one pass.
         batch_size: images per forward pass on a GPU (images of one canonical size only). On the
             CPU every image runs alone, which is no slower there.
         model, config: an already built network and its config, instead of ``weights``.
@@ -134,6 +201,7 @@ class Detector:
         threads: int | None = None,
         backend: Backend | None = None,
         min_size: int | None = None,
+        zoom_pass: ZoomPass | None = None,
     ) -> None:
         if not 0.0 <= score_thresh <= 1.0:
             raise ConfigError(f"the score threshold must be in [0, 1], got {score_thresh}")
@@ -155,6 +223,7 @@ class Detector:
         self.backend = backend
         self.score_thresh = score_thresh
         self.max_size, self.min_size = max_size, min_size
+        self.zoom_pass = zoom_pass
         self.batch_size = batch_size
         self.precision, self.cuda_graphs = precision, cuda_graphs
 
@@ -212,10 +281,12 @@ class Detector:
             return self.min_size / longer  # min_size <= max_size
         return min(1.0, self.max_size / longer)
 
-    def _fit(self, image: Tensor) -> tuple[Tensor, float]:
-        """Float [0, 1] image on the device, resized by :meth:`fitted_scale`; and the scale used."""
+    def _fit(self, image: Tensor, scale: float | None = None) -> tuple[Tensor, float]:
+        """Float [0, 1] image on the device, resized by ``scale`` (default :meth:`fitted_scale`);
+        and the scale used."""
         height, width = image.shape[-2:]
-        scale = self.fitted_scale(int(height), int(width))
+        if scale is None:
+            scale = self.fitted_scale(int(height), int(width))
         if scale != 1.0:
             from torchvision.transforms.v2.functional import resize
 
@@ -329,15 +400,42 @@ class Detector:
             idxs = range(start, min(start + self.batch_size, len(loaded)))
             fitted = [self._fit(loaded[i][0]) for i in idxs]
             detections = self.detect_tensors([im for im, _ in fitted])
-            for i, (_, scale), found in zip(idxs, fitted, detections):
+            found = [to_original_pixels(d, scale, *loaded[i][0].shape[-2:]) for i, (_, scale), d in zip(idxs, fitted, detections)]
+            if self.zoom_pass is not None:
+                found = self._with_zoom_pass([loaded[i][0] for i in idxs], [scale for _, scale in fitted], found)
+            for i, faces in zip(idxs, found):
                 image, source = loaded[i]
                 frame, time = (frames[i] or (None, None)) if frames is not None else (None, None)
-                results[i] = Faces.from_detections(to_original_pixels(found, scale, *image.shape[-2:]),
-                                                   int(image.shape[-1]), int(image.shape[-2]), source, image=image,
+                results[i] = Faces.from_detections(faces, int(image.shape[-1]), int(image.shape[-2]), source, image=image,
                                                    frame=frame, time=time)
         return results[0] if single else results  # type: ignore[return-value]
 
     __call__ = detect  # ``detector(images)``: a detector is used like a function
+
+    def _with_zoom_pass(self, images: Sequence[Tensor], first_scales: Sequence[float], first: list[Detections]) -> list[Detections]:
+        """:attr:`zoom_pass` run on the images that call for it; ``first``: the first pass's detections
+        in original pixels, ``first_scales``: the scale it ran each image at."""
+        zoom = self.zoom_pass
+        assert zoom is not None
+        todo, scales = [], []
+        for index, (image, first_scale, found) in enumerate(zip(images, first_scales, first)):
+            height, width = (int(side) for side in image.shape[-2:])
+            scale = min(zoom.size, self.max_size) / max(height, width)
+            if scale > first_scale and zoom.runs_on(found):
+                todo.append(index)
+                scales.append(scale)
+        if not todo:
+            return first
+        post = self.config.postprocess
+        merged = list(first)
+        # One image at a time: an upscaled float image is large.
+        for index, scale in zip(todo, scales):
+            image = images[index]
+            upscaled, used = self._fit(image, scale)
+            (second,) = self.detect_tensors([upscaled])
+            second = to_original_pixels(second, used, *image.shape[-2:])
+            merged[index] = zoom.merge(first[index], second, post.nms_iou, post.max_detections)
+        return merged
 
     def stream(self, images: Iterable[ImageInput], batch_size: int | None = None, channels: str = "rgb") -> Iterator[Faces]:
         """Detect faces in a long (or endless) sequence of images, one :class:`Faces` per input, in order.
