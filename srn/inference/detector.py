@@ -71,7 +71,7 @@ class ZoomPass:
     Each image is also run with its longer side upscaled to ``size`` pixels (never past the
     detector's ``max_size``; an image that the first pass already ran at that scale or larger gets no
     second pass). Of the faces that pass finds, those whose shorter side is under ``max_face``
-    original pixels join the first pass's (:meth:`merge`: the first pass's boxes stay as they are).
+    original pixels join the first pass's, and the union is merged by NMS at the detector's IoU.
     Larger faces come from the first pass only: upscaled past the largest anchors they are found
     badly, and parts of them (an eye, a nose) can look like small faces, so a small box lying mostly
     inside a first-pass face at least twice ``max_face`` is dropped.
@@ -105,16 +105,12 @@ class ZoomPass:
         return bool(((sides < self.max_face) & (first.scores >= self.when)).any())
 
     def merge(self, first: Detections, second: Detections, nms_iou: float, max_detections: int) -> Detections:
-        """The first pass's detections with the upscaled pass's small faces (both in original pixels).
-
-        A face that both passes find (IoU at least ``nms_iou``) keeps the first pass's box, with the
-        higher of the two scores; the first pass's boxes are never moved or removed. The faces that
-        only the second pass finds are added. At most ``max_detections``, by score descending."""
-        from torchvision.ops import box_iou
+        """The first pass's detections with the upscaled pass's small faces (both in original pixels)."""
+        from torchvision.ops import nms
 
         boxes, scores = second
         small = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < self.max_face
-        boxes, scores = boxes[small].to(first.boxes.dtype), scores[small].to(first.scores.dtype)
+        boxes, scores = boxes[small], scores[small]
         large = first.boxes[torch.minimum(first.boxes[:, 2] - first.boxes[:, 0],
                                           first.boxes[:, 3] - first.boxes[:, 1]) >= 2 * self.max_face]
         if len(boxes) and len(large):
@@ -127,16 +123,10 @@ class ZoomPass:
             boxes, scores = boxes[~inside], scores[~inside]
         if not len(boxes):
             return first
-        first_scores = first.scores
-        if len(first.boxes):
-            best, owner = box_iou(boxes, first.boxes).max(1)
-            again = best >= nms_iou
-            first_scores = first_scores.clone().scatter_reduce_(0, owner[again], scores[again], reduce="amax")
-            boxes, scores = boxes[~again], scores[~again]
-        boxes = torch.cat([first.boxes, boxes])
-        scores = torch.cat([first_scores, scores])
-        order = scores.argsort(descending=True, stable=True)[:max_detections]
-        return Detections(boxes[order], scores[order])
+        boxes = torch.cat([first.boxes, boxes.to(first.boxes.dtype)])
+        scores = torch.cat([first.scores, scores.to(first.scores.dtype)])
+        keep = nms(boxes, scores, nms_iou)[:max_detections]  # by score descending
+        return Detections(boxes[keep], scores[keep])
 
 
 def default_device() -> torch.device:
