@@ -70,7 +70,7 @@ from PIL import Image
 # -- everything this script takes from srn (the package is being restructured: adapt here) -----
 from srn.evaluation import facebox
 
-from srn.inference import Detector  # one class for .pt and .onnx weights
+from srn.inference import Detector, ZoomPass  # one class for .pt and .onnx weights
 # ------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -249,12 +249,13 @@ class PeerDetector:
 class OurDetector:
     """One of our models in this process, on onnxruntime (exported by ``srn export onnx``, or an
     ``.onnx`` file as it is, such as the shipped int8 model) or PyTorch; ``min_size``: the Detector's
-    test-time upscaling of images whose longer side is shorter (None: none)."""
+    test-time upscaling of images whose longer side is shorter (None: none); ``zoom``: its second,
+    upscaled pass (:class:`srn.ZoomPass`, None: none)."""
 
-    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None) -> None:
+    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None, zoom: Any = None) -> None:
         import torch
 
-        self.threads, self.source, self.min_size = threads, weights, min_size
+        self.threads, self.source, self.min_size, self.zoom = threads, weights, min_size, zoom
         given_onnx = weights.suffix.lower() == ".onnx"
         if runtime == "onnxruntime" and not given_onnx:
             self.source = tmp / f"{weights.stem}_{len(list(tmp.glob('*.onnx')))}.onnx"
@@ -272,13 +273,18 @@ class OurDetector:
         policy = f"native (shrunk only past {MAX_SIZE} px)"
         if min_size:
             policy = f"longer side up to {min_size} px if shorter (shrunk past {MAX_SIZE} px)"
+        if zoom is not None:
+            policy += (f", and a second pass at {zoom.size} px adding faces under {zoom.max_face:g} px"
+                       + (f" where the first finds one at {zoom.when:g}" if zoom.when is not None else ""))
+        zoom_name = "" if zoom is None else f", zoom {zoom.size}:{zoom.max_face:g}" + (f":{zoom.when:g}" if zoom.when is not None else "")
         self.meta = {
-            "name": f"SRN {weights.name.split('.')[0]}" + (" int8" if int8 else "") + (f", min size {min_size}" if min_size else ""),
+            "name": f"SRN {weights.name.split('.')[0]}" + (" int8" if int8 else "") + (f", min size {min_size}" if min_size else "") + zoom_name,
             "runtime": runtime,
             "package": f"srn ({weights.name})",
             "input_policy": policy,
             "latency_thresh": float(normal.score_thresh),
-            "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, "min_size": min_size, **versions},
+            "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, "min_size": min_size,
+                        "zoom_pass": None if zoom is None else [zoom.size, zoom.max_face, zoom.when], **versions},
         }
 
     def _detector(self, score_thresh: float | None) -> Any:
@@ -286,7 +292,7 @@ class OurDetector:
             # None: the detector's own default score threshold.
             options = {} if score_thresh is None else {"score_thresh": score_thresh}
             self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE,
-                                                     min_size=self.min_size, batch_size=1, **options)
+                                                     min_size=self.min_size, zoom_pass=self.zoom, batch_size=1, **options)
         return self._detectors[score_thresh]
 
     def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:
@@ -418,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="how our models run")
     parser.add_argument("--int8", type=Path, nargs="*", default=[], help="ONNX files of ours run as they are (e.g. srn/assets/srn_mobilenet_v2.int8.onnx)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0], help="--int8 files run once per value: the Detector's min_size (0: none)")
+    parser.add_argument("--zoom-passes", nargs="*", default=[], metavar="SIZE:MAX_FACE[:WHEN]",
+                        help="--int8 files also run once per value with a second, upscaled pass (srn.ZoomPass)")
     parser.add_argument("--peers", nargs="*", choices=PEER_NAMES, default=list(PEER_NAMES))
     default_peers = Path(os.environ.get("SRN_PEERS") or ROOT.parent / "peers-venv")
     parser.add_argument("--peer-python", default=str(default_peers / "bin" / "python"), help="the peer venv's python (default: $SRN_PEERS/bin/python, else ../peers-venv beside the checkout)")
@@ -462,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for weights in args.int8:
                 for min_size in args.min_sizes:
                     detectors.append(OurDetector(weights, "onnxruntime", args.threads, tmp, min_size or None))
+                for spec in args.zoom_passes:
+                    size, max_face, *when = spec.split(":")
+                    zoom = ZoomPass(int(size), float(max_face), float(when[0]) if when else None)
+                    detectors.append(OurDetector(weights, "onnxruntime", args.threads, tmp, None, zoom))
 
             # AP: every held-out image, untimed, at the common low threshold.
             found: list[Detections] = []
