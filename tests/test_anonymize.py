@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
-from srn import Detector
+from srn import Detector, ZoomPass
 from srn.media.anonymize import MASKS, METHODS, anonymize
 from srn.cli import main
 from srn.data.image_io import read_image
@@ -27,9 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def detector():
-    from srn.cli.anonymize import DEFAULT_SCORE_THRESH
+    from srn.cli.anonymize import DEFAULT_SCORE_THRESH, DEFAULT_ZOOM_MAX_FACE, DEFAULT_ZOOM_PASS
 
-    return Detector(device="cpu", score_thresh=DEFAULT_SCORE_THRESH)  # srn anonymize's defaults
+    # srn anonymize's defaults
+    return Detector(device="cpu", score_thresh=DEFAULT_SCORE_THRESH, zoom_pass=ZoomPass(DEFAULT_ZOOM_PASS, DEFAULT_ZOOM_MAX_FACE))
 
 
 @pytest.fixture(scope="module", params=["astronaut", "multiface"])
