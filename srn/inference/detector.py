@@ -78,7 +78,7 @@ class ZoomPass:
       finds (upscaled past the largest anchors, large faces are found badly);
     - smaller faces are merged by NMS at the detector's IoU (upscaled, they are found and placed
       better: on the project's held-out crowd photos, AP of faces under 16 px 0.161 -> 0.349 at
-      ``ZoomPass(1536, 128)``; ``docs/model_card.md``);
+      ``ZoomPass(1536, 128)``; ``benchmarks/RESULTS.md``);
     - a small box lying mostly inside a first-pass face at least twice ``max_face`` is a part of it
       (an eye, a nose) and is dropped.
 
