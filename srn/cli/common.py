@@ -127,10 +127,11 @@ class OneLineParser(argparse.ArgumentParser):
         return ""
 
 
-def add_detector_args(parser: argparse.ArgumentParser, zoom_pass: int = 0, zoom_max_face: float = 32.0) -> None:
+def add_detector_args(parser: argparse.ArgumentParser, zoom_pass: int | None = 0, zoom_max_face: float = 32.0,
+                      zoom_default: str | None = None) -> None:
     """The options that choose and configure the detector (``srn detect``, ``srn eval``); each value
     is range-checked when parsed. ``zoom_pass``, ``zoom_max_face``: the command's default second pass
-    (0: none; :class:`srn.inference.ZoomPass`)."""
+    (0: none; None: the command decides, as ``zoom_default`` says in words; :class:`srn.inference.ZoomPass`)."""
     group = parser.add_argument_group("detector")
     group.add_argument("--weights", help="srn checkpoint, the release's SRN.pth, or an .onnx file from srn export (default: the shipped model)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU number (0 = cuda:0) (default: cuda when available)")
@@ -143,7 +144,7 @@ def add_detector_args(parser: argparse.ArgumentParser, zoom_pass: int = 0, zoom_
     group.add_argument("--zoom-pass", type=int_at_least(0), default=zoom_pass, metavar="PIXELS",
                        help="also run each image upscaled so that its longer side is this many pixels (at most --max-size), and add "
                             "the faces under --zoom-max-face px that this second pass finds: more small faces, for the second pass's "
-                            f"time; an image already that large runs once; 0 for none (default: {zoom_pass or 'none'})")
+                            f"time; an image already that large runs once; 0 for none (default: {zoom_default or zoom_pass or 'none'})")
     group.add_argument("--zoom-max-face", type=float_in(0.0, 2100.0, low_open=True), default=zoom_max_face, metavar="PIXELS",
                        help=f"the faces kept from --zoom-pass: shorter side under this many pixels of the original (default: {zoom_max_face:g})")
     group.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass")
