@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 from srn import Detector, ZoomPass
-from srn.config import DetectorConfig, ModelConfig
 from srn.errors import ConfigError
-from srn.model import build_model
 from srn.postprocess import Detections
-from srn.weights import save_checkpoint
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "docs" / "astronaut.png"  # NASA, public domain
 SELFIE = "data/demo/images/Tencent__data_worlds-largest-selfie.jpg"
-SMALL = DetectorConfig(model=ModelConfig(backbone="resnet18", width=32, init="scaled"))
 
 
 def dets(*rows: tuple[float, float, float, float, float]) -> Detections:
@@ -93,15 +86,6 @@ def test_bad_settings_are_one_line(settings, message):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(SMALL.model).eval()
-    path = tmp_path_factory.mktemp("w") / "small.pt"
-    save_checkpoint(model, SMALL, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image():
     gen = torch.Generator().manual_seed(7)
     return torch.randint(0, 256, (3, 72, 100), dtype=torch.uint8, generator=gen)
@@ -135,18 +119,18 @@ def test_the_detector_merges_its_passes_in_original_pixels(shared_dir):
     assert bool((alone[:, None] == zoomed.boxes[None]).all(-1).any(1).all())
 
 
-def test_no_second_pass_where_the_first_ran_at_that_scale(checkpoint, image):
-    plain = Detector(checkpoint, device="cpu", score_thresh=0.0).detect(image)
-    for detector in (Detector(checkpoint, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=100)),  # its own size
-                     Detector(checkpoint, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=64)),   # never down
+def test_no_second_pass_where_the_first_ran_at_that_scale(small_weights, image):
+    plain = Detector(small_weights, device="cpu", score_thresh=0.0).detect(image)
+    for detector in (Detector(small_weights, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=100)),  # its own size
+                     Detector(small_weights, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=64)),   # never down
                      # min_size already upscaled it as far as the zoom pass would
-                     Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=200, zoom_pass=ZoomPass(size=200))):
+                     Detector(small_weights, device="cpu", score_thresh=0.0, min_size=200, zoom_pass=ZoomPass(size=200))):
         faces = detector.detect(image)
-        reference = plain if detector.min_size is None else Detector(checkpoint, device="cpu", score_thresh=0.0, min_size=200).detect(image)
+        reference = plain if detector.min_size is None else Detector(small_weights, device="cpu", score_thresh=0.0, min_size=200).detect(image)
         assert_close(faces.boxes, reference.boxes, rtol=0, atol=0)
     # The detector's max_size bounds the second pass too: 150 is its size here, not 400.
-    capped = Detector(checkpoint, device="cpu", score_thresh=0.0, max_size=150, zoom_pass=ZoomPass(size=400)).detect(image)
-    at_150 = Detector(checkpoint, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=150)).detect(image)
+    capped = Detector(small_weights, device="cpu", score_thresh=0.0, max_size=150, zoom_pass=ZoomPass(size=400)).detect(image)
+    at_150 = Detector(small_weights, device="cpu", score_thresh=0.0, zoom_pass=ZoomPass(size=150)).detect(image)
     assert_close(capped.boxes, at_150.boxes, rtol=0, atol=0)
 
 
