@@ -620,6 +620,9 @@ class TrainConfig:
     # (srn.criterion.DistillationCriterion), weighted by distill_weight; same levels and anchors.
     teacher: str | None = None
     distill_weight: float = 1.0
+    # Anchors whose IoU with a labelled box (face or ignore region) is at least this learn from the
+    # labels only, not from the teacher (srn.criterion.TeacherDistillation); null: from both.
+    distill_defer_iou: float | None = None
     # Parameters kept as they are: names starting with any of these (e.g. backbone, fpn).
     freeze: tuple[str, ...] = ()
     tensorboard: bool = True
@@ -654,6 +657,8 @@ class TrainConfig:
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         _at_least("train.log_every", self.log_every, 1)
         _non_negative("train.distill_weight", self.distill_weight)
+        if self.distill_defer_iou is not None:
+            _require(0 < self.distill_defer_iou <= 1, "train.distill_defer_iou", "null or in (0, 1]", self.distill_defer_iou)
         _require(0 <= self.calibrate_fraction < 1, "train.calibrate_fraction", "in [0, 1)", self.calibrate_fraction)
         _at_least("train.eval_every", self.eval_every, 1)
         _at_least("train.eval_max_size", self.eval_max_size, 32)

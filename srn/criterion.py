@@ -496,6 +496,10 @@ class DistillationCriterion(nn.Module):
       anchor by the teacher's final (step-2) probability where it is at least ``reg_min_score``,
       so that only what the teacher takes for a face steers the boxes.
 
+    ``forward``'s optional ``defer`` mask (Tensor[N, R] bool) leaves anchors out of both losses:
+    :class:`TeacherDistillation` passes the anchors near a labelled face, where the ground truth
+    alone decides (a student taught a teacher's misses on the faces it labels would keep them).
+
     Both are divided by the number of anchors that the teacher scores at 0.5 or more in the batch
     (at least 1), the teacher's count of positives, as the ground-truth losses divide by theirs;
     ``normalizer_fn``, when set, turns that count into the divisor (the trainer sums it over DDP
@@ -512,23 +516,25 @@ class DistillationCriterion(nn.Module):
     def extra_repr(self) -> str:
         return f"cls_weight={self.cls_weight}, reg_weight={self.reg_weight}, gamma={self.gamma}, reg_min_score={self.reg_min_score}"
 
-    def forward(self, student: SRNOutputs, teacher: SRNOutputs) -> dict[str, Tensor]:
+    def forward(self, student: SRNOutputs, teacher: SRNOutputs, defer: Tensor | None = None) -> dict[str, Tensor]:
         if [a.shape for a in student.anchors] != [a.shape for a in teacher.anchors]:
             raise ValueError("student and teacher must have the same levels and anchors per level")
         final = torch.cat([t.float().sigmoid() for t in teacher.step2_logits], dim=1)  # (N, R)
-        weight = final * (final >= self.reg_min_score)
+        keep = torch.ones_like(final) if defer is None else (~defer).to(final.dtype)  # (N, R)
+        weight = final * (final >= self.reg_min_score) * keep
         positives = (final >= 0.5).sum().to(final.dtype)
         normalizer = self.normalizer_fn(positives) if self.normalizer_fn is not None else positives.clamp(min=1)
         cls_loss = final.new_zeros(())
         reg_loss = final.new_zeros(())
         levels = [a.shape[0] for a in teacher.anchors]
+        keep_per_level = keep.split(levels, dim=1)
         for s_logits, t_logits, s_deltas, t_deltas in (
             (student.step1_logits, teacher.step1_logits, student.step1_deltas, teacher.step1_deltas),
             (student.step2_logits, teacher.step2_logits, student.step2_deltas, teacher.step2_deltas),
         ):
-            for s, t in zip(s_logits, t_logits):
+            for s, t, k in zip(s_logits, t_logits, keep_per_level):
                 if s is not None and t is not None:
-                    cls_loss = cls_loss + soft_focal_loss(s.float(), t.float().sigmoid(), self.gamma).sum()
+                    cls_loss = cls_loss + (soft_focal_loss(s.float(), t.float().sigmoid(), self.gamma) * k).sum()
             for s, t, w in zip(s_deltas, t_deltas, weight.split(levels, dim=1)):
                 if s is not None and t is not None:
                     reg = smooth_l1_loss(s.float(), t.float(), self.smooth_l1_beta).sum(dim=2)  # (N, R_l)
@@ -548,17 +554,23 @@ class TeacherDistillation(nn.Module):
     when ``autocast`` is set (as the student does); its outputs and the student's go to
     ``distillation``. The loss dict is ``criterion``'s four losses followed by ``distillation``'s.
 
+    With ``defer_iou``, the anchors whose IoU with a labelled box (a face or an ignore region) is
+    at least that learn from the labels only: the teacher teaches the background and the faces the
+    labels leave out, not its own misses on the labelled faces (small faces, mostly).
+
     Args:
         criterion: the ground-truth criterion (:class:`SRNCriterion`).
         teacher: the trained network; frozen and kept in eval mode here.
         distillation: :class:`DistillationCriterion`.
         autocast: run the teacher under bf16 autocast on the images' device type.
+        defer_iou: the IoU with a labelled box at which an anchor leaves the teacher; None: never.
     """
 
-    def __init__(self, criterion: nn.Module, teacher: nn.Module, distillation: DistillationCriterion, autocast: bool = False) -> None:
+    def __init__(self, criterion: nn.Module, teacher: nn.Module, distillation: DistillationCriterion,
+                 autocast: bool = False, defer_iou: float | None = None) -> None:
         super().__init__()
         self.criterion, self.teacher, self.distillation = criterion, teacher, distillation
-        self.autocast = autocast
+        self.autocast, self.defer_iou = autocast, defer_iou
         self.teacher.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> TeacherDistillation:
@@ -572,5 +584,15 @@ class TeacherDistillation(nn.Module):
         losses = self.criterion(outputs, targets)
         with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             teacher_outputs = self.teacher(images)
-        losses.update(self.distillation(outputs, teacher_outputs))
+        defer = None if self.defer_iou is None else _near_labels(outputs.anchors, targets, self.defer_iou)
+        losses.update(self.distillation(outputs, teacher_outputs, defer))
         return losses
+
+
+def _near_labels(anchors_per_level: Sequence[Tensor], targets: list[Target], min_iou: float) -> Tensor:
+    """Tensor[N, R] bool: the anchors (all levels, concatenated) whose IoU with one of the image's
+    boxes, faces and ignore regions alike, is at least ``min_iou``."""
+    anchors = torch.cat(list(anchors_per_level), dim=0)  # [(R_l, 4)] -> (R, 4)
+    near = [box_iou(t["boxes"].to(anchors), anchors).amax(dim=0) >= min_iou if len(t["boxes"])
+            else anchors.new_zeros(anchors.shape[0], dtype=torch.bool) for t in targets]
+    return torch.stack(near)

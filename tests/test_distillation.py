@@ -137,6 +137,58 @@ def test_regression_follows_only_what_the_teacher_scores():
     assert float(losses["loss_distill_cls"]) == 0.0
 
 
+def test_deferred_anchors_leave_both_distillation_losses():
+    """An anchor in ``defer`` adds nothing: neither its score nor its deltas are pulled."""
+    anchors = [torch.zeros(3, 4)]
+    teacher_logits = torch.tensor([[4.0, 4.0, 0.0]])  # scores 0.982, 0.982, 0.5
+    student_logits = torch.tensor([[-4.0, 4.0, 0.0]])  # the first anchor disagrees
+    zeros = torch.zeros(1, 3, 4)
+    student_deltas = torch.tensor([[[1.0, 0, 0, 0], [3.0, 0, 0, 0], [2.0, 0, 0, 0]]])
+    teacher = (None,), (None,), [teacher_logits], [zeros], anchors
+    student = (None,), (None,), [student_logits], [student_deltas], anchors
+    criterion = DistillationCriterion(reg_min_score=0.3, smooth_l1_beta=0.0)
+    whole = criterion(SRNOutputs(*map(list, student)), SRNOutputs(*map(list, teacher)))
+    deferred = criterion(SRNOutputs(*map(list, student)), SRNOutputs(*map(list, teacher)),
+                         defer=torch.tensor([[True, False, False]]))
+    scores = teacher_logits.sigmoid()[0]
+    # Three teacher scores >= 0.5 (the normaliser) either way; the first anchor's |1| leaves the sum.
+    assert_close(whole["loss_distill_reg"], (scores[0] * 1.0 + scores[1] * 3.0 + scores[2] * 2.0) / 3)
+    assert_close(deferred["loss_distill_reg"], (scores[1] * 3.0 + scores[2] * 2.0) / 3)
+    assert float(whole["loss_distill_cls"]) > 0.1
+    # The other two anchors agree exactly, so the cls loss was the first anchor's alone.
+    assert float(deferred["loss_distill_cls"]) == 0.0
+
+
+def test_teacher_distillation_defers_to_the_labels_near_a_face():
+    """defer_iou: the anchors at IoU >= 0.5 with a box (a face or an ignore region) are left out."""
+    from srn.criterion import TeacherDistillation, _near_labels
+    anchors = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20], [50, 50, 60, 60]]), torch.tensor([[100.0, 100, 140, 140]])]
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [100, 100, 140, 120]]), "ignore": torch.tensor([False, True])},
+               {"boxes": torch.zeros(0, 4)}]
+    near = _near_labels(anchors, targets, 0.5)
+    # IoUs: 1.0, 0.5, 0, 0.5 (the ignore region) in the first image; nothing in the second.
+    assert near.tolist() == [[True, True, False, True], [False, False, False, False]]
+    assert _near_labels(anchors, targets, 0.6).tolist()[0] == [True, False, False, False]
+
+    class Recording(DistillationCriterion):
+        def forward(self, student, teacher, defer=None):
+            self.defer = defer
+            return super().forward(student, teacher, defer)
+
+    torch.manual_seed(0)
+    teacher, student = _tiny(False).eval(), _tiny(False).eval()
+    x = torch.rand(2, 3, 96, 96) * 255
+    outputs = student(x)
+    boxes = [{"boxes": torch.tensor([[20.0, 20.0, 60.0, 70.0]]), "ignore": torch.zeros(1, dtype=torch.bool)},
+             {"boxes": torch.zeros(0, 4), "ignore": torch.zeros(0, dtype=torch.bool)}]
+    recording = Recording()
+    TeacherDistillation(lambda o, t: {}, teacher, recording, defer_iou=0.3)(outputs, boxes, x)
+    assert torch.equal(recording.defer, _near_labels(outputs.anchors, boxes, 0.3))
+    assert int(recording.defer[0].sum()) > 0 and int(recording.defer[1].sum()) == 0
+    TeacherDistillation(lambda o, t: {}, teacher, recording)(outputs, boxes, x)
+    assert recording.defer is None
+
+
 def test_trainer_distils_and_keeps_frozen_parameters(synthetic_faces, tmp_path):
     teacher = _tiny(False)
     save_checkpoint(teacher, DetectorConfig(tiny_config_model(False)), tmp_path / "teacher.pt")
@@ -170,3 +222,9 @@ def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_error
         Trainer(tiny_config(synthetic_faces, tmp_path / "run2", **{"train.freeze": "[head.nothing]"}))
     with pytest.raises(ConfigError, match="train.distill_weight"):
         tiny_config(synthetic_faces, tmp_path / "run3", **{"train.distill_weight": "-1"})
+    for bad in ("0", "1.5", "-0.3"):
+        with pytest.raises(ConfigError, match=r"train.distill_defer_iou.*null or in \(0, 1\]"):
+            tiny_config(synthetic_faces, tmp_path / "run4", **{"train.distill_defer_iou": bad})
+    config = tiny_config(synthetic_faces, tmp_path / "run5", **{"model.width": 16, "train.teacher": str(tmp_path / "other.pt"),
+                                                             "model.anchor_ratio": "1.0", "train.distill_defer_iou": "0.3"})
+    assert Trainer(config).criterion.defer_iou == 0.3

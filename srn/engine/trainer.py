@@ -192,7 +192,7 @@ class Trainer:
             teacher.to(memory_format=torch.channels_last)
         distillation = DistillationCriterion(cls_weight=tc.distill_weight, reg_weight=tc.distill_weight)
         distillation.normalizer_fn = global_normalizer
-        return TeacherDistillation(criterion, teacher, distillation, autocast=self.use_amp)
+        return TeacherDistillation(criterion, teacher, distillation, autocast=self.use_amp, defer_iou=tc.distill_defer_iou)
 
     def build_dataset(self) -> SeededSamples:
         """The training images of ``data.train`` (:mod:`srn.data.build`), checked before training:
