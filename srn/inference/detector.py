@@ -111,8 +111,7 @@ class ZoomPass:
         """Whether the first pass's detections (original pixels) call for the upscaled pass."""
         if self.when is None:
             return True
-        sides = torch.minimum(first.boxes[:, 2] - first.boxes[:, 0], first.boxes[:, 3] - first.boxes[:, 1])
-        return bool(((sides < self.max_face) & (first.scores >= self.when)).any())
+        return bool(((_shorter_sides(first.boxes) < self.max_face) & (first.scores >= self.when)).any())
 
     def merge(self, first: Detections, second: Detections, nms_iou: float, max_detections: int) -> Detections:
         """The first pass's detections with the upscaled pass's small faces (both in original pixels),
@@ -120,10 +119,9 @@ class ZoomPass:
         from torchvision.ops import box_iou, nms
 
         boxes, scores = second
-        small = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < self.max_face
+        small = _shorter_sides(boxes) < self.max_face
         boxes, scores = boxes[small], scores[small]
-        large = first.boxes[torch.minimum(first.boxes[:, 2] - first.boxes[:, 0],
-                                          first.boxes[:, 3] - first.boxes[:, 1]) >= 2 * self.max_face]
+        large = first.boxes[_shorter_sides(first.boxes) >= 2 * self.max_face]
         if len(boxes) and len(large):
             # The share of each small box inside each large first-pass face.
             top_left = torch.maximum(boxes[:, None, :2], large[None, :, :2])
@@ -136,8 +134,7 @@ class ZoomPass:
             return first
         boxes, scores = boxes.to(first.boxes.dtype), scores.to(first.scores.dtype)
         first_scores = first.scores
-        seen = first.boxes[:, 2:] - first.boxes[:, :2]
-        seen = seen.amin(1) >= self.SEEN_AT_NATIVE_SCALE
+        seen = _shorter_sides(first.boxes) >= self.SEEN_AT_NATIVE_SCALE
         if bool(seen.any()):
             # A face that the first pass sees at a good size keeps the first pass's box, with the
             # higher of the two scores; smaller faces are settled by NMS below.
@@ -150,6 +147,11 @@ class ZoomPass:
         scores = torch.cat([first_scores, scores])
         keep = nms(boxes, scores, nms_iou)[:max_detections]  # by score descending
         return Detections(boxes[keep], scores[keep])
+
+
+def _shorter_sides(boxes: Tensor) -> Tensor:
+    """Tensor[N]: the shorter side of each (x1, y1, x2, y2) box."""
+    return (boxes[:, 2:] - boxes[:, :2]).amin(1)
 
 
 def default_device() -> torch.device:
