@@ -228,3 +228,39 @@ def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_error
     config = tiny_config(synthetic_faces, tmp_path / "run5", **{"model.width": 16, "train.teacher": str(tmp_path / "other.pt"),
                                                              "model.anchor_ratio": "1.0", "train.distill_defer_iou": "0.3"})
     assert Trainer(config).criterion.defer_iou == 0.3
+
+
+def test_the_small_face_recipe_trains_the_two_lowest_levels_and_leaves_the_others_exact():
+    """recipes/default_model_crowd_small.yaml freezes every parameter but those of pyramid levels 0
+    and 1: after training steps, levels 2-5 give exactly the same outputs (the FPN is top-down only),
+    levels 0 and 1 do not."""
+    from pathlib import Path
+
+    from srn.config import TrainingConfig, load_yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "default_model_crowd_small.yaml"
+    freeze = load_yaml(TrainingConfig, recipe).train.freeze
+    torch.manual_seed(4)
+    model = _tiny(True).eval()  # eval: the BatchNorm statistics do not move
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(freeze))
+    trainable = {name.rsplit(".", 1)[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fpn.laterals.0", "fpn.laterals.1", "fpn.outputs.0", "fpn.outputs.1",
+                         "first_step.convs.0", "first_step.convs.1"}
+    x = torch.rand(2, 3, 128, 128) * 255
+    with torch.no_grad():
+        before = model(x)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        out = model(x)
+        loss = sum(t.float().square().mean() for t in (*out.step2_logits, *out.step2_deltas)) + sum(
+            t.float().square().mean() for t in out.step1_logits if t is not None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = model(x)
+    for level in range(6):
+        same = torch.equal(after.step2_logits[level], before.step2_logits[level]) and torch.equal(
+            after.step2_deltas[level], before.step2_deltas[level])
+        assert same == (level >= 2), level
