@@ -192,3 +192,68 @@ def test_post_processed_graph_is_refused(small_weights, calibration, tmp_path):
         quantize_onnx(graph, tmp_path / "out.onnx", [calibration / "a.png"], input_size=64)
     one_line_naming(error, graph)
     assert "post-processing" in str(error.value)
+
+
+def _tool():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "export_default_int8.py"
+    spec = importlib.util.spec_from_file_location("_export_default_int8", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alone(small_weights, calibration, tmp_path, capsys):
+    """--keep-from: a fine-tune of pyramid level 0 keeps the shipped int8 copy's outputs exactly on
+    levels 1-5, even where the shipped copy was quantised differently (here: one range of level 3
+    altered), and gets the new export's on level 0; another graph is a one-line error."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from srn.config import DetectorConfig, ModelConfig
+    from srn.model import build_model
+    from srn.weights import load_model, save_checkpoint
+
+    tool = _tool()
+    common = ["--calibration", str(calibration), "--size", "256"]
+    old_pt = Path(small_weights)
+    assert tool.main(["--weights", str(old_pt), *common, "--out", str(tmp_path / "old.int8.onnx")]) == 0
+    shipped = onnx.load(str(tmp_path / "old.int8.onnx"))  # "quantised on another installation"
+    altered = [t for t in shipped.graph.initializer if t.name == "/model/head/cls_pred_3/Conv_output_0_scale"]
+    assert len(altered) == 1
+    altered[0].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(altered[0]) * 1.25, altered[0].name))
+    onnx.save(shipped, str(tmp_path / "shipped.int8.onnx"))
+
+    model, config = load_model(old_pt)
+    with torch.no_grad():
+        model.fpn.outputs[0].weight.mul_(1.5)  # the fine-tune: level 0 only
+    save_checkpoint(model, config, tmp_path / "new.pt")
+    assert tool.main(["--weights", str(tmp_path / "new.pt"), *common, "--out", str(tmp_path / "plain.int8.onnx")]) == 0
+    assert tool.main(["--weights", str(tmp_path / "new.pt"), *common, "--out", str(tmp_path / "kept.int8.onnx"),
+                      "--keep-from", str(old_pt), str(tmp_path / "shipped.int8.onnx")]) == 0
+
+    image = np.random.default_rng(0).uniform(0, 255, (1, 3, 256, 256)).astype(np.float32)
+    run = {name: dict(zip([o.name for o in ort.InferenceSession(str(tmp_path / f"{name}.int8.onnx")).get_outputs()],
+                          ort.InferenceSession(str(tmp_path / f"{name}.int8.onnx")).run(None, {"images": image})))
+           for name in ("shipped", "plain", "kept")}
+    for name, kept in run["kept"].items():
+        level = int(name.rsplit("_", 1)[1])
+        expected = run["plain" if level == 0 else "shipped"][name]
+        np.testing.assert_array_equal(kept, expected, err_msg=name)
+    assert not np.array_equal(run["plain"]["step2_logits_0"], run["shipped"]["step2_logits_0"])
+    assert not np.array_equal(run["plain"]["step2_logits_3"], run["shipped"]["step2_logits_3"])
+
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    other_config = DetectorConfig(model=ModelConfig(backbone="resnet18", width=16, init="scaled"))
+    save_checkpoint(build_model(other_config.model).eval(), other_config, other)
+    assert tool.main(["--weights", str(other), *common, "--out", str(tmp_path / "o.int8.onnx")]) == 0
+    capsys.readouterr()
+    assert tool.main(["--weights", str(tmp_path / "new.pt"), *common, "--out", str(tmp_path / "bad.int8.onnx"),
+                      "--keep-from", str(old_pt), str(tmp_path / "o.int8.onnx")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"export_default_int8: error: {tmp_path / 'o.int8.onnx'}: its graph is not the one this export makes; "
+                     "the unchanged tensors cannot be kept from it"]
+    assert not (tmp_path / "bad.int8.onnx").exists()

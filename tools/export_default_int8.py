@@ -14,8 +14,21 @@ The shipped file was made with (the training split of the held-out packing, ``to
         --calibration-list .gpu/data512/train_faces.txt .gpu/data512/train_wider.txt \\
         --out srn/assets/srn_mobilenet_v2.int8.onnx
 
-``--calibration DIR`` samples a folder instead (recursively). The same inputs give the same bytes;
-the script prints the file's SHA-256 and the calibration photos it used.
+``--calibration DIR`` samples a folder instead (recursively). The same inputs give the same bytes
+on one installation; the script prints the file's SHA-256 and the calibration photos it used. Another
+installation may quantise a little differently: the shipped checkpoint re-exported on 2026-12-07 moved
+held-out bins of few faces by up to 0.05 of AP (``benchmarks/RESULTS.md``, "Quantisation noise").
+
+``--keep-from OLD.pt OLD.int8.onnx`` is for a fine-tune of ``OLD.pt`` that changed some layers only
+(``recipes/default_model_crowd_small.yaml`` trains two pyramid levels): ``OLD.pt`` is exported and
+quantised the same way, and every quantised tensor or range that comes out alike for both checkpoints
+is taken from ``OLD.int8.onnx`` (the shipped copy) instead, so that the int8 outputs of what the
+fine-tune left alone stay exactly as shipped; the rest (the changed layers' weights and the ranges of
+the activations they feed) is the new export's::
+
+    python tools/export_default_int8.py --weights runs/small/model.pt \
+        --calibration-list .gpu/data512/train_faces.txt .gpu/data512/train_wider.txt \
+        --keep-from srn/assets/srn_mobilenet_v2.pt srn/assets/srn_mobilenet_v2.int8.onnx --out new.int8.onnx
 """
 
 from __future__ import annotations
@@ -50,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=DEFAULT_CALIBRATION_COUNT, help="calibration photos (default 50)")
     parser.add_argument("--size", type=int, default=DEFAULT_CALIBRATION_SIZE, help="calibration input side, pixels (default 512)")
     parser.add_argument("--out", type=Path, default=ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx")
+    parser.add_argument("--keep-from", type=Path, nargs=2, metavar=("OLD_PT", "OLD_INT8"),
+                        help="keep OLD_INT8's quantised tensors wherever OLD_PT's export equals this one's")
     args = parser.parse_args(argv)
     try:
         if args.calibration is not None:
@@ -59,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="srn_int8_") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_checkpoint(args.weights, fp32)
-            report = quantize_onnx(fp32, args.out, photos, input_size=args.size, activation_type="quint8")
+            if args.keep_from is None:
+                report = quantize_onnx(fp32, args.out, photos, input_size=args.size, activation_type="quint8")
+            else:
+                old_pt, old_int8 = args.keep_from
+                new = Path(tmp) / "new.int8.onnx"
+                report = quantize_onnx(fp32, new, photos, input_size=args.size, activation_type="quint8")
+                export_checkpoint(old_pt, fp32)
+                quantize_onnx(fp32, Path(tmp) / "old.int8.onnx", photos, input_size=args.size, activation_type="quint8")
+                taken = keep_unchanged(old_int8, Path(tmp) / "old.int8.onnx", new, args.out)
+                print(f"{taken} quantised tensors from {old_int8}, the others new", file=sys.stderr)
         record = read_quantization(args.out)
     except SRNError as exc:
         print(f"export_default_int8: error: {exc}", file=sys.stderr)
@@ -73,6 +97,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}: {record['quantization']}, {record['activation_type']} activations, "
           f"{report.calibration_images} photos at {report.input_size} px, {report.int8_bytes} bytes, sha256 {digest}")
     return 0
+
+
+def keep_unchanged(shipped: Path, old_export: Path, new_export: Path, out: Path) -> int:
+    """Write ``new_export`` to ``out`` with each initializer that ``old_export`` holds alike taken from
+    ``shipped`` (the graphs must match node for node); returns how many were taken."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from srn.atomic import atomic_file
+
+    models = {name: onnx.load(str(path)) for name, path in (("shipped", shipped), ("old", old_export), ("new", new_export))}
+    layouts = {name: ([(n.op_type, list(n.input), list(n.output)) for n in m.graph.node], sorted((i.name, tuple(i.dims)) for i in m.graph.initializer))
+               for name, m in models.items()}
+    if not layouts["shipped"] == layouts["old"] == layouts["new"]:
+        raise SRNError(f"{shipped}: its graph is not the one this export makes; the unchanged tensors cannot be kept from it")
+    old = {i.name: numpy_helper.to_array(i) for i in models["old"].graph.initializer}
+    shipped_tensors = {i.name: i for i in models["shipped"].graph.initializer}
+    taken = 0
+    for tensor in models["new"].graph.initializer:
+        if np.array_equal(numpy_helper.to_array(tensor), old[tensor.name]):
+            tensor.CopyFrom(shipped_tensors[tensor.name])
+            taken += 1
+    with atomic_file(out) as handle:
+        handle.write(models["new"].SerializeToString())
+    return taken
 
 
 if __name__ == "__main__":
