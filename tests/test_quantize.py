@@ -257,3 +257,10 @@ def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alon
     assert error == [f"export_default_int8: error: {tmp_path / 'o.int8.onnx'}: its graph is not the one this export makes; "
                      "the unchanged tensors cannot be kept from it"]
     assert not (tmp_path / "bad.int8.onnx").exists()
+    (tmp_path / "text.onnx").write_text("not a model")
+    for old in (tmp_path / "missing.int8.onnx", tmp_path / "text.onnx"):
+        assert tool.main(["--weights", str(tmp_path / "new.pt"), *common, "--out", str(tmp_path / "bad.int8.onnx"),
+                          "--keep-from", str(old_pt), str(old)]) == 2
+        error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert error == [f"export_default_int8: error: {old}: " + ("no such file" if old.name.startswith("missing") else "not an ONNX file (DecodeError)")]
+        assert not (tmp_path / "bad.int8.onnx").exists()

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-from", type=Path, nargs=2, metavar=("OLD_PT", "OLD_INT8"),
                         help="keep OLD_INT8's quantised tensors wherever OLD_PT's export equals this one's")
     args = parser.parse_args(argv)
+    for path in args.keep_from or ():
+        if not path.is_file():
+            print(f"export_default_int8: error: {path}: no such file", file=sys.stderr)
+            return 2
     try:
         if args.calibration is not None:
             photos = select_calibration_images(args.calibration, args.count)
@@ -108,7 +112,12 @@ def keep_unchanged(shipped: Path, old_export: Path, new_export: Path, out: Path)
 
     from srn.atomic import atomic_file
 
-    models = {name: onnx.load(str(path)) for name, path in (("shipped", shipped), ("old", old_export), ("new", new_export))}
+    models = {}
+    for name, path in (("shipped", shipped), ("old", old_export), ("new", new_export)):
+        try:
+            models[name] = onnx.load(str(path))
+        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+            raise SRNError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
     layouts = {name: ([(n.op_type, list(n.input), list(n.output)) for n in m.graph.node], sorted((i.name, tuple(i.dims)) for i in m.graph.initializer))
                for name, m in models.items()}
     if not layouts["shipped"] == layouts["old"] == layouts["new"]:
