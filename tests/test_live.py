@@ -120,7 +120,10 @@ class _CtrlCAfter:
         return self.detector.detect(images, **meta)
 
 
-def test_ctrl_c_finishes_every_output(server, small_weights, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_finishes_every_output(server, small_weights, tmp_path, capsys, monkeypatch, request):
+    # Ctrl-C as in a terminal: a job started in the background of a script begins with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     build = detect_command.build_detector
     monkeypatch.setattr(detect_command, "build_detector", lambda *a, **k: _CtrlCAfter(build(*a, **k), calls=3))
     out = tmp_path / "stopped.mp4"
