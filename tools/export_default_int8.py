@@ -15,9 +15,9 @@ The shipped file was made with (the training split of the held-out packing, ``to
         --out srn/assets/srn_mobilenet_v2.int8.onnx
 
 ``--calibration DIR`` samples a folder instead (recursively). The same inputs give the same bytes
-on one installation; the script prints the file's SHA-256 and the calibration photos it used. Another
-installation may quantise a little differently: the shipped checkpoint re-exported on 2026-12-07 moved
-held-out bins of few faces by up to 0.05 of AP (``benchmarks/RESULTS.md``, "Quantisation noise").
+on one installation; the script prints the file's SHA-256 and the calibration photos it used. A re-export
+need not give the shipped file's bytes: the shipped checkpoint re-exported on 2026-12-07 moved
+held-out bins of few faces by up to 0.044 of AP (``benchmarks/RESULTS.md``, "Quantisation noise").
 
 ``--keep-from OLD.pt OLD.int8.onnx`` is for a fine-tune of ``OLD.pt`` that changed some layers only
 (``recipes/default_model_crowd_small.yaml`` trains two pyramid levels): ``OLD.pt`` is exported and
