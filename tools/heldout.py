@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(".gpu/data512"))
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights", nargs="+", required=True, help="candidate models (.pt or .onnx)")
-    parser.add_argument("--reference", default=str(ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx"), help="the shipped model")
+    parser.add_argument("--reference", help="the shipped model (default: the shipped int8 file, or the reference of --reference-from)")
     parser.add_argument("--min-sizes", type=int, nargs="*", default=[0],
                         help="run each candidate once per value: the Detector's min_size, a test-time scale policy (0: none; no value: only the --zoom-passes)")
     parser.add_argument("--zoom-passes", nargs="+", default=[], metavar="SIZE:MAX_FACE[:WHEN]",
@@ -208,9 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     runs: list[tuple[str, str, dict[str, Any]]] = []
     if args.reference_from is not None:
+        # The earlier report's reference is the model compared against: it names the row.
         earlier = json.loads(args.reference_from.read_text())
+        if args.reference not in (None, earlier["reference"]):
+            parser.error(f"{args.reference_from} holds the report of {earlier['reference']}, not of --reference {args.reference}")
+        args.reference = earlier["reference"]
         rows.append((args.reference, earlier["models"][earlier["reference"]]))
     else:
+        args.reference = args.reference or str(ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx")
         runs.append((args.reference, "", {}))
     for weights in args.weights:
         runs += [(weights, f" min_size {m}" if m else "", {"min_size": m or None}) for m in args.min_sizes]
