@@ -209,11 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[tuple[str, str, dict[str, Any]]] = []
     if args.reference_from is not None:
         # The earlier report's reference is the model compared against: it names the row.
-        earlier = json.loads(args.reference_from.read_text())
+        try:
+            earlier = json.loads(args.reference_from.read_text())
+            reference_report = earlier["models"][earlier["reference"]]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"{args.reference_from}: cannot be read as a report of tools/heldout.py --json ({type(exc).__name__}: {exc})")
         if args.reference not in (None, earlier["reference"]):
             parser.error(f"{args.reference_from} holds the report of {earlier['reference']}, not of --reference {args.reference}")
         args.reference = earlier["reference"]
-        rows.append((args.reference, earlier["models"][earlier["reference"]]))
+        rows.append((args.reference, reference_report))
     else:
         args.reference = args.reference or str(ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx")
         runs.append((args.reference, "", {}))
