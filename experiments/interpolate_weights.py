@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from srn.errors import SRNError
 from srn.weights import load_model, save_checkpoint
 
 
@@ -21,8 +22,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, required=True, help="0 gives the base, 1 the fine-tune")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    base, _ = load_model(args.base)
-    tuned, config = load_model(args.tuned)
+    try:
+        base, _ = load_model(args.base)
+        tuned, config = load_model(args.tuned)
+    except SRNError as exc:
+        parser.error(str(exc))
     start, end = base.state_dict(), tuned.state_dict()
     if start.keys() != end.keys():
         parser.error(f"{args.base} and {args.tuned} are not the same architecture")
