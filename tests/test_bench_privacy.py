@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_privacy.py"
-_spec = importlib.util.spec_from_file_location("_bench_privacy", _PATH)
-privacy = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = privacy
-_spec.loader.exec_module(privacy)
+from tests.scripts import load_script
+
+privacy = load_script("benchmarks/bench_privacy.py")
 
 
 def test_ellipse_mask_of_a_box():

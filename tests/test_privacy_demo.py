@@ -9,22 +9,15 @@ a face is hidden when at least 70% of the pixels of the ellipse inscribed in its
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
 
 from srn.cli import main
+from tests.scripts import load_script
 
 SELFIE = "data/demo/images/Tencent__data_worlds-largest-selfie.jpg"
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_privacy.py"
-_spec = importlib.util.spec_from_file_location("_bench_privacy_pins", _PATH)
-privacy = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = privacy
-_spec.loader.exec_module(privacy)
+privacy = load_script("benchmarks/bench_privacy.py")
 
 # x1, y1, x2, y2 in the photo's pixels (1600 x 898). The grimacing man at the right (1301, 699) scored
 # 0.19 against the old threshold of 0.2; the woman in the pink hijab (211, 686) is not found yet, so she

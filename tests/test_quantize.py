@@ -24,6 +24,7 @@ from srn.export.quantize import (  # noqa: E402
     quantize_onnx,
     select_calibration_images,
 )
+from tests.scripts import load_script  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "docs" / "astronaut.png"  # NASA, public domain, 512x512
 
@@ -195,13 +196,7 @@ def test_post_processed_graph_is_refused(small_weights, calibration, tmp_path):
 
 
 def _tool():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "export_default_int8.py"
-    spec = importlib.util.spec_from_file_location("_export_default_int8", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_default_int8.py")
 
 
 def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alone(small_weights, calibration, tmp_path, capsys):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 from torch.testing import assert_close
 
-PATH = Path(__file__).resolve().parents[1] / "experiments" / "small_face_misses.py"
-spec = importlib.util.spec_from_file_location("_small_face_misses", PATH)
-misses = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = misses
-spec.loader.exec_module(misses)
+from tests.scripts import load_script
+
+misses = load_script("experiments/small_face_misses.py")
 
 
 def test_each_class_and_the_offset_of_the_nearest_box():
