@@ -232,7 +232,8 @@ def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_error
 
 @pytest.mark.parametrize("recipe_name, levels", [("default_model_crowd_small.yaml", (0, 1)),
                                                  ("default_model_crowd_small_mix.yaml", (0, 1)),
-                                                 ("default_model_crowd_level0_mix.yaml", (0,))])
+                                                 ("default_model_crowd_level0_mix.yaml", (0,)),
+                                                 ("default_model_crowd_level0_mix_wider.yaml", (0,))])
 def test_the_small_face_recipes_train_their_levels_and_leave_the_others_exact(recipe_name, levels):
     """The level-local recipes freeze every parameter but those of the lowest pyramid levels (0 and 1,
     or 0 alone): after training steps, the other levels give exactly the same outputs (the FPN is
