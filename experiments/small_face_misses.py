@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if not args.max_face > 0:
+        parser.error(f"--max-face must be a positive face size in pixels, not {args.max_face:g}")
     held_out = HeldOut(args.data, args.shared)
     results = {}
     for weights in args.weights:
