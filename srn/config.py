@@ -161,6 +161,9 @@ class ModelConfig:
     tower_convs: int = 2  # conv3x3+ReLU layers per head tower, around the RFE
     separable_head: bool = False  # depthwise-separable 3x3s in the head towers, depthwise k x l in the RFE
     separable_fpn: bool = False  # depthwise-separable 3x3s for the FPN outputs P2..P7
+    # Levels whose FPN output gets a zero-initialised residual adapter before the head (0 = stride 4):
+    # capacity for one level in a fine-tune that starts as the trained model exactly.
+    adapter_levels: tuple[int, ...] = ()
     # ImageNet initialisation of the backbone: None, "imagenet" (torchvision's weights from the hub
     # cache) or the path of a torchvision-layout state dict.
     pretrained: str | None = None
@@ -169,7 +172,7 @@ class ModelConfig:
         _require(isinstance(self.backbone, str) and bool(self.backbone.strip()), "model.backbone", "the name of a backbone", self.backbone)
         # The RFE splits the width into four branches of width // 4 channels.
         _require(4 <= self.width <= 4096, "model.width", "a whole number of channels from 4 to 4096", self.width)
-        for key in ("stc_levels", "str_levels"):
+        for key in ("stc_levels", "str_levels", "adapter_levels"):
             levels = getattr(self, key)
             ok = all(0 <= level < _LEVELS for level in levels) and len(set(levels)) == len(levels)
             _require(ok, f"model.{key}", f"distinct level indices from 0 to {_LEVELS - 1} (strides 4 to 128)", levels)

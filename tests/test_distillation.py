@@ -233,7 +233,8 @@ def test_teacher_with_other_anchors_and_unknown_freeze_prefix_are_one_line_error
 @pytest.mark.parametrize("recipe_name, levels", [("default_model_crowd_small.yaml", (0, 1)),
                                                  ("default_model_crowd_small_mix.yaml", (0, 1)),
                                                  ("default_model_crowd_level0_mix.yaml", (0,)),
-                                                 ("default_model_crowd_level0_mix_wider.yaml", (0,))])
+                                                 ("default_model_crowd_level0_mix_wider.yaml", (0,)),
+                                                 ("default_model_crowd_level0_adapter.yaml", (0,))])
 def test_the_small_face_recipes_train_their_levels_and_leave_the_others_exact(recipe_name, levels):
     """The level-local recipes freeze every parameter but those of the lowest pyramid levels (0 and 1,
     or 0 alone): after training steps, the other levels give exactly the same outputs (the FPN is
@@ -242,14 +243,19 @@ def test_the_small_face_recipes_train_their_levels_and_leave_the_others_exact(re
 
     from srn.config import TrainingConfig, load_yaml
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / recipe_name
-    freeze = load_yaml(TrainingConfig, recipe).train.freeze
+    recipe = load_yaml(TrainingConfig, Path(__file__).resolve().parents[1] / "recipes" / recipe_name)
+    freeze = recipe.train.freeze
     torch.manual_seed(4)
-    model = _tiny(True).eval()  # eval: the BatchNorm statistics do not move
+    model = SRN.from_config(replace(tiny_config_model(True), adapter_levels=recipe.model.adapter_levels)).eval()
+    # eval: the BatchNorm statistics do not move. A new adapter starts at zero: give it weights.
+    for adapter in model.adapters.values():
+        torch.nn.init.normal_(adapter.body[-1][-1].weight, std=0.1)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(freeze))
-    trainable = {name.rsplit(".", 1)[0] for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{prefix}.{level}" for prefix in ("fpn.laterals", "fpn.outputs", "first_step.convs") for level in levels}
+    trainable = {name.split(".")[0] if name.startswith("adapters.") else name.rsplit(".", 1)[0]
+                 for name, p in model.named_parameters() if p.requires_grad}
+    expected = {f"{prefix}.{level}" for prefix in ("fpn.laterals", "fpn.outputs", "first_step.convs") for level in levels}
+    assert trainable == expected | ({"adapters"} if recipe.model.adapter_levels else set())
     x = torch.rand(2, 3, 128, 128) * 255
     with torch.no_grad():
         before = model(x)

@@ -119,3 +119,36 @@ def test_srn_calibrate_without_true_detections_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "srn calibrate: error:" in err and "label more photos" in err
     assert not (tmp_path / "cal.pt").exists()
+
+
+def test_a_level_adapter_starts_as_the_shipped_model_and_trains_level_0_only():
+    from dataclasses import replace
+
+    shipped, _ = read_weights(DEFAULT_WEIGHTS)
+    plain = SRN.from_config(shipped.model).eval()
+    init_from(plain, "shipped")
+    config = replace(shipped.model, adapter_levels=(0,))
+    adapted = SRN.from_config(config)
+    init_from(adapted, "shipped", model_config=config)  # strict: the new adapter is not a mismatch
+    adapted.eval()
+    assert sorted(k for k in adapted.state_dict() if k not in plain.state_dict()) == [
+        "adapters.0.body.0.0.bias", "adapters.0.body.0.0.weight", "adapters.0.body.0.1.bias", "adapters.0.body.0.1.weight",
+        "adapters.0.body.2.0.bias", "adapters.0.body.2.0.weight", "adapters.0.body.2.1.bias", "adapters.0.body.2.1.weight"]
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = plain(images), adapted(images)
+    for a, b in zip(before.step2_logits + before.step2_deltas, after.step2_logits + after.step2_deltas):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # One SGD step on the adapter alone (in eval mode: BatchNorm statistics stay): level 0's second
+    # step moves, every other output stays.
+    optimizer = torch.optim.SGD(adapted.adapters.parameters(), lr=1.0)
+    out = adapted(images)
+    (out.step2_logits[0].sigmoid().sum() + out.step2_deltas[0].sum()).backward()
+    assert adapted.adapters["0"].body[2][1].weight.grad.abs().sum() > 0
+    optimizer.step()
+    with torch.no_grad():
+        moved = adapted(images)
+    assert not torch.equal(moved.step2_logits[0], before.step2_logits[0])
+    torch.testing.assert_close(moved.step1_logits[0], before.step1_logits[0], rtol=0, atol=0)
+    for level in range(1, 6):
+        torch.testing.assert_close(moved.step2_logits[level], before.step2_logits[level], rtol=0, atol=0)

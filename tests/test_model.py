@@ -107,6 +107,10 @@ def test_mobilenet_imagenet_file_loads(shared_dir):
 def test_bad_level_sets_are_rejected():
     with pytest.raises(ValueError, match="stc_levels"):
         build_model(backbone="resnet18", stc_levels=(6,))
+    with pytest.raises(ValueError, match="adapter_levels"):
+        build_model(backbone="resnet18", adapter_levels=(-1,))
+    with pytest.raises(ValueError, match=r"model.adapter_levels: must be distinct level indices from 0 to 5 \(strides 4 to 128\), got \[0, 0\]"):
+        ModelConfig(adapter_levels=(0, 0))
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model(backbone="vgg16")
 

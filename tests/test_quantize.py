@@ -207,8 +207,11 @@ def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alon
     import onnxruntime as ort
     from onnx import numpy_helper
 
+    from dataclasses import replace
+
     from srn.config import DetectorConfig, ModelConfig
-    from srn.model import build_model
+    from srn.engine.checkpoint import init_from
+    from srn.model import SRN, build_model
     from srn.weights import load_model, save_checkpoint
 
     tool = _tool()
@@ -239,6 +242,29 @@ def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alon
         np.testing.assert_array_equal(kept, expected, err_msg=name)
     assert not np.array_equal(run["plain"]["step2_logits_0"], run["shipped"]["step2_logits_0"])
     assert not np.array_equal(run["plain"]["step2_logits_3"], run["shipped"]["step2_logits_3"])
+
+    # A fine-tune that added a residual adapter at level 0: compared with the old weights in its own
+    # architecture; levels 1-5 are still the shipped copy's, level 0 the new export's (both steps: the
+    # head quantises the two branches of a level as one tensor).
+    adapted_config = replace(config, model=replace(config.model, adapter_levels=(0,)))
+    adapted = SRN.from_config(adapted_config.model)
+    init_from(adapted, old_pt)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in adapted.adapters.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    save_checkpoint(adapted.eval(), adapted_config, tmp_path / "adapted.pt")
+    assert tool.main(["--weights", str(tmp_path / "adapted.pt"), *common, "--out", str(tmp_path / "adapted_plain.int8.onnx")]) == 0
+    assert tool.main(["--weights", str(tmp_path / "adapted.pt"), *common, "--out", str(tmp_path / "adapted_kept.int8.onnx"),
+                      "--keep-from", str(old_pt), str(tmp_path / "shipped.int8.onnx")]) == 0
+    for name in ("adapted_plain", "adapted_kept"):
+        session = ort.InferenceSession(str(tmp_path / f"{name}.int8.onnx"))
+        run[name] = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": image})))
+    for name, kept in run["adapted_kept"].items():
+        level = int(name.rsplit("_", 1)[1])
+        expected = run["adapted_plain" if level == 0 else "shipped"][name]
+        np.testing.assert_array_equal(kept, expected, err_msg=name)
+    assert not np.array_equal(run["adapted_kept"]["step2_logits_0"], run["shipped"]["step2_logits_0"])
 
     other = tmp_path / "other.pt"
     torch.manual_seed(1)

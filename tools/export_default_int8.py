@@ -24,7 +24,10 @@ held-out bins of few faces by up to 0.044 of AP (``benchmarks/RESULTS.md``, "Qua
 quantised the same way, and every quantised tensor or range that comes out alike for both checkpoints
 is taken from ``OLD.int8.onnx`` (the shipped copy) instead, so that the int8 outputs of what the
 fine-tune left alone stay exactly as shipped; the rest (the changed layers' weights and the ranges of
-the activations they feed) is the new export's::
+the activations they feed) is the new export's. A fine-tune that added residual adapters
+(``model.adapter_levels``, zero at the start) is compared with ``OLD.pt`` in its own architecture
+(adapters at the identity); the adapters' tensors, and the ranges of the activations they change, are
+the new export's::
 
     python tools/export_default_int8.py --weights runs/small/model.pt \
         --calibration-list .gpu/data512/train_faces.txt .gpu/data512/train_wider.txt \
@@ -39,7 +42,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from srn.errors import SRNError
+from srn.errors import SRNError, TrainingError
 from srn.export.onnx import export_checkpoint
 from srn.export.quantize import (
     DEFAULT_CALIBRATION_COUNT,
@@ -84,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 old_pt, old_int8 = args.keep_from
                 new = Path(tmp) / "new.int8.onnx"
                 report = quantize_onnx(fp32, new, photos, input_size=args.size, activation_type="quint8")
-                export_checkpoint(old_pt, fp32)
+                export_checkpoint(in_architecture_of(old_pt, args.weights, Path(tmp) / "old.pt"), fp32)
                 quantize_onnx(fp32, Path(tmp) / "old.int8.onnx", photos, input_size=args.size, activation_type="quint8")
                 taken = keep_unchanged(old_int8, Path(tmp) / "old.int8.onnx", new, args.out)
-                print(f"{taken} quantised tensors from {old_int8}, the others new", file=sys.stderr)
+                print(f"{taken} uses of quantised tensors from {old_int8}, the others new", file=sys.stderr)
         record = read_quantization(args.out)
     except SRNError as exc:
         print(f"export_default_int8: error: {exc}", file=sys.stderr)
@@ -103,9 +106,62 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def in_architecture_of(old: Path, new: Path, out: Path) -> Path:
+    """Write ``old``'s weights in ``new``'s architecture to ``out``: the same model, but with the
+    residual adapters ``new`` added at the identity (a new adapter is the only difference allowed)."""
+    from dataclasses import replace
+
+    from srn.engine.checkpoint import init_from
+    from srn.model import SRN
+    from srn.weights import read_weights, save_checkpoint
+
+    old_config, _ = read_weights(old)
+    new_config, _ = read_weights(new)
+    model = SRN.from_config(replace(new_config.model, pretrained=None))
+    try:
+        init_from(model, old)
+    except TrainingError:
+        raise SRNError(f"{old}: not the model of {new} (only new residual adapters may differ); the unchanged tensors "
+                       "cannot be kept from it") from None
+    save_checkpoint(model.eval(), replace(old_config, model=new_config.model), out)
+    return out
+
+
+def _sites(graph) -> dict[tuple[int, int], str]:
+    """Where each quantised initializer is used, keyed by ``(node index, input index)``, named by what does not
+    depend on the exporter's numbering (initializers are named ``onnx::Conv_1433``, deduplicated alike
+    values share one name, and both change when layers are added): a weight, bias or constant by the
+    output of the layer that uses it (through its DequantizeLinear); a range by the activation it
+    quantises. Returns {(node, input): site name}."""
+    initializers = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    users: dict[str, list[tuple[object, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, index))
+    sites = {}
+    for n, node in enumerate(graph.node):
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] not in initializers:
+                activation = node.input[0]
+                if node.op_type == "DequantizeLinear" and activation in producer and producer[activation].op_type == "QuantizeLinear":
+                    activation = producer[activation].input[0]
+                site = f"range of {activation}"
+            elif node.op_type == "DequantizeLinear":  # a quantised weight or bias: named by its layers
+                site = "tensor of " + ",".join(sorted(f"{user.output[0]}#{j}" for user, j in users.get(node.output[0], [])))
+            else:  # not quantised (a shape, say): the new export's
+                continue
+            sites[n, index] = f"{site} /{index}"
+    return sites
+
+
 def keep_unchanged(shipped: Path, old_export: Path, new_export: Path, out: Path) -> int:
     """Write ``new_export`` to ``out`` with each initializer that ``old_export`` holds alike taken from
-    ``shipped`` (the graphs must match node for node); returns how many were taken."""
+    ``shipped``, matched by where it is used (:func:`_sites`), not by name; returns how many uses were
+    taken. Every use in ``shipped`` must be one in ``old_export``, of the same shape (which may have
+    more: new layers)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -118,17 +174,33 @@ def keep_unchanged(shipped: Path, old_export: Path, new_export: Path, out: Path)
             models[name] = onnx.load(str(path))
         except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
             raise SRNError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
-    layouts = {name: ([(n.op_type, list(n.input), list(n.output)) for n in m.graph.node], sorted((i.name, tuple(i.dims)) for i in m.graph.initializer))
-               for name, m in models.items()}
-    if not layouts["shipped"] == layouts["old"] == layouts["new"]:
+    values = {}
+    for name, model in models.items():
+        tensors = {i.name: i for i in model.graph.initializer}
+        values[name] = {site: tensors[model.graph.node[n].input[i]] for (n, i), site in _sites(model.graph).items()}
+    new_sites = _sites(models["new"].graph)
+    shapes = {name: {(site, tuple(tensor.dims)) for site, tensor in sites.items()} for name, sites in values.items()}
+    if not shapes["shipped"] <= shapes["old"]:
         raise SRNError(f"{shipped}: its graph is not the one this export makes; the unchanged tensors cannot be kept from it")
-    old = {i.name: numpy_helper.to_array(i) for i in models["old"].graph.initializer}
-    shipped_tensors = {i.name: i for i in models["shipped"].graph.initializer}
+    graph = models["new"].graph
+    own = {i.name: i for i in graph.initializer}
+    added: dict[str, str] = {}
     taken = 0
-    for tensor in models["new"].graph.initializer:
-        if np.array_equal(numpy_helper.to_array(tensor), old[tensor.name]):
-            tensor.CopyFrom(shipped_tensors[tensor.name])
-            taken += 1
+    for (n, i), site in new_sites.items():
+        kept, old = values["shipped"].get(site), values["old"].get(site)
+        if kept is None or old is None or not np.array_equal(numpy_helper.to_array(own[graph.node[n].input[i]]), numpy_helper.to_array(old)):
+            continue
+        if kept.name not in added:
+            added[kept.name] = f"kept:{kept.name}"
+            copy = graph.initializer.add()
+            copy.CopyFrom(kept)
+            copy.name = added[kept.name]
+        graph.node[n].input[i] = added[kept.name]
+        taken += 1
+    used = {name for node in graph.node for name in node.input}
+    unused = [i for i in graph.initializer if i.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
     with atomic_file(out) as handle:
         handle.write(models["new"].SerializeToString())
     return taken

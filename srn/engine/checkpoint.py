@@ -107,7 +107,9 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
 
     With ``strict`` (the default) every tensor of the model must come from the file, so that a
     fine-tuning run never starts partly from scratch unnoticed; with ``strict=False`` the tensors
-    without a match keep their initialisation (a new head on the shipped backbone, say).
+    without a match keep their initialisation (a new head on the shipped backbone, say). A residual
+    adapter the file lacks (``model.adapter_levels``) is not a mismatch: it starts as the identity, so
+    the model starts as the file's.
 
     Raises:
         TrainingError: one line: no tensor of the file matches the model; or, when ``strict``, some
@@ -123,7 +125,9 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
     # A separable model from a dense one: its depthwise-separable layers start as the nearest
     # factorisation of the dense kernels.
     factored = separable_from_dense(state, own)
-    missing = [k for k in own if k not in matched and k not in factored]
+    unmatched = [k for k in own if k not in matched and k not in factored]
+    new_adapters = [k for k in unmatched if k.startswith("adapters.") and k not in state]
+    missing = [k for k in unmatched if k not in new_adapters]
     if missing and strict:
         shown = []
         for key in missing[:3]:
@@ -140,8 +144,9 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
                             "only the tensors that match)")
     model.load_state_dict({**matched, **factored}, strict=False)
     logger.info("train.init_from %s: loaded %d of the model's %d tensors, factored %d from dense kernels "
-                "(%d of the file's did not match)%s", path, len(matched), len(own), len(factored), len(state) - len(matched),
-                f"; {len(missing)} keep their initialisation" if missing else "")
+                "(%d of the file's did not match)%s%s", path, len(matched), len(own), len(factored), len(state) - len(matched),
+                f"; {len(missing)} keep their initialisation" if missing else "",
+                f"; {len(new_adapters)} of new residual adapters start at the identity" if new_adapters else "")
 
 
 def restore_training_state(

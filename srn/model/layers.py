@@ -1,5 +1,5 @@
-"""The 3x3 convolution of the FPN and the head, dense or depthwise-separable, and the factorisation
-of a dense kernel into a separable pair."""
+"""The 3x3 convolution of the FPN and the head, dense or depthwise-separable, the residual adapter
+of a pyramid level, and the factorisation of a dense kernel into a separable pair."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
+from srn.model.init import init_conv
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, separable: bool = False) -> nn.Module:
@@ -23,6 +25,30 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1, separable: boo
         nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels),
         nn.Conv2d(in_channels, out_channels, 1),
     )
+
+
+class ResidualAdapter(nn.Module):
+    """``x + f(x)``, ``f`` two depthwise-separable 3x3 convolutions with a ReLU between them, whose
+    last (pointwise) layer starts at zero: a new block starts as the identity, so a trained model
+    given one computes exactly what it did, and a fine-tune adds capacity to one pyramid level only
+    (the head is shared by all levels). Separable because it runs at the level's full resolution,
+    stride 4 for level 0 (C * 9 + C * C multiply-adds a cell per layer).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv3x3(width, width, separable=True), nn.ReLU(inplace=True), conv3x3(width, width, separable=True))
+
+    def reset_parameters(self, init: str) -> None:
+        for module in self.body.modules():
+            if isinstance(module, nn.Conv2d):
+                init_conv(module, init)
+        last = self.body[-1][-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
 
 
 def factor_separable(weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ from srn.model.backbone import build_backbone, load_imagenet_weights
 from srn.model.fpn import FPN, ExtraLayers, FirstStepFeatures
 from srn.model.head import SRNHead
 from srn.model.init import INITS, init_conv
+from srn.model.layers import ResidualAdapter
 from srn.model.outputs import SRNOutputs
 
 NUM_LEVELS = 6
@@ -39,6 +40,10 @@ class SRN(nn.Module):
     the head's 3x3 layers depthwise-separable and the RFE's k x l layers depthwise,
     ``separable_fpn`` does the same for the FPN's output layers, and ``tower_convs`` sets the 3x3
     layers per head tower (2 in the paper). The defaults build the paper's network.
+
+    ``adapter_levels``: levels whose FPN output passes through a :class:`srn.model.layers.ResidualAdapter`
+    before the head (the second step only), zero at the start: capacity for one level in a fine-tune of
+    a trained model, which starts as that model exactly (``recipes/default_model_crowd_level0_adapter.yaml``).
     """
 
     def __init__(
@@ -56,11 +61,12 @@ class SRN(nn.Module):
         tower_convs: int = 2,
         separable_head: bool = False,
         separable_fpn: bool = False,
+        adapter_levels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels)):
+        for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels), ("adapter_levels", adapter_levels)):
             if any(l not in range(NUM_LEVELS) for l in levels):
                 raise ValueError(f"{name} must be a subset of 0..{NUM_LEVELS - 1}, got {tuple(levels)}")
         self.stc_levels = tuple(sorted(set(stc_levels)))
@@ -87,6 +93,8 @@ class SRN(nn.Module):
             tower_convs=tower_convs,
             separable=separable_head,
         )
+        self.adapter_levels = tuple(sorted(set(adapter_levels)))
+        self.adapters = nn.ModuleDict({str(level): ResidualAdapter(width) for level in self.adapter_levels})
         self._init_new_layers(init)
 
     @classmethod
@@ -106,6 +114,8 @@ class SRN(nn.Module):
                 if isinstance(conv, nn.Conv2d):
                     init_conv(conv, init)
         self.head.reset_parameters(init)
+        for adapter in self.adapters.values():
+            adapter.reset_parameters(init)
 
     def normalize(self, images: Tensor) -> Tensor:
         if images.dtype == torch.uint8:
@@ -118,6 +128,7 @@ class SRN(nn.Module):
         x = self.normalize(images)
         c_features = self.backbone(x)
         p_features = self.fpn(c_features)
+        p_features = [self.adapters[str(level)](p) if level in self.adapter_levels else p for level, p in enumerate(p_features)]
         if self.extra is not None:
             c_features = c_features + self.extra(c_features[-1])
         first = self.first_step(c_features)
