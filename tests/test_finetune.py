@@ -35,7 +35,7 @@ def test_init_from_is_strict_and_names_the_difference(tmp_path):
     from dataclasses import replace
 
     shipped, _ = read_weights(DEFAULT_WEIGHTS)
-    dense64 = replace(shipped.model, width=64, separable_head=False)
+    dense64 = replace(shipped.model, width=64, separable_head=False, adapter_levels=())
     model = SRN.from_config(dense64)
     with pytest.raises(TrainingError) as caught:
         init_from(model, "shipped", model_config=dense64)
@@ -121,34 +121,37 @@ def test_srn_calibrate_without_true_detections_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "cal.pt").exists()
 
 
-def test_a_level_adapter_starts_as_the_shipped_model_and_trains_level_0_only():
+def test_a_new_level_adapter_starts_as_the_shipped_model_and_trains_its_level_only():
+    """The shipped model has an adapter at level 0; one more at level 1 starts at the identity (strict
+    init_from accepts it), and training it moves level 1's second step only."""
     from dataclasses import replace
 
     shipped, _ = read_weights(DEFAULT_WEIGHTS)
+    assert shipped.model.adapter_levels == (0,)
     plain = SRN.from_config(shipped.model).eval()
     init_from(plain, "shipped")
-    config = replace(shipped.model, adapter_levels=(0,))
+    config = replace(shipped.model, adapter_levels=(0, 1))
     adapted = SRN.from_config(config)
     init_from(adapted, "shipped", model_config=config)  # strict: the new adapter is not a mismatch
     adapted.eval()
     assert sorted(k for k in adapted.state_dict() if k not in plain.state_dict()) == [
-        "adapters.0.body.0.0.bias", "adapters.0.body.0.0.weight", "adapters.0.body.0.1.bias", "adapters.0.body.0.1.weight",
-        "adapters.0.body.2.0.bias", "adapters.0.body.2.0.weight", "adapters.0.body.2.1.bias", "adapters.0.body.2.1.weight"]
+        "adapters.1.body.0.0.bias", "adapters.1.body.0.0.weight", "adapters.1.body.0.1.bias", "adapters.1.body.0.1.weight",
+        "adapters.1.body.2.0.bias", "adapters.1.body.2.0.weight", "adapters.1.body.2.1.bias", "adapters.1.body.2.1.weight"]
     images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before, after = plain(images), adapted(images)
     for a, b in zip(before.step2_logits + before.step2_deltas, after.step2_logits + after.step2_deltas):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # One SGD step on the adapter alone (in eval mode: BatchNorm statistics stay): level 0's second
+    # One SGD step on the new adapter alone (in eval mode: BatchNorm statistics stay): level 1's second
     # step moves, every other output stays.
-    optimizer = torch.optim.SGD(adapted.adapters.parameters(), lr=1.0)
+    optimizer = torch.optim.SGD(adapted.adapters["1"].parameters(), lr=1.0)
     out = adapted(images)
-    (out.step2_logits[0].sigmoid().sum() + out.step2_deltas[0].sum()).backward()
-    assert adapted.adapters["0"].body[2][1].weight.grad.abs().sum() > 0
+    (out.step2_logits[1].sigmoid().sum() + out.step2_deltas[1].sum()).backward()
+    assert adapted.adapters["1"].body[2][1].weight.grad.abs().sum() > 0
     optimizer.step()
     with torch.no_grad():
         moved = adapted(images)
-    assert not torch.equal(moved.step2_logits[0], before.step2_logits[0])
-    torch.testing.assert_close(moved.step1_logits[0], before.step1_logits[0], rtol=0, atol=0)
-    for level in range(1, 6):
+    assert not torch.equal(moved.step2_logits[1], before.step2_logits[1])
+    torch.testing.assert_close(moved.step1_logits[1], before.step1_logits[1], rtol=0, atol=0)
+    for level in (0, 2, 3, 4, 5):
         torch.testing.assert_close(moved.step2_logits[level], before.step2_logits[level], rtol=0, atol=0)
