@@ -44,16 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     if start.keys() != end.keys() - new:
         parser.error(f"{args.base} and {args.tuned} are not the same architecture (apart from new residual adapters)")
     mixed = {k: start[k] + args.alpha * (end[k] - start[k]) if end[k].is_floating_point() else end[k] for k in start}
+    changed = sorted(k for k in end if k in new or not torch.equal(start[k], mixed[k]))
+    tuned.load_state_dict(mixed, strict=False)  # the new adapters keep their tuned weights...
     for level in added:
-        last = tuned.adapters[str(level)].body[-1][-1]  # the last layer of f: linear, so alpha * f
-        names = {f"adapters.{level}.{n}" for n, p in tuned.adapters[str(level)].named_parameters() if any(p is q for q in last.parameters())}
-        mixed.update({k: end[k] * args.alpha if k in names else end[k] for k in end if k.startswith(f"adapters.{level}.")})
+        tuned.adapters[str(level)].scale_residual_(args.alpha)  # ... and compute x + alpha * f(x)
     if args.base_calibration:
         config = replace(config, postprocess=replace(config.postprocess, score_scale=base_config.postprocess.score_scale,
                                                      score_shift=base_config.postprocess.score_shift))
-    changed = sorted(k for k in end if k in new or not torch.equal(start[k], mixed[k]))
     print(f"{len(changed)} tensors differ from {args.base}: {', '.join(changed)}")
-    tuned.load_state_dict(mixed)
     save_checkpoint(tuned, config, args.out)
 
 

@@ -174,12 +174,14 @@ def keep_unchanged(shipped: Path, old_export: Path, new_export: Path, out: Path)
             models[name] = onnx.load(str(path))
         except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
             raise SRNError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
+    sites = {name: _sites(model.graph) for name, model in models.items()}
     values = {}
-    for name, model in models.items():
-        tensors = {i.name: i for i in model.graph.initializer}
-        values[name] = {site: tensors[model.graph.node[n].input[i]] for (n, i), site in _sites(model.graph).items()}
-    new_sites = _sites(models["new"].graph)
-    shapes = {name: {(site, tuple(tensor.dims)) for site, tensor in sites.items()} for name, sites in values.items()}
+    for name in ("shipped", "old"):
+        graph = models[name].graph
+        tensors = {i.name: i for i in graph.initializer}
+        values[name] = {site: tensors[graph.node[n].input[i]] for (n, i), site in sites[name].items()}
+    new_sites = sites["new"]
+    shapes = {name: {(site, tuple(tensor.dims)) for site, tensor in used.items()} for name, used in values.items()}
     if not shapes["shipped"] <= shapes["old"]:
         raise SRNError(f"{shipped}: its graph is not the one this export makes; the unchanged tensors cannot be kept from it")
     graph = models["new"].graph

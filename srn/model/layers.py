@@ -39,13 +39,23 @@ class ResidualAdapter(nn.Module):
         super().__init__()
         self.body = nn.Sequential(conv3x3(width, width, separable=True), nn.ReLU(inplace=True), conv3x3(width, width, separable=True))
 
+    @property
+    def last(self) -> nn.Conv2d:
+        """The last layer of ``f`` (pointwise, linear): scaling it scales the residual."""
+        return self.body[-1][-1]
+
     def reset_parameters(self, init: str) -> None:
         for module in self.body.modules():
             if isinstance(module, nn.Conv2d):
                 init_conv(module, init)
-        last = self.body[-1][-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    @torch.no_grad()
+    def scale_residual_(self, factor: float) -> None:
+        """Make the block compute ``x + factor * f(x)``."""
+        self.last.weight.mul_(factor)
+        self.last.bias.mul_(factor)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
