@@ -241,9 +241,11 @@ LEVEL_LAYERS = ("fpn.laterals", "fpn.outputs", "first_step.convs")
     ("default_model_crowd_level0_adapter.yaml", (0,), {f"{p}.0" for p in LEVEL_LAYERS} | {"adapters.0"}),
     # The stride-8 lateral also feeds level 0 (top-down), so the level-1 recipe leaves it frozen.
     ("default_model_crowd_level1_adapter.yaml", (1,), {"fpn.outputs.1", "first_step.convs.1", "adapters.1"}),
+    ("default_model_upper_adapters.yaml", (2, 3, 4, 5),
+     {f"{p}.{l}" for p in ("fpn.outputs", "first_step.convs", "adapters") for l in (2, 3, 4, 5)}),
 ])
-def test_the_small_face_recipes_train_their_levels_and_leave_the_others_exact(recipe_name, levels, trained):
-    """The level-local recipes freeze every parameter but those of one or two low pyramid levels: after
+def test_the_level_local_recipes_train_their_levels_and_leave_the_others_exact(recipe_name, levels, trained):
+    """The level-local recipes freeze every parameter but those of some pyramid levels: after
     training steps, the other levels give exactly the same outputs (the FPN is top-down only), the
     trained ones do not."""
     from pathlib import Path
