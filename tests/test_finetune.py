@@ -122,36 +122,36 @@ def test_srn_calibrate_without_true_detections_is_one_line(tmp_path, capsys):
 
 
 def test_a_new_level_adapter_starts_as_the_shipped_model_and_trains_its_level_only():
-    """The shipped model has an adapter at level 0; one more at level 1 starts at the identity (strict
-    init_from accepts it), and training it moves level 1's second step only."""
+    """The shipped model has adapters at levels 0 and 1; one more at level 2 starts at the identity (strict
+    init_from accepts it), and training it moves level 2's second step only."""
     from dataclasses import replace
 
     shipped, _ = read_weights(DEFAULT_WEIGHTS)
-    assert shipped.model.adapter_levels == (0,)
+    assert shipped.model.adapter_levels == (0, 1)
     plain = SRN.from_config(shipped.model).eval()
     init_from(plain, "shipped")
-    config = replace(shipped.model, adapter_levels=(0, 1))
+    config = replace(shipped.model, adapter_levels=(0, 1, 2))
     adapted = SRN.from_config(config)
     init_from(adapted, "shipped", model_config=config)  # strict: the new adapter is not a mismatch
     adapted.eval()
     assert sorted(k for k in adapted.state_dict() if k not in plain.state_dict()) == [
-        "adapters.1.body.0.0.bias", "adapters.1.body.0.0.weight", "adapters.1.body.0.1.bias", "adapters.1.body.0.1.weight",
-        "adapters.1.body.2.0.bias", "adapters.1.body.2.0.weight", "adapters.1.body.2.1.bias", "adapters.1.body.2.1.weight"]
+        "adapters.2.body.0.0.bias", "adapters.2.body.0.0.weight", "adapters.2.body.0.1.bias", "adapters.2.body.0.1.weight",
+        "adapters.2.body.2.0.bias", "adapters.2.body.2.0.weight", "adapters.2.body.2.1.bias", "adapters.2.body.2.1.weight"]
     images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before, after = plain(images), adapted(images)
     for a, b in zip(before.step2_logits + before.step2_deltas, after.step2_logits + after.step2_deltas):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # One SGD step on the new adapter alone (in eval mode: BatchNorm statistics stay): level 1's second
+    # One SGD step on the new adapter alone (in eval mode: BatchNorm statistics stay): level 2's second
     # step moves, every other output stays.
-    optimizer = torch.optim.SGD(adapted.adapters["1"].parameters(), lr=1.0)
+    optimizer = torch.optim.SGD(adapted.adapters["2"].parameters(), lr=1.0)
     out = adapted(images)
-    (out.step2_logits[1].sigmoid().sum() + out.step2_deltas[1].sum()).backward()
-    assert adapted.adapters["1"].body[2][1].weight.grad.abs().sum() > 0
+    (out.step2_logits[2].sigmoid().sum() + out.step2_deltas[2].sum()).backward()
+    assert adapted.adapters["2"].body[2][1].weight.grad.abs().sum() > 0
     optimizer.step()
     with torch.no_grad():
         moved = adapted(images)
-    assert not torch.equal(moved.step2_logits[1], before.step2_logits[1])
-    torch.testing.assert_close(moved.step1_logits[1], before.step1_logits[1], rtol=0, atol=0)
-    for level in (0, 2, 3, 4, 5):
+    assert not torch.equal(moved.step2_logits[2], before.step2_logits[2])
+    torch.testing.assert_close(moved.step1_logits[2], before.step1_logits[2], rtol=0, atol=0)
+    for level in (0, 1, 3, 4, 5):
         torch.testing.assert_close(moved.step2_logits[level], before.step2_logits[level], rtol=0, atol=0)

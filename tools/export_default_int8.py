@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in photos:
         print(f"  {path}", file=sys.stderr)
     print(f"wrote {args.out}: {record['quantization']}, {record['activation_type']} activations, "
-          f"{report.calibration_images} photos at {report.input_size} px, {report.int8_bytes} bytes, sha256 {digest}")
+          f"{report.calibration_images} photos at {report.input_size} px, {args.out.stat().st_size} bytes, sha256 {digest}")
     return 0
 
 
