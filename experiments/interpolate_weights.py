@@ -3,9 +3,10 @@ CVPR 2022): each floating-point tensor becomes ``base + alpha * (tuned - base)``
 carries ``tuned``'s configuration (its postprocess included, or with ``--base-calibration`` the base's
 score calibration). Integer buffers are ``tuned``'s.
 
-A residual adapter that ``tuned`` added (``model.adapter_levels``; at the identity in the base) has its
-residual scaled by ``alpha``: its last, linear layer's weight and bias times ``alpha``, the rest as tuned,
-so that the block computes ``x + alpha * f(x)``. The model shipped on 2026-12-07 (evening) was made so::
+A residual block that ``tuned`` added (an adapter or a context block, ``model.adapter_levels`` and
+``model.context_levels``; at the identity in the base) has its residual scaled by ``alpha``: its last,
+linear layer's weight and bias times ``alpha``, the rest as tuned, so that the block computes
+``x + alpha * f(x)``. The model shipped on 2026-12-07 (evening) was made so::
 
     git show a9ef70a:srn/assets/srn_mobilenet_v2.pt > .gpu/stage5.pt
     python experiments/interpolate_weights.py --base .gpu/stage5.pt \
@@ -39,15 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     except SRNError as exc:
         parser.error(str(exc))
     start, end = base.state_dict(), tuned.state_dict()
-    added = [level for level in tuned.adapter_levels if level not in base.adapter_levels]
-    new = {k for k in end if any(k.startswith(f"adapters.{level}.") for level in added)}
+    added = {prefix: block for prefix, block in tuned.residual_blocks().items() if prefix not in base.residual_blocks()}
+    new = {k for k in end if k.startswith(tuple(added))}
     if start.keys() != end.keys() - new:
-        parser.error(f"{args.base} and {args.tuned} are not the same architecture (apart from new residual adapters)")
+        parser.error(f"{args.base} and {args.tuned} are not the same architecture (apart from new residual blocks)")
     mixed = {k: start[k] + args.alpha * (end[k] - start[k]) if end[k].is_floating_point() else end[k] for k in start}
     changed = sorted(k for k in end if k in new or not torch.equal(start[k], mixed[k]))
-    tuned.load_state_dict(mixed, strict=False)  # the new adapters keep their tuned weights...
-    for level in added:
-        tuned.adapters[str(level)].scale_residual_(args.alpha)  # ... and compute x + alpha * f(x)
+    tuned.load_state_dict(mixed, strict=False)  # the new blocks keep their tuned weights...
+    for block in added.values():
+        block.scale_residual_(args.alpha)  # ... and compute x + alpha * f(x)
     if args.base_calibration:
         config = replace(config, postprocess=replace(config.postprocess, score_scale=base_config.postprocess.score_scale,
                                                      score_shift=base_config.postprocess.score_shift))

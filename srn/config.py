@@ -164,6 +164,10 @@ class ModelConfig:
     # Levels whose FPN output gets a zero-initialised residual adapter before the head (0 = stride 4):
     # capacity for one level in a fine-tune that starts as the trained model exactly.
     adapter_levels: tuple[int, ...] = ()
+    # Levels that also get a zero-initialised context block after it (the adapter's layers with their
+    # 3x3 taps context_dilation cells apart): the surroundings of a level's faces, at the adapter's cost.
+    context_levels: tuple[int, ...] = ()
+    context_dilation: int = 3
     # ImageNet initialisation of the backbone: None, "imagenet" (torchvision's weights from the hub
     # cache) or the path of a torchvision-layout state dict.
     pretrained: str | None = None
@@ -172,7 +176,7 @@ class ModelConfig:
         _require(isinstance(self.backbone, str) and bool(self.backbone.strip()), "model.backbone", "the name of a backbone", self.backbone)
         # The RFE splits the width into four branches of width // 4 channels.
         _require(4 <= self.width <= 4096, "model.width", "a whole number of channels from 4 to 4096", self.width)
-        for key in ("stc_levels", "str_levels", "adapter_levels"):
+        for key in ("stc_levels", "str_levels", "adapter_levels", "context_levels"):
             levels = getattr(self, key)
             ok = all(0 <= level < _LEVELS for level in levels) and len(set(levels)) == len(levels)
             _require(ok, f"model.{key}", f"distinct level indices from 0 to {_LEVELS - 1} (strides 4 to 128)", levels)
@@ -182,6 +186,8 @@ class ModelConfig:
         _require(0 < self.prior_prob < 1, "model.prior_prob", "between 0 and 1 (both excluded)", self.prior_prob)
         _require(self.init in ("normal", "scaled"), "model.init", "normal or scaled", self.init)
         _require(0 <= self.tower_convs <= 16, "model.tower_convs", "from 0 to 16", self.tower_convs)
+        _require(isinstance(self.context_dilation, int) and 1 <= self.context_dilation <= 16, "model.context_dilation",
+                 "a whole number of cells from 1 to 16", self.context_dilation)
         if self.pretrained is not None:
             _require(bool(self.pretrained.strip()), "model.pretrained", "null, imagenet or the path of a state dict", self.pretrained)
 

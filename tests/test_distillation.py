@@ -243,6 +243,9 @@ LEVEL_LAYERS = ("fpn.laterals", "fpn.outputs", "first_step.convs")
     ("default_model_crowd_level1_adapter.yaml", (1,), {"fpn.outputs.1", "first_step.convs.1", "adapters.1"}),
     ("default_model_upper_adapters.yaml", (2, 3, 4, 5),
      {f"{p}.{l}" for p in ("fpn.outputs", "first_step.convs", "adapters") for l in (2, 3, 4, 5)}),
+    ("default_model_upper_adapters_portraits.yaml", (2, 3, 4, 5),
+     {f"{p}.{l}" for p in ("fpn.outputs", "first_step.convs", "adapters") for l in (2, 3, 4, 5)}),
+    ("default_model_crowd_level0_context.yaml", (0,), {"contexts.0"}),
 ])
 def test_the_level_local_recipes_train_their_levels_and_leave_the_others_exact(recipe_name, levels, trained):
     """The level-local recipes freeze every parameter but those of some pyramid levels: after
@@ -255,13 +258,14 @@ def test_the_level_local_recipes_train_their_levels_and_leave_the_others_exact(r
     recipe = load_yaml(TrainingConfig, Path(__file__).resolve().parents[1] / "recipes" / recipe_name)
     freeze = recipe.train.freeze
     torch.manual_seed(4)
-    model = SRN.from_config(replace(tiny_config_model(True), adapter_levels=recipe.model.adapter_levels)).eval()
-    # eval: the BatchNorm statistics do not move. A new adapter starts at zero: give it weights.
-    for adapter in model.adapters.values():
-        torch.nn.init.normal_(adapter.body[-1][-1].weight, std=0.1)
+    model = SRN.from_config(replace(tiny_config_model(True), adapter_levels=recipe.model.adapter_levels,
+                                    context_levels=recipe.model.context_levels)).eval()
+    # eval: the BatchNorm statistics do not move. A new residual block starts at zero: give it weights.
+    for block in model.residual_blocks().values():
+        torch.nn.init.normal_(block.last.weight, std=0.1)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(freeze))
-    trainable = {".".join(name.split(".")[:2]) if name.startswith("adapters.") else name.rsplit(".", 1)[0]
+    trainable = {".".join(name.split(".")[:2]) if name.startswith(("adapters.", "contexts.")) else name.rsplit(".", 1)[0]
                  for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == trained
     x = torch.rand(2, 3, 128, 128) * 255

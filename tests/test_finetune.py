@@ -121,37 +121,43 @@ def test_srn_calibrate_without_true_detections_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "cal.pt").exists()
 
 
-def test_a_new_level_adapter_starts_as_the_shipped_model_and_trains_its_level_only():
-    """The shipped model has adapters at levels 0 and 1; one more at level 2 starts at the identity (strict
-    init_from accepts it), and training it moves level 2's second step only."""
+@pytest.mark.parametrize("key, levels, block, level", [
+    ("adapter_levels", (0, 1, 2), "adapters.2", 2),  # one more adapter
+    ("context_levels", (0,), "contexts.0", 0),  # a context block after level 0's adapter
+])
+def test_a_new_residual_block_starts_as_the_shipped_model_and_trains_its_level_only(key, levels, block, level):
+    """The shipped model has adapters at levels 0 and 1; a new residual block (one more adapter, or a
+    context block) starts at the identity (strict init_from accepts it), and training it moves its
+    level's second step only."""
     from dataclasses import replace
 
     shipped, _ = read_weights(DEFAULT_WEIGHTS)
-    assert shipped.model.adapter_levels == (0, 1)
+    assert shipped.model.adapter_levels == (0, 1) and shipped.model.context_levels == ()
     plain = SRN.from_config(shipped.model).eval()
     init_from(plain, "shipped")
-    config = replace(shipped.model, adapter_levels=(0, 1, 2))
+    config = replace(shipped.model, **{key: levels})
     adapted = SRN.from_config(config)
-    init_from(adapted, "shipped", model_config=config)  # strict: the new adapter is not a mismatch
+    init_from(adapted, "shipped", model_config=config)  # strict: the new block is not a mismatch
     adapted.eval()
     assert sorted(k for k in adapted.state_dict() if k not in plain.state_dict()) == [
-        "adapters.2.body.0.0.bias", "adapters.2.body.0.0.weight", "adapters.2.body.0.1.bias", "adapters.2.body.0.1.weight",
-        "adapters.2.body.2.0.bias", "adapters.2.body.2.0.weight", "adapters.2.body.2.1.bias", "adapters.2.body.2.1.weight"]
+        f"{block}.body.0.0.bias", f"{block}.body.0.0.weight", f"{block}.body.0.1.bias", f"{block}.body.0.1.weight",
+        f"{block}.body.2.0.bias", f"{block}.body.2.0.weight", f"{block}.body.2.1.bias", f"{block}.body.2.1.weight"]
     images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before, after = plain(images), adapted(images)
     for a, b in zip(before.step2_logits + before.step2_deltas, after.step2_logits + after.step2_deltas):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # One SGD step on the new adapter alone (in eval mode: BatchNorm statistics stay): level 2's second
+    # One SGD step on the new block alone (in eval mode: BatchNorm statistics stay): its level's second
     # step moves, every other output stays.
-    optimizer = torch.optim.SGD(adapted.adapters["2"].parameters(), lr=1.0)
+    new_block = adapted.residual_blocks()[block + "."]
+    optimizer = torch.optim.SGD(new_block.parameters(), lr=1.0)
     out = adapted(images)
-    (out.step2_logits[2].sigmoid().sum() + out.step2_deltas[2].sum()).backward()
-    assert adapted.adapters["2"].body[2][1].weight.grad.abs().sum() > 0
+    (out.step2_logits[level].sigmoid().sum() + out.step2_deltas[level].sum()).backward()
+    assert new_block.last.weight.grad.abs().sum() > 0
     optimizer.step()
     with torch.no_grad():
         moved = adapted(images)
-    assert not torch.equal(moved.step2_logits[2], before.step2_logits[2])
-    torch.testing.assert_close(moved.step1_logits[2], before.step1_logits[2], rtol=0, atol=0)
-    for level in (0, 1, 3, 4, 5):
-        torch.testing.assert_close(moved.step2_logits[level], before.step2_logits[level], rtol=0, atol=0)
+    assert not torch.equal(moved.step2_logits[level], before.step2_logits[level])
+    torch.testing.assert_close(moved.step1_logits[level], before.step1_logits[level], rtol=0, atol=0)
+    for other in set(range(6)) - {level}:
+        torch.testing.assert_close(moved.step2_logits[other], before.step2_logits[other], rtol=0, atol=0)

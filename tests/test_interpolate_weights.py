@@ -1,5 +1,5 @@
-"""experiments/interpolate_weights.py: WiSE-FT between a model and its fine-tune, a new residual
-adapter's residual scaled by alpha."""
+"""experiments/interpolate_weights.py: WiSE-FT between a model and its fine-tune, the residual of a
+new residual block (adapter, context block) scaled by alpha."""
 
 from __future__ import annotations
 
@@ -23,34 +23,37 @@ def pair(tmp_path):
     model = ModelConfig(backbone="resnet18", width=16, separable_head=True, init="scaled")
     base = SRN.from_config(model).eval()
     save_checkpoint(base, DetectorConfig(model=model, postprocess=PostProcessConfig(score_scale=2.0, score_shift=0.5)), tmp_path / "base.pt")
-    tuned = SRN.from_config(replace(model, adapter_levels=(0,))).eval()
+    tuned_model = replace(model, adapter_levels=(0,), context_levels=(0,))
+    tuned = SRN.from_config(tuned_model).eval()
     tuned.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():
-        for parameter in (*tuned.adapters.parameters(), *tuned.fpn.outputs[0].parameters()):
+        for parameter in (*tuned.adapters.parameters(), *tuned.contexts.parameters(), *tuned.fpn.outputs[0].parameters()):
             parameter.add_(torch.randn_like(parameter) * 0.1)
-    save_checkpoint(tuned, DetectorConfig(model=replace(model, adapter_levels=(0,))), tmp_path / "tuned.pt")
+    save_checkpoint(tuned, DetectorConfig(model=tuned_model), tmp_path / "tuned.pt")
     return base, tuned, tmp_path
 
 
-def test_alpha_interpolates_the_weights_and_scales_a_new_adapters_residual(pair):
+def test_alpha_interpolates_the_weights_and_scales_new_residual_blocks(pair):
     base, tuned, tmp_path = pair
     interpolate.main(["--base", str(tmp_path / "base.pt"), "--tuned", str(tmp_path / "tuned.pt"), "--alpha", "0.25",
                       "--base-calibration", "--out", str(tmp_path / "mixed.pt")])
     mixed, config = load_model(tmp_path / "mixed.pt")
-    assert config.model.adapter_levels == (0,) and (config.postprocess.score_scale, config.postprocess.score_shift) == (2.0, 0.5)
+    assert config.model.adapter_levels == config.model.context_levels == (0,) and (config.postprocess.score_scale, config.postprocess.score_shift) == (2.0, 0.5)
     a, b, m = base.fpn.outputs[0].weight, tuned.fpn.outputs[0].weight, mixed.fpn.outputs[0].weight
     assert_close(m, a + 0.25 * (b - a))
-    last, tuned_last = mixed.adapters["0"].body[2][1], tuned.adapters["0"].body[2][1]
-    assert_close(last.weight, 0.25 * tuned_last.weight)
-    assert_close(last.bias, 0.25 * tuned_last.bias)
-    assert torch.equal(mixed.adapters["0"].body[0][0].weight, tuned.adapters["0"].body[0][0].weight)
-    # The adapter computes x + 0.25 f(x): with the base's level-0 weights it is a quarter of the way.
+    for group in ("adapters", "contexts"):
+        last, tuned_last = getattr(mixed, group)["0"].last, getattr(tuned, group)["0"].last
+        assert_close(last.weight, 0.25 * tuned_last.weight)
+        assert_close(last.bias, 0.25 * tuned_last.bias)
+        assert torch.equal(getattr(mixed, group)["0"].body[0][0].weight, getattr(tuned, group)["0"].body[0][0].weight)
+    # Each block computes x + 0.25 f(x): with the base's level-0 weights it is a quarter of the way.
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         mixed.fpn.outputs[0].load_state_dict(tuned.fpn.outputs[0].state_dict())
         p = tuned.fpn(tuned.backbone(tuned.normalize(images)))[0]
-        f = tuned.adapters["0"].body(p)
-        assert_close(mixed.adapters["0"](p), p + 0.25 * f, rtol=1e-5, atol=1e-6)
+        q = p + 0.25 * tuned.adapters["0"].body(p)
+        assert_close(mixed.adapters["0"](p), q, rtol=1e-5, atol=1e-6)
+        assert_close(mixed.contexts["0"](q), q + 0.25 * tuned.contexts["0"].body(q), rtol=1e-5, atol=1e-6)
 
 
 def test_alpha_zero_gives_the_base_and_bad_arguments_are_one_line(pair, capsys):
@@ -72,5 +75,5 @@ def test_alpha_zero_gives_the_base_and_bad_arguments_are_one_line(pair, capsys):
     with pytest.raises(SystemExit):
         interpolate.main(["--base", str(tmp_path / "other.pt"), "--tuned", str(tmp_path / "tuned.pt"), "--alpha", "0.5",
                           "--out", str(tmp_path / "x.pt")])
-    assert "are not the same architecture (apart from new residual adapters)" in capsys.readouterr().err.splitlines()[-1]
+    assert "are not the same architecture (apart from new residual blocks)" in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "x.pt").exists()

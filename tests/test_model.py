@@ -113,6 +113,34 @@ def test_bad_level_sets_are_rejected():
         ModelConfig(adapter_levels=(0, 0))
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model(backbone="vgg16")
+    with pytest.raises(ValueError, match=r"model.context_levels: must be distinct level indices from 0 to 5 \(strides 4 to 128\), got \[6\]"):
+        ModelConfig(context_levels=(6,))
+    with pytest.raises(ValueError, match=r"model.context_dilation: must be a whole number of cells from 1 to 16, got 0"):
+        ModelConfig(context_dilation=0)
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_a_residual_block_sees_4_dilation_plus_1_cells_across(dilation):
+    """Two 3x3 layers with taps ``dilation`` apart: a cell's output depends on the input up to 2 * dilation
+    cells away in each direction and not beyond; the block keeps the size of its input."""
+    from srn.model.layers import ResidualAdapter
+
+    torch.manual_seed(0)
+    block = ResidualAdapter(8, dilation=dilation).eval()
+    for conv in block.body.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            torch.nn.init.normal_(conv.weight, std=0.5)
+    x = torch.rand(1, 8, 21, 21)
+    centre = (10, 10)
+    with torch.no_grad():
+        base = block(x)
+        assert base.shape == x.shape
+        for offset, seen in ((2 * dilation, True), (2 * dilation + 1, False)):
+            for dy, dx in ((offset, 0), (0, -offset), (offset, offset)):
+                moved = x.clone()
+                moved[..., centre[0] + dy, centre[1] + dx] += 10.0
+                changed = not torch.equal(block(moved)[..., centre[0], centre[1]], base[..., centre[0], centre[1]])
+                assert changed == seen, (offset, dy, dx)
 
 
 # --- SRN-Lite (srn/configs/srn_lite.yaml): the light design, selected by configuration -----------

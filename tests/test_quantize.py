@@ -243,15 +243,15 @@ def test_keep_from_takes_the_shipped_tensors_of_the_levels_a_fine_tune_left_alon
     assert not np.array_equal(run["plain"]["step2_logits_0"], run["shipped"]["step2_logits_0"])
     assert not np.array_equal(run["plain"]["step2_logits_3"], run["shipped"]["step2_logits_3"])
 
-    # A fine-tune that added a residual adapter at level 0: compared with the old weights in its own
-    # architecture; levels 1-5 are still the shipped copy's, level 0 the new export's (both steps: the
-    # head quantises the two branches of a level as one tensor).
-    adapted_config = replace(config, model=replace(config.model, adapter_levels=(0,)))
+    # A fine-tune that added a residual adapter and a (dilated) context block at level 0: compared with the
+    # old weights in its own architecture; levels 1-5 are still the shipped copy's, level 0 the new export's
+    # (both steps: the head quantises the two branches of a level as one tensor).
+    adapted_config = replace(config, model=replace(config.model, adapter_levels=(0,), context_levels=(0,)))
     adapted = SRN.from_config(adapted_config.model)
     init_from(adapted, old_pt)
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for parameter in adapted.adapters.parameters():
+        for parameter in (*adapted.adapters.parameters(), *adapted.contexts.parameters()):
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     save_checkpoint(adapted.eval(), adapted_config, tmp_path / "adapted.pt")
     assert tool.main(["--weights", str(tmp_path / "adapted.pt"), *common, "--out", str(tmp_path / "adapted_plain.int8.onnx")]) == 0

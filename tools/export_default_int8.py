@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_architecture_of(old: Path, new: Path, out: Path) -> Path:
     """Write ``old``'s weights in ``new``'s architecture to ``out``: the same model, but with the
-    residual adapters ``new`` added at the identity (a new adapter is the only difference allowed)."""
+    residual blocks ``new`` added at the identity (adapters or context blocks, the only difference allowed)."""
     from dataclasses import replace
 
     from srn.engine.checkpoint import init_from
@@ -121,7 +121,7 @@ def in_architecture_of(old: Path, new: Path, out: Path) -> Path:
     try:
         init_from(model, old)
     except TrainingError:
-        raise SRNError(f"{old}: not the model of {new} (only new residual adapters may differ); the unchanged tensors "
+        raise SRNError(f"{old}: not the model of {new} (only new residual blocks may differ); the unchanged tensors "
                        "cannot be kept from it") from None
     save_checkpoint(model.eval(), replace(old_config, model=new_config.model), out)
     return out

@@ -21,6 +21,7 @@ from torch import nn
 from srn.atomic import atomic_save
 from srn.config import ModelConfig, to_dict
 from srn.errors import SRNError, TrainingError, WeightsError, one_line
+from srn.model import SRN
 from srn.model.layers import separable_from_dense
 from srn.weights import check_state_dict, read_torch_file, read_weights
 
@@ -108,8 +109,8 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
     With ``strict`` (the default) every tensor of the model must come from the file, so that a
     fine-tuning run never starts partly from scratch unnoticed; with ``strict=False`` the tensors
     without a match keep their initialisation (a new head on the shipped backbone, say). A residual
-    adapter the file lacks (``model.adapter_levels``) is not a mismatch: it starts as the identity, so
-    the model starts as the file's.
+    adapter or context block the file lacks (``model.adapter_levels``, ``model.context_levels``) is not a
+    mismatch: it starts as the identity, so the model starts as the file's.
 
     Raises:
         TrainingError: one line: no tensor of the file matches the model; or, when ``strict``, some
@@ -126,8 +127,9 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
     # factorisation of the dense kernels.
     factored = separable_from_dense(state, own)
     unmatched = [k for k in own if k not in matched and k not in factored]
-    new_adapters = [k for k in unmatched if k.startswith("adapters.") and k not in state]
-    missing = [k for k in unmatched if k not in new_adapters]
+    blocks = tuple(model.residual_blocks()) if isinstance(model, SRN) else ()
+    new_blocks = [k for k in unmatched if k.startswith(blocks) and k not in state] if blocks else []
+    missing = [k for k in unmatched if k not in new_blocks]
     if missing and strict:
         shown = []
         for key in missing[:3]:
@@ -146,7 +148,7 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
     logger.info("train.init_from %s: loaded %d of the model's %d tensors, factored %d from dense kernels "
                 "(%d of the file's did not match)%s%s", path, len(matched), len(own), len(factored), len(state) - len(matched),
                 f"; {len(missing)} keep their initialisation" if missing else "",
-                f"; {len(new_adapters)} of new residual adapters start at the identity" if new_adapters else "")
+                f"; {len(new_blocks)} of new residual blocks start at the identity" if new_blocks else "")
 
 
 def restore_training_state(

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from srn.model.init import init_conv
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, separable: bool = False) -> nn.Module:
-    """A 3x3 convolution with bias and "same" padding.
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, separable: bool = False, dilation: int = 1) -> nn.Module:
+    """A 3x3 convolution with bias and "same" padding (``dilation``: its taps ``dilation`` cells apart).
 
     ``separable``: a depthwise 3x3 followed by a pointwise 1x1, with no activation in between, so
     it replaces the dense layer one for one; a cell costs C_in * 9 + C_in * C_out multiply-adds
@@ -20,9 +20,9 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1, separable: boo
     BatchNorm: the head is shared by the C and P branches, whose statistics differ.
     """
     if not separable:
-        return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation)
     return nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels),
+        nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=dilation, dilation=dilation, groups=in_channels),
         nn.Conv2d(in_channels, out_channels, 1),
     )
 
@@ -33,11 +33,15 @@ class ResidualAdapter(nn.Module):
     given one computes exactly what it did, and a fine-tune adds capacity to one pyramid level only
     (the head is shared by all levels). Separable because it runs at the level's full resolution,
     stride 4 for level 0 (C * 9 + C * C multiply-adds a cell per layer).
+
+    ``dilation`` spreads the 3x3 taps apart at the same cost: with dilation ``d`` the block sees
+    ``4d + 1`` cells across instead of 5, context around a face (a context block, ``model.context_levels``).
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, dilation: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv3x3(width, width, separable=True), nn.ReLU(inplace=True), conv3x3(width, width, separable=True))
+        self.body = nn.Sequential(conv3x3(width, width, separable=True, dilation=dilation), nn.ReLU(inplace=True),
+                                  conv3x3(width, width, separable=True, dilation=dilation))
 
     @property
     def last(self) -> nn.Conv2d:

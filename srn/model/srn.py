@@ -44,6 +44,10 @@ class SRN(nn.Module):
     ``adapter_levels``: levels whose FPN output passes through a :class:`srn.model.layers.ResidualAdapter`
     before the head (the second step only), zero at the start: capacity for one level in a fine-tune of
     a trained model, which starts as that model exactly (``recipes/default_model_crowd_level0_adapter.yaml``).
+    ``context_levels``: levels that get a second such block after it, its 3x3 taps ``context_dilation``
+    cells apart, so that a level's faces are classified with their surroundings (a small face is told from
+    background by the head and shoulders around it: Hu and Ramanan, "Finding Tiny Faces", CVPR 2017).
+    Adapters and context blocks are the model's *residual blocks*: :meth:`residual_blocks`.
     """
 
     def __init__(
@@ -62,11 +66,14 @@ class SRN(nn.Module):
         separable_head: bool = False,
         separable_fpn: bool = False,
         adapter_levels: Sequence[int] = (),
+        context_levels: Sequence[int] = (),
+        context_dilation: int = 3,
     ) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels), ("adapter_levels", adapter_levels)):
+        for name, levels in (("stc_levels", stc_levels), ("str_levels", str_levels), ("adapter_levels", adapter_levels),
+                             ("context_levels", context_levels)):
             if any(l not in range(NUM_LEVELS) for l in levels):
                 raise ValueError(f"{name} must be a subset of 0..{NUM_LEVELS - 1}, got {tuple(levels)}")
         self.stc_levels = tuple(sorted(set(stc_levels)))
@@ -95,6 +102,8 @@ class SRN(nn.Module):
         )
         self.adapter_levels = tuple(sorted(set(adapter_levels)))
         self.adapters = nn.ModuleDict({str(level): ResidualAdapter(width) for level in self.adapter_levels})
+        self.context_levels = tuple(sorted(set(context_levels)))
+        self.contexts = nn.ModuleDict({str(level): ResidualAdapter(width, dilation=context_dilation) for level in self.context_levels})
         self._init_new_layers(init)
 
     @classmethod
@@ -114,8 +123,14 @@ class SRN(nn.Module):
                 if isinstance(conv, nn.Conv2d):
                     init_conv(conv, init)
         self.head.reset_parameters(init)
-        for adapter in self.adapters.values():
-            adapter.reset_parameters(init)
+        for block in self.residual_blocks().values():
+            block.reset_parameters(init)
+
+    def residual_blocks(self) -> dict[str, ResidualAdapter]:
+        """The adapters and context blocks by the prefix of their tensors' names (``"adapters.0."``,
+        ``"contexts.0."``): blocks that start as the identity, so a checkpoint without one loads as
+        the same model (:func:`srn.engine.checkpoint.init_from`)."""
+        return {f"{group}.{level}.": block for group in ("adapters", "contexts") for level, block in getattr(self, group).items()}
 
     def normalize(self, images: Tensor) -> Tensor:
         if images.dtype == torch.uint8:
@@ -129,6 +144,7 @@ class SRN(nn.Module):
         c_features = self.backbone(x)
         p_features = self.fpn(c_features)
         p_features = [self.adapters[str(level)](p) if level in self.adapter_levels else p for level, p in enumerate(p_features)]
+        p_features = [self.contexts[str(level)](p) if level in self.context_levels else p for level, p in enumerate(p_features)]
         if self.extra is not None:
             c_features = c_features + self.extra(c_features[-1])
         first = self.first_step(c_features)
