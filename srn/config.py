@@ -186,7 +186,7 @@ class ModelConfig:
         _require(0 < self.prior_prob < 1, "model.prior_prob", "between 0 and 1 (both excluded)", self.prior_prob)
         _require(self.init in ("normal", "scaled"), "model.init", "normal or scaled", self.init)
         _require(0 <= self.tower_convs <= 16, "model.tower_convs", "from 0 to 16", self.tower_convs)
-        _require(isinstance(self.context_dilation, int) and 1 <= self.context_dilation <= 16, "model.context_dilation",
+        _require(type(self.context_dilation) is int and 1 <= self.context_dilation <= 16, "model.context_dilation",
                  "a whole number of cells from 1 to 16", self.context_dilation)
         if self.pretrained is not None:
             _require(bool(self.pretrained.strip()), "model.pretrained", "null, imagenet or the path of a state dict", self.pretrained)
