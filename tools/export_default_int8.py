@@ -24,10 +24,10 @@ held-out bins of few faces by up to 0.044 of AP (``benchmarks/RESULTS.md``, "Qua
 quantised the same way, and every quantised tensor or range that comes out alike for both checkpoints
 is taken from ``OLD.int8.onnx`` (the shipped copy) instead, so that the int8 outputs of what the
 fine-tune left alone stay exactly as shipped; the rest (the changed layers' weights and the ranges of
-the activations they feed) is the new export's. A fine-tune that added residual adapters
-(``model.adapter_levels``, zero at the start) is compared with ``OLD.pt`` in its own architecture
-(adapters at the identity); the adapters' tensors, and the ranges of the activations they change, are
-the new export's::
+the activations they feed) is the new export's. A fine-tune that added residual blocks (adapters or
+context blocks, ``model.adapter_levels`` and ``model.context_levels``, zero at the start) is compared with
+``OLD.pt`` in its own architecture (the blocks at the identity); the blocks' tensors, and the ranges of the
+activations they change, are the new export's::
 
     python tools/export_default_int8.py --weights runs/small/model.pt \
         --calibration-list .gpu/data512/train_faces.txt .gpu/data512/train_wider.txt \

@@ -128,7 +128,7 @@ def init_from(model: nn.Module, path: str | Path, strict: bool = True, model_con
     factored = separable_from_dense(state, own)
     unmatched = [k for k in own if k not in matched and k not in factored]
     blocks = tuple(model.residual_blocks()) if isinstance(model, SRN) else ()
-    new_blocks = [k for k in unmatched if k.startswith(blocks) and k not in state] if blocks else []
+    new_blocks = [k for k in unmatched if k.startswith(blocks) and k not in state]
     missing = [k for k in unmatched if k not in new_blocks]
     if missing and strict:
         shown = []

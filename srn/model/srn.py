@@ -143,8 +143,8 @@ class SRN(nn.Module):
         x = self.normalize(images)
         c_features = self.backbone(x)
         p_features = self.fpn(c_features)
-        p_features = [self.adapters[str(level)](p) if level in self.adapter_levels else p for level, p in enumerate(p_features)]
-        p_features = [self.contexts[str(level)](p) if level in self.context_levels else p for level, p in enumerate(p_features)]
+        for blocks in (self.adapters, self.contexts):  # a level's adapter, then its context block
+            p_features = [blocks[str(level)](p) if str(level) in blocks else p for level, p in enumerate(p_features)]
         if self.extra is not None:
             c_features = c_features + self.extra(c_features[-1])
         first = self.first_step(c_features)
