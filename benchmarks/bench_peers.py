@@ -71,6 +71,8 @@ from PIL import Image
 from srn.evaluation import facebox
 
 from srn.inference import Detector, ZoomPass  # one class for .pt and .onnx weights
+from srn.inference.backends import OnnxBackend
+from srn.inference.int8_kernels import u8s8_saturates
 # ------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -250,12 +252,14 @@ class OurDetector:
     """One of our models in this process, on onnxruntime (exported by ``srn export onnx``, or an
     ``.onnx`` file as it is, such as the shipped int8 model) or PyTorch; ``min_size``: the Detector's
     test-time upscaling of images whose longer side is shorter (None: none); ``zoom``: its second,
-    upscaled pass (:class:`srn.ZoomPass`, None: none)."""
+    upscaled pass (:class:`srn.ZoomPass`, None: none); ``exact_int8``: the onnxruntime backend's
+    (:class:`srn.inference.backends.OnnxBackend`; None: its default, exact where the int8 kernel clips)."""
 
-    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None, zoom: Any = None) -> None:
+    def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None, zoom: Any = None,
+                 exact_int8: bool | None = None) -> None:
         import torch
 
-        self.threads, self.source, self.min_size, self.zoom = threads, weights, min_size, zoom
+        self.threads, self.source, self.min_size, self.zoom, self.exact_int8 = threads, weights, min_size, zoom, exact_int8
         given_onnx = weights.suffix.lower() == ".onnx"
         if runtime == "onnxruntime" and not given_onnx:
             self.source = tmp / f"{weights.stem}_{len(list(tmp.glob('*.onnx')))}.onnx"
@@ -278,19 +282,25 @@ class OurDetector:
                        + (f" where the first finds one at {zoom.when:g}" if zoom.when is not None else ""))
         zoom_name = "" if zoom is None else f", zoom {zoom.size}:{zoom.max_face:g}" + (f":{zoom.when:g}" if zoom.when is not None else "")
         self.meta = {
-            "name": f"SRN {weights.name.split('.')[0]}" + (" int8" if int8 else "") + (f", min size {min_size}" if min_size else "") + zoom_name,
+            "name": f"SRN {weights.name.split('.')[0]}" + (" int8" if int8 else "") + (" as stored" if exact_int8 is False else "")
+                    + (f", min size {min_size}" if min_size else "") + zoom_name,
             "runtime": runtime,
             "package": f"srn ({weights.name})",
             "input_policy": policy,
             "latency_thresh": float(normal.score_thresh),
             "details": {"weights": str(weights), "threads": threads, "max_size": MAX_SIZE, "min_size": min_size,
-                        "zoom_pass": None if zoom is None else [zoom.size, zoom.max_face, zoom.when], **versions},
+                        "zoom_pass": None if zoom is None else [zoom.size, zoom.max_face, zoom.when],
+                        "exact_int8_weights": getattr(normal.backend, "exact_int8_weights", None), **versions},
         }
 
     def _detector(self, score_thresh: float | None) -> Any:
         if score_thresh not in self._detectors:
             # None: the detector's own default score threshold.
-            options = {} if score_thresh is None else {"score_thresh": score_thresh}
+            options: dict[str, Any] = {} if score_thresh is None else {"score_thresh": score_thresh}
+            if self.exact_int8 is not None:
+                import torch
+
+                options["backend"] = OnnxBackend(self.source, torch.device("cpu"), threads=self.threads, exact_int8=self.exact_int8)
             self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE,
                                                      min_size=self.min_size, zoom_pass=self.zoom, batch_size=1, **options)
         return self._detectors[score_thresh]
@@ -413,7 +423,9 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    kernel = "clips (int8 runs exact, srn/inference/int8_kernels.py)" if u8s8_saturates() else "exact"
+    return (f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"onnxruntime's U8S8 kernel {kernel}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -423,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, nargs="*", default=[DEFAULT_WEIGHTS], help="our models run through --runtimes (default: the shipped one; none: only --int8 files)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="how our models run")
     parser.add_argument("--int8", type=Path, nargs="*", default=[], help="ONNX files of ours run as they are (e.g. srn/assets/srn_mobilenet_v2.int8.onnx)")
+    parser.add_argument("--int8-as-stored", action="store_true",
+                        help="also run each --int8 file as stored, where this CPU's int8 kernel clips (srn/inference/int8_kernels.py)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0], help="--int8 files run once per value: the Detector's min_size (0: none)")
     parser.add_argument("--zoom-passes", nargs="*", default=[], metavar="SIZE:MAX_FACE[:WHEN]",
                         help="--int8 files also run once per value with a second, upscaled pass (srn.ZoomPass)")
@@ -470,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for weights in args.int8:
                 for min_size in args.min_sizes:
                     detectors.append(OurDetector(weights, "onnxruntime", args.threads, tmp, min_size or None))
+                if args.int8_as_stored:
+                    detectors.append(OurDetector(weights, "onnxruntime", args.threads, tmp, exact_int8=False))
                 for spec in args.zoom_passes:
                     size, max_face, *when = spec.split(":")
                     zoom = ZoomPass(int(size), float(max_face), float(when[0]) if when else None)

@@ -89,6 +89,17 @@ def test_qdq_nodes_and_per_channel_weight_scales(int8):
         assert list(scale.dims) == [weight.dims[0]], conv.name
 
 
+def test_reduce_range_stores_7_bit_weights(fp32, calibration, tmp_path):
+    out = tmp_path / "rr.int8.onnx"
+    quantize_onnx(fp32, out, select_calibration_images(calibration, 2), input_size=128, reduce_range=True)
+    model = onnx.load(str(out))
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) == 95
+    assert min(int(w.min()) for w in weights) == -64 and max(int(w.max()) for w in weights) == 64
+    calibration_record = json.loads({p.key: p.value for p in model.metadata_props}[CALIBRATION_KEY])
+    assert calibration_record["weight_type"] == "qint8 per channel, 7 bits"
+
+
 def test_keeps_the_fp32_metadata_and_says_it_is_int8(fp32, int8):
     before = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
     after = {p.key: p.value for p in onnx.load(str(int8[0])).metadata_props}

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="text files naming calibration photos relative to their folder (one per line, or WIDER's layout)")
     parser.add_argument("--count", type=int, default=DEFAULT_CALIBRATION_COUNT, help="calibration photos (default 50)")
     parser.add_argument("--size", type=int, default=DEFAULT_CALIBRATION_SIZE, help="calibration input side, pixels (default 512)")
+    parser.add_argument("--reduce-range", action="store_true", help="7-bit weights")
     parser.add_argument("--out", type=Path, default=ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx")
     parser.add_argument("--keep-from", type=Path, nargs=2, metavar=("OLD_PT", "OLD_INT8"),
                         help="keep OLD_INT8's quantised tensors wherever OLD_PT's export equals this one's")
@@ -82,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             fp32 = Path(tmp) / "fp32.onnx"
             export_checkpoint(args.weights, fp32)
             if args.keep_from is None:
-                report = quantize_onnx(fp32, args.out, photos, input_size=args.size, activation_type="quint8")
+                report = quantize_onnx(fp32, args.out, photos, input_size=args.size, activation_type="quint8", reduce_range=args.reduce_range)
             else:
                 old_pt, old_int8 = args.keep_from
                 new = Path(tmp) / "new.int8.onnx"
-                report = quantize_onnx(fp32, new, photos, input_size=args.size, activation_type="quint8")
+                report = quantize_onnx(fp32, new, photos, input_size=args.size, activation_type="quint8", reduce_range=args.reduce_range)
                 export_checkpoint(in_architecture_of(old_pt, args.weights, Path(tmp) / "old.pt"), fp32)
-                quantize_onnx(fp32, Path(tmp) / "old.int8.onnx", photos, input_size=args.size, activation_type="quint8")
+                quantize_onnx(fp32, Path(tmp) / "old.int8.onnx", photos, input_size=args.size, activation_type="quint8", reduce_range=args.reduce_range)
                 taken = keep_unchanged(old_int8, Path(tmp) / "old.int8.onnx", new, args.out)
                 print(f"{taken} uses of quantised tensors from {old_int8}, the others new", file=sys.stderr)
         record = read_quantization(args.out)

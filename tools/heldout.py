@@ -173,9 +173,17 @@ def format_report(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def detect_all(weights: str | None, paths: Sequence[Path], threads: int, **options: Any) -> Detections:
-    """Boxes and scores of every image through ``srn.Detector`` (defaults but the score threshold)."""
+def detect_all(weights: str | None, paths: Sequence[Path], threads: int, exact_int8: bool | None = None,
+               **options: Any) -> Detections:
+    """Boxes and scores of every image through ``srn.Detector`` (defaults but the score threshold);
+    ``exact_int8``: an ``.onnx`` file's backend option (:class:`srn.inference.backends.OnnxBackend`)."""
+    import torch
+
     from srn import Detector
+    from srn.inference.backends import OnnxBackend
+
+    if exact_int8 is not None and weights is not None and weights.endswith(".onnx"):
+        options["backend"] = OnnxBackend(weights, torch.device("cpu"), threads=threads, exact_int8=exact_int8)
 
     detector = Detector(weights=weights, device="cpu", threads=threads, score_thresh=AP_THRESH, batch_size=1, **options)
     found = []
@@ -198,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also run each candidate with a second upscaled pass (srn.ZoomPass), once per value")
     parser.add_argument("--reference-from", type=Path,
                         help="take the shipped model's report from this earlier --json of the same data, instead of running it")
+    parser.add_argument("--int8-as-stored", action="store_true",
+                        help="run .onnx files as stored, also where this CPU's int8 kernel clips (srn/inference/int8_kernels.py)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="smoke test: the first N images of each list (not a result)")
     parser.add_argument("--json", type=Path)
@@ -231,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = weights + suffix
         print(f"{name}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        found = detect_all(weights, held_out.paths, args.threads, **options)
+        found = detect_all(weights, held_out.paths, args.threads, exact_int8=False if args.int8_as_stored else None, **options)
         report = held_out.score(found)
         report["seconds_per_image"] = (time.perf_counter() - start) / max(1, len(held_out.paths))
         rows.append((name, report))
@@ -241,10 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (ships, reasons) in verdicts.items():
         print(f"{name}: {'ships' if ships else 'does not ship'}" + "".join(f"\n  {r}" for r in reasons))
     if args.json:
+        from srn.inference.int8_kernels import u8s8_saturates
+
         report = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join(["python", "tools/heldout.py", *(sys.argv[1:] if argv is None else argv)]),
             "reference": args.reference,
+            # Whether onnxruntime's U8S8 kernel clips on this CPU (no VNNI), and so whether .onnx int8
+            # files ran re-encoded (exact) or, with --int8-as-stored, as stored.
+            "int8_kernel_clips": u8s8_saturates(),
+            "int8_as_stored": args.int8_as_stored,
             "models": {name: report for name, report in rows},
             "verdicts": {name: {"ships": ships, "reasons": reasons} for name, (ships, reasons) in verdicts.items()},
         }

@@ -239,6 +239,7 @@ def quantize_onnx(
     *,
     input_size: int = DEFAULT_CALIBRATION_SIZE,
     activation_type: str = "quint8",
+    reduce_range: bool = False,
 ) -> QuantizationReport:
     """Write a static int8 (QDQ, per-channel weights) copy of an srn raw-layout ONNX file.
 
@@ -310,6 +311,7 @@ def quantize_onnx(
                 per_channel=True,
                 activation_type=activation,
                 weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
                 # MinMax keeps two numbers per tensor; the histogram methods (percentile, entropy)
                 # keep every activation of every photo (7 GB for 10 photos at 512) and did not score
                 # better on the held-out split.
@@ -326,7 +328,7 @@ def quantize_onnx(
         "skipped": len(skipped),
         "input_size": input_size,
         "activation_type": activation_type,
-        "weight_type": "qint8 per channel",
+        "weight_type": "qint8 per channel" + (", 7 bits" if reduce_range else ""),
         "calibrate_method": "minmax",
     }
     del quantized.metadata_props[:]
