@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="text files naming calibration photos relative to their folder (one per line, or WIDER's layout)")
     parser.add_argument("--count", type=int, default=DEFAULT_CALIBRATION_COUNT, help="calibration photos (default 50)")
     parser.add_argument("--size", type=int, default=DEFAULT_CALIBRATION_SIZE, help="calibration input side, pixels (default 512)")
-    parser.add_argument("--reduce-range", action="store_true", help="7-bit weights")
+    parser.add_argument("--reduce-range", action="store_true",
+                        help="7-bit weights, which no int8 kernel clips (less accurate: docs/export.md, 'Every CPU, one answer')")
     parser.add_argument("--out", type=Path, default=ROOT / "srn/assets/srn_mobilenet_v2.int8.onnx")
     parser.add_argument("--keep-from", type=Path, nargs=2, metavar=("OLD_PT", "OLD_INT8"),
                         help="keep OLD_INT8's quantised tensors wherever OLD_PT's export equals this one's")
     args = parser.parse_args(argv)
+    if args.reduce_range and args.keep_from:
+        parser.error("--reduce-range re-quantises every weight: there is nothing to keep from 8-bit files (--keep-from)")
     for path in args.keep_from or ():
         if not path.is_file():
             print(f"export_default_int8: error: {path}: no such file", file=sys.stderr)

@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             zoom = ZoomPass(int(size), float(max_face), float(when[0]) if when else None)
             runs.append((weights, f" zoom {spec}", {"zoom_pass": zoom}))
     for weights, suffix, options in runs:
-        name = weights + suffix
+        name = weights + suffix + (" as stored" if args.int8_as_stored and weights.endswith(".onnx") else "")
+        if name in {row_name for row_name, _ in rows}:  # the reference run again: keep both rows
+            name += " (again)"
         print(f"{name}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
         start = time.perf_counter()
         found = detect_all(weights, held_out.paths, args.threads, exact_int8=False if args.int8_as_stored else None, **options)

@@ -253,6 +253,9 @@ def quantize_onnx(
         activation_type: "quint8" (asymmetric uint8: onnxruntime's fast U8S8 path on x86, about 2x
             faster than fp32 on one thread) or "qint8" (a little more accurate, but no faster than fp32
             on x86; ``benchmarks/bench_int8.py`` measures both).
+        reduce_range: 7-bit weights (onnxruntime's ``reduce_range``), which no int8 kernel clips, at a
+            loss of accuracy; the default 8-bit file runs exact everywhere through
+            :class:`srn.inference.Detector` (:mod:`srn.inference.int8_kernels`).
 
     Returns:
         A :class:`QuantizationReport` (photos used and skipped, file sizes).
