@@ -74,27 +74,43 @@ def u8s8_saturates() -> bool:
 
 
 def exact_weights(model: Any) -> int:
-    """Re-encode, in place, the int8 weights of ``model`` (an ``onnx.ModelProto`` in QDQ form) that feed a
-    matrix-multiply convolution as uint8 with zero point 128: the same values, which onnxruntime then
-    multiplies with 32-bit sums. Depthwise convolutions' weights stay as they are. Returns how many
-    weight tensors were re-encoded (0 for an fp32 file)."""
+    """Re-encode, in place, the int8 weights of ``model`` (an ``onnx.ModelProto`` in QDQ form) that a
+    convolution of uint8 activations multiplies through the matrix-multiply kernel, as uint8 with zero
+    point 128: the same values, which onnxruntime then multiplies with 32-bit sums. Depthwise
+    convolutions' weights, those of convolutions of int8 activations and any tensor shared with another
+    use stay as they are. Returns how many weight tensors were re-encoded (0 for an fp32 file)."""
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {name: node for node in graph.node for name in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
+    def initializer_type(name: str) -> int | None:
+        tensor = initializers.get(name)
+        return None if tensor is None else tensor.data_type
+
+    def u8_input(conv: Any) -> bool:  # the convolution's input is a dequantised uint8 tensor (U8S8)
+        source = producers.get(conv.input[0])
+        return source is not None and source.op_type == "DequantizeLinear" and len(source.input) > 2 \
+            and initializer_type(source.input[2]) == TensorProto.UINT8
+
+    def depthwise(conv: Any, weight: Any) -> bool:
+        return weight.dims[1] == 1 and next((a.i for a in conv.attribute if a.name == "group"), 1) > 1
+
     def convertible(node: Any) -> bool:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             return False
         weight, zero = initializers.get(node.input[0]), initializers.get(node.input[2])
+        users = consumers.get(node.output[0], [])
         return (weight is not None and zero is not None and weight.data_type == TensorProto.INT8
-                and zero.data_type == TensorProto.INT8 and len(weight.dims) == 4 and weight.dims[1] > 1
-                and not numpy_helper.to_array(zero).any()
-                and all(user.op_type == "Conv" for user in consumers.get(node.output[0], [])))
+                and zero.data_type == TensorProto.INT8 and len(weight.dims) == 4
+                and not numpy_helper.to_array(zero).any() and bool(users)
+                and all(user.op_type == "Conv" and user.input[1] == node.output[0] and u8_input(user)
+                        and not depthwise(user, weight) for user in users))
 
     nodes = [node for node in graph.node if convertible(node)]
     # A weight or zero point shared with any other use stays: re-encoding it would change that use.
