@@ -47,8 +47,9 @@ file, onnxruntime; otherwise (a GPU, another model, or settings that only PyTorc
 file) the shipped model falls back to PyTorch on the CPU, as the Detector does, with a one-line
 notice through ``log``. The results say what was timed: ``srn_weights`` (the file, None for a random
 network), ``srn_backend``, ``srn_exported`` (True where a PyTorch network was exported to a temporary
-fp32 ONNX file to be timed) and ``quantization`` (the ONNX file's ``quantization`` metadata, e.g.
-``"int8-qdq-per-channel"``, else None).
+fp32 ONNX file to be timed), ``quantization`` (the ONNX file's ``quantization`` metadata, e.g.
+``"int8-qdq-per-channel"``, else None) and ``exact_int8_weights`` (the weight tensors re-encoded for
+exact sums where this CPU's int8 kernel clips, :mod:`srn.inference.int8_kernels`; 0 otherwise).
 
 - ``torch``: the :class:`srn.model.SRN` module, eagerly or through ``torch.compile``.
 - ``onnxruntime``: an ``.onnx`` ``weights`` file as it is, or else the PyTorch network exported by
@@ -567,6 +568,8 @@ def run_benchmark(config: BenchConfig = BenchConfig(), log: Callable[[str], None
         results["srn_backend"] = backend
         results["srn_exported"] = backend == "onnxruntime" and onnx_file is None
         results["quantization"] = network.quantization if isinstance(network, _OrtNetwork) else None
+        # Weight tensors re-encoded for exact int8 sums, where this CPU's int8 kernel clips (srn.inference.int8_kernels).
+        results["exact_int8_weights"] = network.backend.exact_int8_weights if isinstance(network, _OrtNetwork) else 0
 
         def srn_gflops(size: tuple[int, int]) -> float | None:
             """None where the network is not known (an ONNX file; see the module doc)."""
@@ -789,6 +792,8 @@ def format_table(results: dict[str, Any]) -> str:
         timed.append("exported to fp32 ONNX")
     if results.get("quantization"):
         timed.append(results["quantization"])
+    if results.get("exact_int8_weights"):
+        timed.append("weights re-encoded for exact int8 sums: this CPU's int8 kernel clips")
     header = (f"{device['name']} ({device['type']}, {device['threads']} threads), {results['settings']['dtype']}, "
               f"SRN on {backend} ({', '.join(timed)})")
     if "matmul" in results:
