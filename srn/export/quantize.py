@@ -272,7 +272,7 @@ def quantize_onnx(
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise MissingDependencyError("int8 quantisation needs onnx: pip install onnx (in a checkout: pip install -e '.[export]')") from None
+        raise MissingDependencyError("int8 quantisation needs onnx: pip install onnx") from None
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if activation_type not in ACTIVATION_TYPES:
         raise ExportError(f"{out_path}: activation type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from srn.config import DetectorConfig, ModelConfig
-from srn.errors import DeviceError, ExportError, one_line
+from srn.errors import DeviceError, ExportError, MissingDependencyError, one_line
 from srn.inference.int8_kernels import exact_weights, u8s8_saturates
 from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, read_metadata, session_signature
 from srn.inference.runner import Runner, postprocess_each_image
@@ -97,8 +97,10 @@ class TorchBackend:
 
 
 def _load_onnx(path: Path) -> Any:
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError(f"{path}: running int8 files exactly on this CPU needs onnx: pip install onnx") from None
     try:
         return onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file

@@ -146,7 +146,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise MissingDependencyError("ONNX files need the onnx package: pip install onnx (in a checkout: pip install -e '.[export]')") from None
+        raise MissingDependencyError("ONNX files need the onnx package: pip install onnx") from None
     return onnx
 
 
