@@ -68,10 +68,10 @@ import numpy as np
 from PIL import Image
 
 # -- everything this script takes from srn (the package is being restructured: adapt here) -----
+from srn.errors import SRNError
 from srn.evaluation import facebox
 
 from srn.inference import Detector, ZoomPass  # one class for .pt and .onnx weights
-from srn.inference.backends import OnnxBackend
 from srn.inference.int8_kernels import u8s8_saturates
 # ------------------------------------------------------------------------------------------------
 
@@ -253,7 +253,7 @@ class OurDetector:
     ``.onnx`` file as it is, such as the shipped int8 model) or PyTorch; ``min_size``: the Detector's
     test-time upscaling of images whose longer side is shorter (None: none); ``zoom``: its second,
     upscaled pass (:class:`srn.ZoomPass`, None: none); ``exact_int8``: the onnxruntime backend's
-    (:class:`srn.inference.backends.OnnxBackend`; None: its default, exact where the int8 kernel clips)."""
+    (the Detector's option; None: its default, exact where the int8 kernel clips)."""
 
     def __init__(self, weights: Path, runtime: str, threads: int, tmp: Path, min_size: int | None = None, zoom: Any = None,
                  exact_int8: bool | None = None) -> None:
@@ -267,7 +267,10 @@ class OurDetector:
         elif given_onnx and runtime != "onnxruntime":
             raise SystemExit(f"{weights}: an ONNX file runs on onnxruntime")
         self._detectors: dict[float | None, Any] = {}
-        normal = self._detector(None)
+        try:
+            normal = self._detector(None)
+        except SRNError as exc:
+            raise SystemExit(f"bench_peers.py: error: {exc}") from None
         versions = {"torch": torch.__version__}
         if runtime == "onnxruntime":
             import onnxruntime
@@ -296,13 +299,10 @@ class OurDetector:
     def _detector(self, score_thresh: float | None) -> Any:
         if score_thresh not in self._detectors:
             # None: the detector's own default score threshold.
-            options: dict[str, Any] = {} if score_thresh is None else {"score_thresh": score_thresh}
-            if self.exact_int8 is not None:
-                import torch
-
-                options["backend"] = OnnxBackend(self.source, torch.device("cpu"), threads=self.threads, exact_int8=self.exact_int8)
+            options = {} if score_thresh is None else {"score_thresh": score_thresh}
             self._detectors[score_thresh] = Detector(weights=str(self.source), device="cpu", threads=self.threads, max_size=MAX_SIZE,
-                                                     min_size=self.min_size, zoom_pass=self.zoom, batch_size=1, **options)
+                                                     min_size=self.min_size, zoom_pass=self.zoom, batch_size=1,
+                                                     exact_int8=self.exact_int8, **options)
         return self._detectors[score_thresh]
 
     def run(self, images: Sequence[Path], score_thresh: float | None, warmup: int = 0) -> tuple[Detections, list[float]]:

@@ -104,6 +104,7 @@ def test_the_shipped_int8_file_finds_the_same_faces_on_every_cpu(shared_dir):
     default = OnnxBackend(SHIPPED_INT8, cpu, threads=1)
     assert (exact.exact_int8_weights, stored.exact_int8_weights) == (68, 0)
     assert default.exact_int8_weights == (68 if u8s8_saturates() else 0)
+    assert Detector(SHIPPED_INT8, device="cpu", exact_int8=True).backend.exact_int8_weights == 68
     found = Detector(backend=exact).detect(shared_dir / SELFIE)
     # 303 boxes at srn detect's threshold: what the shipped file gave on a CPU with VNNI (RESULTS,
     # "Shipped: a residual adapter on pyramid level 1"); as stored, a clipping CPU found 267.

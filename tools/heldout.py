@@ -48,6 +48,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 from srn.data.formats import parse_wider_file  # noqa: E402
+from srn.errors import SRNError  # noqa: E402
 from srn.evaluation import widerface  # noqa: E402
 from srn.evaluation.sizes import score_by_size  # noqa: E402
 
@@ -176,16 +177,12 @@ def format_report(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 def detect_all(weights: str | None, paths: Sequence[Path], threads: int, exact_int8: bool | None = None,
                **options: Any) -> Detections:
     """Boxes and scores of every image through ``srn.Detector`` (defaults but the score threshold);
-    ``exact_int8``: an ``.onnx`` file's backend option (:class:`srn.inference.backends.OnnxBackend`)."""
-    import torch
-
+    ``exact_int8``: the Detector's option for ``.onnx`` int8 files."""
     from srn import Detector
-    from srn.inference.backends import OnnxBackend
 
-    if exact_int8 is not None and weights is not None and weights.endswith(".onnx"):
-        options["backend"] = OnnxBackend(weights, torch.device("cpu"), threads=threads, exact_int8=exact_int8)
 
-    detector = Detector(weights=weights, device="cpu", threads=threads, score_thresh=AP_THRESH, batch_size=1, **options)
+    detector = Detector(weights=weights, device="cpu", threads=threads, score_thresh=AP_THRESH, batch_size=1,
+                        exact_int8=exact_int8, **options)
     found = []
     for path in paths:
         with Image.open(path) as im:
@@ -237,13 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             size, max_face, *when = spec.split(":")
             zoom = ZoomPass(int(size), float(max_face), float(when[0]) if when else None)
             runs.append((weights, f" zoom {spec}", {"zoom_pass": zoom}))
+    failed: list[str] = []
     for weights, suffix, options in runs:
         name = weights + suffix + (" as stored" if args.int8_as_stored and weights.endswith(".onnx") else "")
         if name in {row_name for row_name, _ in rows}:  # the reference run again: keep both rows
             name += " (again)"
         print(f"{name}: {len(held_out.paths)} images", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        found = detect_all(weights, held_out.paths, args.threads, exact_int8=False if args.int8_as_stored else None, **options)
+        try:
+            found = detect_all(weights, held_out.paths, args.threads, exact_int8=False if args.int8_as_stored else None, **options)
+        except SRNError as exc:
+            if not rows:  # the reference: nothing to compare the others with
+                print(f"heldout.py: error: {exc}", file=sys.stderr)
+                return 2
+            print(f"heldout.py: error: {exc}; {name} skipped", file=sys.stderr)
+            failed.append(name)
+            continue
         report = held_out.score(found)
         report["seconds_per_image"] = (time.perf_counter() - start) / max(1, len(held_out.paths))
         rows.append((name, report))
@@ -270,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = args.json.with_name(f".{args.json.name}.tmp")
         tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
         os.replace(tmp, args.json)
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from srn.config import DetectorConfig, ModelConfig
-from srn.errors import DeviceError, ExportError, MissingDependencyError, one_line
+from srn.errors import DeviceError, ExportError, one_line
 from srn.inference.int8_kernels import exact_weights, u8s8_saturates
-from srn.inference.onnx_format import OnnxMetadata, onnx_outputs_to_torch, read_metadata, session_signature
+from srn.inference.onnx_format import OnnxMetadata, load_proto, onnx_outputs_to_torch, read_metadata, session_signature
 from srn.inference.runner import Runner, postprocess_each_image
 from srn.model import SRN
 from srn.model.outputs import SRNOutputs
@@ -96,17 +96,6 @@ class TorchBackend:
         return self.model(batch)
 
 
-def _load_onnx(path: Path) -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError(f"{path}: running int8 files exactly on this CPU needs onnx: pip install onnx") from None
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
-        raise ExportError(f"{path}: onnxruntime cannot load it (not an ONNX file: {type(exc).__name__})") from None
-
-
 class OnnxBackend:
     """A file written by ``srn export onnx``, run by onnxruntime.
 
@@ -149,8 +138,11 @@ class OnnxBackend:
         source: str | bytes = str(path)
         self.exact_int8_weights = 0
         if exact_int8:
-            model = _load_onnx(path)
-            self.exact_int8_weights = exact_weights(model)
+            try:
+                model = load_proto(path, load_external_data=True)
+            except ExportError:
+                model = None  # not an ONNX file: onnxruntime says so below, in its own words
+            self.exact_int8_weights = 0 if model is None else exact_weights(model)
             if self.exact_int8_weights:
                 source = model.SerializeToString()
         try:

@@ -209,6 +209,9 @@ class Detector:
             shapes: video, a camera, fixed-size batches. PyTorch only.
         threads: onnxruntime's threads within an op (PyTorch's are ``torch.set_num_threads``).
         backend: an already built backend, instead of ``weights``/``model``.
+        exact_int8: an ONNX file's :class:`srn.inference.backends.OnnxBackend` option: None (the default)
+            re-encodes an int8 file's weights for exact sums where this CPU's int8 kernel clips (x86
+            without VNNI), False runs it as stored, True always re-encodes.
     """
 
     def __init__(
@@ -227,6 +230,7 @@ class Detector:
         backend: Backend | None = None,
         min_size: int | None = None,
         zoom_pass: ZoomPass | None = None,
+        exact_int8: bool | None = None,
     ) -> None:
         if not 0.0 <= score_thresh <= 1.0:
             raise ConfigError(f"the score threshold must be in [0, 1], got {score_thresh}")
@@ -244,7 +248,7 @@ class Detector:
         self.device = resolve_device(device)
         self._score_thresh = score_thresh  # the backend builds its runner for it once
         if backend is None:
-            backend = self._open(weights, model, config, nms_iou, precision, cuda_graphs, threads)
+            backend = self._open(weights, model, config, nms_iou, precision, cuda_graphs, threads, exact_int8)
         self.backend = backend
         self.score_thresh = score_thresh
         self.max_size, self.min_size = max_size, min_size
@@ -252,13 +256,13 @@ class Detector:
         self.batch_size = batch_size
         self.precision, self.cuda_graphs = precision, cuda_graphs
 
-    def _open(self, weights, model, config, nms_iou, precision, cuda_graphs, threads) -> Backend:
+    def _open(self, weights, model, config, nms_iou, precision, cuda_graphs, threads, exact_int8) -> Backend:
         if model is None and runs_shipped_int8(weights, self.device.type, precision, cuda_graphs):
             weights = default_cpu_weights()  # None: the checkpoint, below
         if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
             if precision != "fp32" or cuda_graphs:
                 raise ConfigError(f"{weights}: an ONNX model runs as exported, in fp32 and without CUDA graphs")
-            return OnnxBackend(weights, self.device, nms_iou=nms_iou, threads=threads)
+            return OnnxBackend(weights, self.device, nms_iou=nms_iou, threads=threads, exact_int8=exact_int8)
         if model is None:
             if weights is None:
                 weights = DEFAULT_WEIGHTS

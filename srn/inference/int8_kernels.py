@@ -28,23 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from srn.errors import MissingDependencyError
+from srn.inference.onnx_format import require_onnx
 
 # The probe: every activation 255 and every weight 127 over 64 input channels. Exact: 64 * 255 * 127;
 # a kernel that clips pairs at 32767 gives about half.
 _PROBE_CHANNELS = 64
 
 
-def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("running int8 files exactly on this CPU needs onnx: pip install onnx") from None
-    return onnx
-
-
 def _probe_graph() -> Any:
-    _onnx()
+    require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     exact = 255.0 * 127 * _PROBE_CHANNELS
@@ -90,7 +82,7 @@ def exact_weights(model: Any) -> int:
     point 128: the same values, which onnxruntime then multiplies with 32-bit sums. Depthwise
     convolutions' weights, those of convolutions of int8 activations and any tensor shared with another
     use stay as they are. Returns how many weight tensors were re-encoded (0 for an fp32 file)."""
-    _onnx()
+    require_onnx()
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph

@@ -169,25 +169,26 @@ def read_metadata(source: str | Path | Mapping[str, str], name: str = "<onnx>",
         props = dict(source)
     else:
         name = str(source)
-        proto = _load_proto(source)
+        proto = load_proto(source)
         props = {p.key: p.value for p in proto.metadata_props}
         graph = graph or proto_signature(proto)
     if METADATA_KEY not in props:
         raise ExportError(f"{printable(name)}: no srn metadata; export it with 'srn export onnx'")
     metadata = OnnxMetadata.from_json(props[METADATA_KEY], name)
     if graph is None and Path(name).is_file() and importlib.util.find_spec("onnx") is not None:
-        graph = proto_signature(_load_proto(name))
+        graph = proto_signature(load_proto(name))
     if graph is not None:
         check_graph(metadata, *graph, name)
     return metadata
 
 
-def _load_proto(path: str | Path):
+def load_proto(path: str | Path, load_external_data: bool = False):
+    """The ``onnx.ModelProto`` of a file (without its external data unless asked); errors are one line."""
     onnx = require_onnx()
     if not Path(path).is_file():
         raise ExportError(f"{printable(path)}: ONNX file not found")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
         raise ExportError(f"{printable(path)}: not a readable ONNX file ({type(exc).__name__})") from None
 
